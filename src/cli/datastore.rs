@@ -1,0 +1,332 @@
+//! `dataref datastore ...`: the registry commands (SPEC §1, §6).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use crate::datastore::registry::Registry;
+use crate::datastore::{AzureLocation, Credential, DatastoreSpec, SecretRef, check_datastore_name};
+use crate::exit::{ExitCode, Failure};
+use crate::schema::Issues;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register a datastore (Datastore.register_*).
+    #[command(subcommand)]
+    Register(Register),
+    /// List registered datastores: name and kind, one per line.
+    List,
+    /// Show one datastore's definition (secrets appear only as references).
+    Get { name: String },
+    /// Make a datastore the default for references that name none.
+    SetDefault { name: String },
+    /// Remove a datastore from the registry (the data is untouched).
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Register {
+    /// A directory on local disk, NFS or Lustre.
+    Local {
+        #[command(flatten)]
+        common: Common,
+        /// The datastore's root directory.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+    },
+    /// An Azure Blob container (Datastore.register_azure_blob_container).
+    AzureBlob {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_name = "A")]
+        account: String,
+        #[arg(long, value_name = "C")]
+        container: String,
+        #[command(flatten)]
+        credential: BlobCredential,
+        #[command(flatten)]
+        azure: AzureOptions,
+    },
+    /// An Azure File share (Datastore.register_azure_file_share).
+    AzureFile {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_name = "A")]
+        account: String,
+        #[arg(long, value_name = "S")]
+        share: String,
+        #[command(flatten)]
+        credential: FileCredential,
+        #[command(flatten)]
+        azure: AzureOptions,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The datastore's name (letters, digits, underscores).
+    #[arg(long, value_name = "N")]
+    name: String,
+    /// Replace an existing datastore of the same name.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AzureOptions {
+    /// Service URL, e.g. http://127.0.0.1:10000/devstoreaccount1 for Azurite.
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Create the container or share if it does not exist.
+    #[arg(long)]
+    create_if_not_exists: bool,
+}
+
+/// Secrets are taken by reference only: a file (mode 0600 or stricter) or a variable name.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct BlobCredential {
+    /// File holding the account key.
+    #[arg(long, value_name = "F")]
+    key_file: Option<PathBuf>,
+    /// Environment variable holding the account key.
+    #[arg(long, value_name = "V")]
+    key_env: Option<String>,
+    /// File holding a SAS token.
+    #[arg(long, value_name = "F")]
+    sas_file: Option<PathBuf>,
+    /// Environment variable holding a SAS token.
+    #[arg(long, value_name = "V")]
+    sas_env: Option<String>,
+    /// A public container: no credential.
+    #[arg(long)]
+    anonymous: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct FileCredential {
+    /// File holding the account key.
+    #[arg(long, value_name = "F")]
+    key_file: Option<PathBuf>,
+    /// Environment variable holding the account key.
+    #[arg(long, value_name = "V")]
+    key_env: Option<String>,
+    /// File holding a SAS token.
+    #[arg(long, value_name = "F")]
+    sas_file: Option<PathBuf>,
+    /// Environment variable holding a SAS token.
+    #[arg(long, value_name = "V")]
+    sas_env: Option<String>,
+}
+
+pub fn run(config_dir: &Path, command: Command) -> Result<i32, Failure> {
+    match command {
+        Command::Register(register) => self::register(config_dir, register),
+        Command::List => {
+            let registry = super::load_registry(config_dir)?;
+            for (name, spec) in &registry.datastores {
+                println!("{name}\t{}", spec.kind());
+            }
+            Ok(0)
+        }
+        Command::Get { name } => {
+            let registry = super::load_registry(config_dir)?;
+            let spec = lookup(&registry, &name)?;
+            let mut json = spec.to_json();
+            json["name"] = name.clone().into();
+            json["default"] = (registry.default.as_deref() == Some(name.as_str())).into();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).expect("JSON encodes")
+            );
+            Ok(0)
+        }
+        Command::SetDefault { name } => {
+            let mut registry = super::load_registry(config_dir)?;
+            lookup(&registry, &name)?;
+            registry.default = Some(name.clone());
+            save(&registry, config_dir)?;
+            eprintln!("default datastore is now {name}");
+            Ok(0)
+        }
+        Command::Remove { name } => {
+            let mut registry = super::load_registry(config_dir)?;
+            lookup(&registry, &name)?;
+            registry.datastores.remove(&name);
+            if registry.default.as_deref() == Some(name.as_str()) {
+                registry.default = None;
+            }
+            save(&registry, config_dir)?;
+            eprintln!("removed datastore {name}");
+            Ok(0)
+        }
+    }
+}
+
+fn lookup<'a>(registry: &'a Registry, name: &str) -> Result<&'a DatastoreSpec, Failure> {
+    registry.datastores.get(name).ok_or_else(|| {
+        let known: Vec<&str> = registry.datastores.keys().map(String::as_str).collect();
+        let hint = match crate::schema::did_you_mean(name, &known) {
+            Some(s) => format!("; did you mean {s:?}?"),
+            None if known.is_empty() => "; the registry is empty".to_owned(),
+            None => format!("; registered: {}", known.join(", ")),
+        };
+        Failure::new(
+            ExitCode::DataErr,
+            format!("unknown datastore {name:?}{hint}"),
+        )
+    })
+}
+
+fn save(registry: &Registry, config_dir: &Path) -> Result<(), Failure> {
+    registry
+        .save(config_dir)
+        .map_err(|e| Failure::new(ExitCode::IoErr, e.to_string()))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(path)
+        .map(|p| crate::manifest::normalize_lexically(&p))
+        .map_err(|e| Failure::new(ExitCode::IoErr, format!("{}: {e}", path.display())))
+}
+
+fn secret_from_flags(
+    key_file: Option<PathBuf>,
+    key_env: Option<String>,
+    sas_file: Option<PathBuf>,
+    sas_env: Option<String>,
+) -> Result<Option<Credential>, Failure> {
+    let credential = match (key_file, key_env, sas_file, sas_env) {
+        (Some(f), ..) => Credential::AccountKey(SecretRef::File(absolute(&f)?)),
+        (_, Some(v), ..) => Credential::AccountKey(SecretRef::Env(v)),
+        (_, _, Some(f), _) => Credential::SasToken(SecretRef::File(absolute(&f)?)),
+        (_, _, _, Some(v)) => Credential::SasToken(SecretRef::Env(v)),
+        _ => return Ok(None),
+    };
+    Ok(Some(credential))
+}
+
+fn register(config_dir: &Path, register: Register) -> Result<i32, Failure> {
+    let (common, spec, create) = match register {
+        Register::Local { common, root } => {
+            let root = absolute(&root)?;
+            if !root.is_dir() {
+                return Err(Failure::new(
+                    ExitCode::DataErr,
+                    format!("--root {}: not an existing directory", root.display()),
+                ));
+            }
+            (common, DatastoreSpec::Local { root }, false)
+        }
+        Register::AzureBlob {
+            common,
+            account,
+            container,
+            credential: c,
+            azure,
+        } => {
+            let credential = match secret_from_flags(c.key_file, c.key_env, c.sas_file, c.sas_env)?
+            {
+                Some(credential) => credential,
+                None => Credential::Anonymous, // clap's group guarantees --anonymous here
+            };
+            let spec = azure_spec(true, account, container, azure.endpoint, credential)?;
+            (common, spec, azure.create_if_not_exists)
+        }
+        Register::AzureFile {
+            common,
+            account,
+            share,
+            credential: c,
+            azure,
+        } => {
+            let credential = secret_from_flags(c.key_file, c.key_env, c.sas_file, c.sas_env)?
+                .expect("clap requires one credential flag");
+            let spec = azure_spec(false, account, share, azure.endpoint, credential)?;
+            (common, spec, azure.create_if_not_exists)
+        }
+    };
+    check_datastore_name(&common.name)
+        .map_err(|message| Failure::new(ExitCode::DataErr, format!("--name: {message}")))?;
+    // Secret files are checked now, so a mistake shows at registration, not in a job.
+    if let Some(secret) = spec.credential().and_then(Credential::secret_ref) {
+        secret
+            .check_permissions()
+            .map_err(|e| Failure::new(ExitCode::DataErr, e.to_string()))?;
+    }
+    let mut registry = super::load_registry(config_dir)?;
+    if registry.datastores.contains_key(&common.name) && !common.overwrite {
+        return Err(Failure::new(
+            ExitCode::DataErr,
+            format!(
+                "datastore {:?} already exists; pass --overwrite to replace it",
+                common.name
+            ),
+        ));
+    }
+    if create {
+        return Err(Failure::new(
+            ExitCode::Unavailable,
+            format!(
+                "--create-if-not-exists: creating a {} is not available in this build yet \
+                 (the Azure backends are not implemented); nothing was registered",
+                spec.kind()
+            ),
+        ));
+    }
+    let kind = spec.kind();
+    registry.datastores.insert(common.name.clone(), spec);
+    save(&registry, config_dir)?;
+    eprintln!("registered {} datastore {}", kind, common.name);
+    Ok(0)
+}
+
+/// Builds an Azure datastore through the same validation as JSON definitions, so the CLI and
+/// manifests accept exactly the same things.
+fn azure_spec(
+    blob: bool,
+    account: String,
+    container: String,
+    endpoint: Option<String>,
+    credential: Credential,
+) -> Result<DatastoreSpec, Failure> {
+    let location = AzureLocation {
+        account_name: account,
+        container,
+        endpoint,
+        credential,
+    };
+    let spec = if blob {
+        DatastoreSpec::AzureBlob(location)
+    } else {
+        DatastoreSpec::AzureFile(location)
+    };
+    let mut issues = Issues::default();
+    let parsed = DatastoreSpec::parse(&spec.to_json(), "", Path::new("/"), &mut issues);
+    match parsed {
+        Some(parsed) if issues.is_empty() => Ok(parsed),
+        _ => Err(Failure::new(
+            ExitCode::DataErr,
+            issues
+                .iter()
+                .map(|i| flag_name(&i.to_string()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )),
+    }
+}
+
+/// Names the CLI flag behind a JSON field in messages.
+fn flag_name(message: &str) -> String {
+    [
+        ("account_name", "--account"),
+        ("container_name", "--container"),
+        ("share_name", "--share"),
+        ("endpoint", "--endpoint"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |m, (field, flag)| {
+        m.replacen(&format!("{field}:"), &format!("{flag}:"), 1)
+    })
+}

@@ -1,0 +1,112 @@
+//! The command line (SPEC §6): a thin layer that reads flags and environment once, calls the
+//! library, and turns its typed errors into messages and exit codes.
+
+mod datastore;
+mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::datastore::registry::Registry;
+use crate::exit::{ExitCode, Failure};
+
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/dataref";
+
+/// dataref: makes a training job's data references available on the compute node.
+///
+/// A job manifest names data references (a path in a datastore and a mode: mount, download or
+/// upload). dataref validates the whole manifest before touching anything, makes each input
+/// available, runs the job's command with AZUREML_DATAREFERENCE_<name> variables, and uploads
+/// the outputs when it exits.
+///
+/// Exit codes: 0 success, 64 usage, 65 invalid manifest or datastore, 66 missing manifest or
+/// input, 69 storage or mount failure, 74 local I/O failure, 75 stage-out failure after a
+/// successful script; otherwise the script's own code, or 128+N for signal N.
+#[derive(Debug, Parser)]
+#[command(name = "dataref", version, max_term_width = 100)]
+pub struct Cli {
+    /// Directory holding datastores.json and keys/.
+    #[arg(
+        long,
+        global = true,
+        env = "DATAREF_CONFIG_DIR",
+        default_value = DEFAULT_CONFIG_DIR,
+        value_name = "DIR"
+    )]
+    pub config_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a job manifest and print the resolved plan, without side effects.
+    ///
+    /// Prints, per data reference: datastore, mode, remote path, the absolute local path and
+    /// the variable the script receives. On errors, prints every problem with its JSON path and
+    /// exits 65.
+    Validate(validate::Args),
+    /// Register, list, inspect and remove datastores (the registry).
+    #[command(subcommand)]
+    Datastore(datastore::Command),
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => ExitCode::Usage.code(),
+            };
+        }
+    };
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("dataref: error: {failure}");
+            failure.code.code()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, Failure> {
+    match cli.command {
+        Command::Validate(args) => validate::run(&cli.config_dir, args),
+        Command::Datastore(command) => datastore::run(&cli.config_dir, command),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them, `DATAREF_LOG_FORMAT=json` makes them JSON.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("DATAREF_LOG_FORMAT").as_deref() == Ok("json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Loads the registry; a broken registry is a configuration error (exit 65).
+pub(crate) fn load_registry(config_dir: &std::path::Path) -> Result<Registry, Failure> {
+    Registry::load(config_dir).map_err(|e| match e {
+        crate::datastore::registry::RegistryError::Io { .. } => {
+            Failure::new(ExitCode::IoErr, e.to_string())
+        }
+        crate::datastore::registry::RegistryError::Invalid { .. } => {
+            Failure::new(ExitCode::DataErr, e.to_string())
+        }
+    })
+}

@@ -1,0 +1,17 @@
+//! dataref: the compute-node side of Azure ML datastores.
+//!
+//! A job manifest names data references (a path in a datastore plus a mode); dataref validates
+//! it, makes each input available (mount or download), runs the training command, and uploads
+//! its outputs. The modules follow that flow:
+//!
+//! - [`manifest`]: the model and its validation, producing a [`manifest::JobPlan`];
+//! - [`datastore`]: datastore definitions, secrets by reference, the registry;
+//! - [`store`]: the backend-agnostic storage trait and its backends;
+//! - [`cli`]: the command line, a thin layer over the above.
+
+pub mod cli;
+pub mod datastore;
+pub mod exit;
+pub mod manifest;
+pub mod schema;
+pub mod store;

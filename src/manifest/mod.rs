@@ -1,0 +1,436 @@
+//! The job manifest (SPEC §2–§3): parsing, validation and the resolved plan.
+//!
+//! Loading a manifest never touches anything but the files it reads: every problem is collected
+//! (with its JSON path) and reported together, before any directory is created or any storage is
+//! contacted. The result is a `JobPlan` in which every path is absolute and every reference knows
+//! its datastore, mode and local path.
+
+mod reference;
+mod settings;
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::datastore::registry::Registry;
+use crate::datastore::{DatastoreSpec, SecretRef, check_datastore_name};
+use crate::schema::{Issue, Issues, Object, describe_value, type_name};
+pub use reference::{Mode, Reference};
+pub use settings::{MountSettings, UploadPolicy, parse_size};
+
+/// Top-level manifest fields (ours; the Azure ML spellings apply only to reference entries).
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "datastores",
+    "data_references",
+    "dataReferences",
+    "command",
+    "working_dir",
+    "environment",
+    "upload_policy",
+    "grace_period_seconds",
+    "mount",
+    "memory_budget_bytes",
+];
+
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+pub const DEFAULT_MEMORY_BUDGET: u64 = 256 * 1024 * 1024;
+/// Below this, parallel transfers and prefetching cannot work sensibly.
+pub const MIN_MEMORY_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// A validated job, every path absolute.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    pub manifest_path: PathBuf,
+    pub working_dir: PathBuf,
+    pub references: Vec<Reference>,
+    pub command: Vec<String>,
+    /// The manifest's `environment`, in file order.
+    pub environment: Vec<(String, String)>,
+    pub upload_policy: UploadPolicy,
+    pub grace_period: Duration,
+    pub mount: MountSettings,
+    pub memory_budget_bytes: u64,
+}
+
+impl JobPlan {
+    /// Variables named by `{"env": VAR}` secret references: removed from the child's environment.
+    pub fn secret_env_vars(&self) -> Vec<String> {
+        let mut vars: Vec<String> = self
+            .references
+            .iter()
+            .filter_map(|r| r.datastore.credential()?.secret_ref().cloned())
+            .filter_map(|s| match s {
+                SecretRef::Env(var) => Some(var),
+                SecretRef::File(_) => None,
+            })
+            .collect();
+        vars.sort();
+        vars.dedup();
+        vars
+    }
+}
+
+/// Why a manifest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The manifest file itself is missing or unreadable (exit 66).
+    #[error("{path}: {source}")]
+    Missing {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest is invalid (exit 65); every problem is listed.
+    #[error("{path}: {} problem(s)", issues.len())]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+/// Reads and validates a manifest file. Touches nothing on disk.
+pub fn load(path: &Path, registry: &Registry) -> Result<JobPlan, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Missing {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let absolute = std::path::absolute(path).map_err(|source| LoadError::Missing {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let manifest_path = normalize_lexically(&absolute);
+    let base = manifest_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let invalid = |issues: Vec<Issue>| LoadError::Invalid {
+        path: path.to_path_buf(),
+        issues,
+    };
+    let value: Value = serde_json::from_str(&text).map_err(|e| {
+        invalid(vec![Issue {
+            path: String::new(),
+            message: format!(
+                "invalid JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        }])
+    })?;
+    let mut issues = Issues::default();
+    let plan = parse(&value, &manifest_path, &base, registry, &mut issues);
+    match plan {
+        Some(plan) if issues.is_empty() => Ok(plan),
+        _ => Err(invalid(issues.0)),
+    }
+}
+
+/// Validates a parsed manifest. `base` is the directory relative paths resolve against.
+pub fn parse(
+    value: &Value,
+    manifest_path: &Path,
+    base: &Path,
+    registry: &Registry,
+    issues: &mut Issues,
+) -> Option<JobPlan> {
+    let top = Object::new(value, "", issues)?;
+    top.reject_unknown(TOP_LEVEL_FIELDS, issues);
+
+    let inline = parse_inline_datastores(&top, base, issues);
+    let working_dir = parse_working_dir(&top, base, issues);
+    let command = parse_command(&top, issues);
+    let environment = parse_environment(&top, issues);
+    let upload_policy = UploadPolicy::parse(&top, issues);
+    let grace_period = top
+        .u64("grace_period_seconds", issues)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_GRACE_PERIOD);
+    let mount = MountSettings::parse(&top, &environment, base, issues);
+    let memory_budget_bytes = top
+        .u64("memory_budget_bytes", issues)
+        .unwrap_or(DEFAULT_MEMORY_BUDGET);
+    if memory_budget_bytes < MIN_MEMORY_BUDGET {
+        issues.push(
+            "memory_budget_bytes",
+            format!("must be at least {MIN_MEMORY_BUDGET} (16 MiB), got {memory_budget_bytes}"),
+        );
+    }
+
+    let datastores = Datastores {
+        inline: &inline,
+        registry,
+    };
+    let references = reference::parse_all(&top, &datastores, working_dir.as_deref(), issues);
+    check_environment_conflicts(&environment, &references, issues);
+    check_secrets(&references, &inline, issues);
+
+    Some(JobPlan {
+        manifest_path: manifest_path.to_path_buf(),
+        working_dir: working_dir?,
+        references,
+        command: command?,
+        environment,
+        upload_policy,
+        grace_period,
+        mount,
+        memory_budget_bytes,
+    })
+}
+
+/// Where references find their datastores: the manifest's own first, then the registry.
+pub(crate) struct Datastores<'a> {
+    inline: &'a BTreeMap<String, DatastoreSpec>,
+    registry: &'a Registry,
+}
+
+impl Datastores<'_> {
+    fn get(&self, name: &str) -> Option<&DatastoreSpec> {
+        self.inline
+            .get(name)
+            .or_else(|| self.registry.datastores.get(name))
+    }
+
+    fn default_name(&self) -> Option<&str> {
+        self.registry.default.as_deref()
+    }
+
+    fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .inline
+            .keys()
+            .chain(self.registry.datastores.keys())
+            .map(String::as_str)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn parse_inline_datastores(
+    top: &Object<'_>,
+    base: &Path,
+    issues: &mut Issues,
+) -> BTreeMap<String, DatastoreSpec> {
+    let mut stores = BTreeMap::new();
+    let Some(value) = top.get("datastores") else {
+        return stores;
+    };
+    let Some(obj) = Object::new(value, "datastores", issues) else {
+        return stores;
+    };
+    for (name, spec) in obj.map {
+        let path = obj.field_path(name);
+        if let Err(message) = check_datastore_name(name) {
+            issues.push(&path, message);
+            continue;
+        }
+        if let Some(spec) = DatastoreSpec::parse(spec, &path, base, issues) {
+            if let DatastoreSpec::Local { root } = &spec {
+                if !root.is_dir() {
+                    issues.push(
+                        join_path(&path, "root"),
+                        format!("{} is not an existing directory", root.display()),
+                    );
+                }
+            }
+            stores.insert(name.clone(), spec);
+        }
+    }
+    stores
+}
+
+fn join_path(path: &str, key: &str) -> String {
+    crate::schema::join(path, key)
+}
+
+fn parse_working_dir(top: &Object<'_>, base: &Path, issues: &mut Issues) -> Option<PathBuf> {
+    let dir = match top.string("working_dir", issues) {
+        Some(dir) => resolve_path(base, dir),
+        None if top.get("working_dir").is_some() => return None,
+        None => base.to_path_buf(),
+    };
+    if !dir.is_dir() {
+        issues.push(
+            "working_dir",
+            format!("{} is not an existing directory", dir.display()),
+        );
+        return None;
+    }
+    Some(dir)
+}
+
+fn parse_command(top: &Object<'_>, issues: &mut Issues) -> Option<Vec<String>> {
+    let expected = "expected a non-empty array of strings, e.g. [\"python3\", \"train.py\"]";
+    let Some(value) = top.get("command") else {
+        issues.push("command", format!("required field is missing; {expected}"));
+        return None;
+    };
+    let Value::Array(items) = value else {
+        issues.push("command", format!("{expected}, got {}", type_name(value)));
+        return None;
+    };
+    if items.is_empty() {
+        issues.push("command", expected);
+        return None;
+    }
+    let mut command = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Value::String(s) if i == 0 && s.is_empty() => {
+                issues.push("command[0]", "the program name must not be empty");
+            }
+            Value::String(s) if s.contains('\0') => {
+                issues.push(format!("command[{i}]"), "must not contain a NUL character");
+            }
+            Value::String(s) => command.push(s.clone()),
+            other => issues.push(
+                format!("command[{i}]"),
+                format!("expected a string, got {}", describe_value(other)),
+            ),
+        }
+    }
+    (command.len() == items.len()).then_some(command)
+}
+
+fn parse_environment(top: &Object<'_>, issues: &mut Issues) -> Vec<(String, String)> {
+    let mut environment = Vec::new();
+    let Some(value) = top.get("environment") else {
+        return environment;
+    };
+    let Some(obj) = Object::new(value, "environment", issues) else {
+        return environment;
+    };
+    for (key, value) in obj.map {
+        let path = obj.field_path(key);
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            issues.push(&path, "is not a valid environment variable name");
+            continue;
+        }
+        match value {
+            Value::String(s) if s.contains('\0') => {
+                issues.push(&path, "must not contain a NUL character");
+            }
+            Value::String(s) => environment.push((key.clone(), s.clone())),
+            other => issues.push(
+                &path,
+                format!(
+                    "expected a string (quote numbers: \"4\"), got {}",
+                    describe_value(other)
+                ),
+            ),
+        }
+    }
+    environment
+}
+
+/// The reference variables are dataref's to set: the manifest must not set them too.
+fn check_environment_conflicts(
+    environment: &[(String, String)],
+    references: &[Reference],
+    issues: &mut Issues,
+) {
+    for reference in references {
+        for var in [reference.variable(), reference.mode_variable()] {
+            if environment.iter().any(|(k, _)| *k == var) {
+                issues.push(
+                    format!("environment.{var}"),
+                    format!(
+                        "is set by dataref for reference {:?}; remove it",
+                        reference.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Every secret a job needs must be readable, with safe permissions, before anything starts.
+fn check_secrets(
+    references: &[Reference],
+    inline: &BTreeMap<String, DatastoreSpec>,
+    issues: &mut Issues,
+) {
+    let mut checked: Vec<&str> = Vec::new();
+    for reference in references {
+        if checked.contains(&reference.datastore_name.as_str()) {
+            continue;
+        }
+        checked.push(&reference.datastore_name);
+        let Some(secret) = reference
+            .datastore
+            .credential()
+            .and_then(|c| c.secret_ref())
+        else {
+            continue;
+        };
+        if let Err(e) = secret.read() {
+            let field = match reference.datastore.credential() {
+                Some(crate::datastore::Credential::SasToken(_)) => "sas_token",
+                _ => "account_key",
+            };
+            let path = if inline.contains_key(&reference.datastore_name) {
+                format!("datastores.{}.{field}", reference.datastore_name)
+            } else {
+                format!("datastores.{}.{field} (registry)", reference.datastore_name)
+            };
+            issues.push(path, e.to_string());
+        }
+    }
+}
+
+/// Resolves a user-written path against `base` and removes `.` and `..` lexically (the path
+/// may not exist yet, so it cannot be canonicalised).
+pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
+    let joined = if Path::new(path).is_absolute() {
+        PathBuf::from(path)
+    } else {
+        base.join(path)
+    };
+    normalize_lexically(&joined)
+}
+
+/// `/a/./b/../c` → `/a/c`. A `..` at the root stays at the root.
+pub fn normalize_lexically(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match out.parent() {
+                Some(_) => {
+                    out.pop();
+                }
+                // `/..` is `/`; a relative path keeps its leading `..`.
+                None if out.as_os_str().is_empty() => out.push(".."),
+                None => {}
+            },
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_normalisation() {
+        assert_eq!(
+            normalize_lexically(Path::new("/a/./b/../c")),
+            PathBuf::from("/a/c")
+        );
+        assert_eq!(
+            normalize_lexically(Path::new("/a/../../b")),
+            PathBuf::from("/b")
+        );
+        assert_eq!(
+            resolve_path(Path::new("/w"), "./out/"),
+            PathBuf::from("/w/out")
+        );
+        assert_eq!(resolve_path(Path::new("/w"), "/abs"), PathBuf::from("/abs"));
+        assert_eq!(
+            resolve_path(Path::new("/w/x"), "../y"),
+            PathBuf::from("/w/y")
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! Data references: the three accepted spellings, resolution of datastores and local paths,
+//! and the overlap check between references.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{Datastores, resolve_path};
+use crate::datastore::{DatastoreSpec, is_env_name};
+use crate::schema::{Issues, Object, did_you_mean, type_name};
+use crate::store::ObjectPath;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Mount,
+    Download,
+    Upload,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Mount => "mount",
+            Mode::Download => "download",
+            Mode::Upload => "upload",
+        }
+    }
+
+    pub fn is_input(self) -> bool {
+        !matches!(self, Mode::Upload)
+    }
+}
+
+/// One validated data reference.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub name: String,
+    pub datastore_name: String,
+    pub datastore: DatastoreSpec,
+    pub mode: Mode,
+    pub path_on_datastore: ObjectPath,
+    pub path_on_compute: Option<String>,
+    pub overwrite: bool,
+    pub allow_empty: bool,
+    /// Where the data appears (mount, download) or is taken from (upload); absolute.
+    pub local: PathBuf,
+}
+
+impl Reference {
+    /// `AZUREML_DATAREFERENCE_<name>`.
+    pub fn variable(&self) -> String {
+        format!("AZUREML_DATAREFERENCE_{}", self.name)
+    }
+
+    /// `AZURE_ML_INPUT_<name>` or `AZURE_ML_OUTPUT_<name>`.
+    pub fn mode_variable(&self) -> String {
+        match self.mode {
+            Mode::Upload => format!("AZURE_ML_OUTPUT_{}", self.name),
+            _ => format!("AZURE_ML_INPUT_{}", self.name),
+        }
+    }
+}
+
+/// The field names of one spelling, in a fixed order: datastore, path on datastore, mode,
+/// path on compute, overwrite, allow empty.
+struct Spelling {
+    name: &'static str,
+    fields: [&'static str; 6],
+}
+
+const SNAKE: Spelling = Spelling {
+    name: "snake_case",
+    fields: [
+        "datastore",
+        "path_on_datastore",
+        "mode",
+        "path_on_compute",
+        "overwrite",
+        "allow_empty",
+    ],
+};
+const CAMEL: Spelling = Spelling {
+    name: "camelCase (Azure ML run configuration)",
+    fields: [
+        "dataStoreName",
+        "pathOnDataStore",
+        "mode",
+        "pathOnCompute",
+        "overwrite",
+        "allowEmpty",
+    ],
+};
+const PASCAL: Spelling = Spelling {
+    name: "PascalCase (Azure ML node runtime)",
+    fields: [
+        "DataStoreName",
+        "PathOnDataStore",
+        "Mode",
+        "PathOnCompute",
+        "Overwrite",
+        "AllowEmpty",
+    ],
+};
+const SPELLINGS: [&Spelling; 3] = [&SNAKE, &CAMEL, &PASCAL];
+
+/// Which spelling an entry uses, judged by the fields unique to one spelling.
+fn detect_spelling(obj: &Object<'_>, issues: &mut Issues) -> &'static Spelling {
+    let unique_to = |spelling: &Spelling| {
+        obj.map.keys().any(|key| {
+            spelling.fields.contains(&key.as_str())
+                && !SPELLINGS
+                    .iter()
+                    .filter(|other| other.name != spelling.name)
+                    .any(|other| other.fields.contains(&key.as_str()))
+        })
+    };
+    let used: Vec<&'static Spelling> = SPELLINGS.into_iter().filter(|s| unique_to(s)).collect();
+    if used.len() > 1 {
+        let names: Vec<&str> = used.iter().map(|s| s.name).collect();
+        issues.push(
+            &obj.path,
+            format!(
+                "mixes field spellings ({}); use one spelling per entry",
+                names.join(" and ")
+            ),
+        );
+    }
+    used.first().copied().unwrap_or(&SNAKE)
+}
+
+pub(super) fn parse_all(
+    top: &Object<'_>,
+    datastores: &Datastores<'_>,
+    working_dir: Option<&Path>,
+    issues: &mut Issues,
+) -> Vec<Reference> {
+    let key = match (top.get("data_references"), top.get("dataReferences")) {
+        (Some(_), Some(_)) => {
+            issues.push(
+                "dataReferences",
+                "give data_references or dataReferences, not both",
+            );
+            return Vec::new();
+        }
+        (None, Some(_)) => "dataReferences",
+        _ => "data_references",
+    };
+    let Some(value) = top.get(key) else {
+        return Vec::new(); // a job may have no data at all
+    };
+    let Some(entries) = Object::new(value, key, issues) else {
+        return Vec::new();
+    };
+    let mut references = Vec::new();
+    for (name, entry) in entries.map {
+        let path = entries.field_path(name);
+        if !is_env_name(name) {
+            issues.push(
+                &path,
+                format!(
+                    "{name:?} is not a valid reference name: it must match \
+                     ^[A-Za-z_][A-Za-z0-9_]*$ (it becomes AZUREML_DATAREFERENCE_<name>)"
+                ),
+            );
+            continue;
+        }
+        if let Some(reference) = parse_one(name, entry, &path, datastores, working_dir, issues) {
+            references.push(reference);
+        }
+    }
+    check_overlaps(&references, key, issues);
+    references
+}
+
+fn parse_one(
+    name: &str,
+    value: &Value,
+    path: &str,
+    datastores: &Datastores<'_>,
+    working_dir: Option<&Path>,
+    issues: &mut Issues,
+) -> Option<Reference> {
+    let obj = Object::new(value, path, issues)?;
+    let spelling = detect_spelling(&obj, issues);
+    obj.reject_unknown(&spelling.fields, issues);
+    let [f_store, f_remote, f_mode, f_local, f_overwrite, f_empty] = spelling.fields;
+
+    let mode = match obj.get(f_mode) {
+        None => Some(Mode::Mount),
+        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "mount" => Some(Mode::Mount),
+            "download" => Some(Mode::Download),
+            "upload" => Some(Mode::Upload),
+            _ => {
+                issues.push(
+                    obj.field_path(f_mode),
+                    format!("expected \"mount\", \"download\" or \"upload\", got {s:?}"),
+                );
+                None
+            }
+        },
+        Some(other) => {
+            issues.push(
+                obj.field_path(f_mode),
+                format!(
+                    "expected \"mount\", \"download\" or \"upload\", got {}",
+                    type_name(other)
+                ),
+            );
+            None
+        }
+    };
+
+    let datastore = resolve_datastore(&obj, f_store, datastores, issues);
+
+    let remote = match obj.string(f_remote, issues) {
+        Some(text) => match ObjectPath::normalize(text) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                issues.push(obj.field_path(f_remote), format!("{text:?} {e}"));
+                None
+            }
+        },
+        None if obj.get(f_remote).is_some() => None,
+        None => Some(ObjectPath::root()),
+    };
+
+    let path_on_compute = obj.string(f_local, issues).map(str::to_owned);
+    if matches!(&path_on_compute, Some(p) if p.contains('\0')) {
+        issues.push(obj.field_path(f_local), "must not contain a NUL character");
+        return None;
+    }
+    if mode == Some(Mode::Upload) && path_on_compute.as_deref().is_none_or(str::is_empty) {
+        issues.push(
+            obj.field_path(f_local),
+            "required for mode \"upload\": the file or directory the script writes",
+        );
+    }
+    let overwrite = obj.bool(f_overwrite, issues).unwrap_or(false);
+    let allow_empty = obj.bool(f_empty, issues).unwrap_or(false);
+
+    let (mode, (datastore_name, datastore), remote, working_dir) =
+        (mode?, datastore?, remote?, working_dir?);
+    let local = local_path(
+        mode,
+        working_dir,
+        &datastore_name,
+        path_on_compute.as_deref(),
+        &remote,
+    )?;
+    Some(Reference {
+        name: name.to_owned(),
+        datastore_name,
+        datastore,
+        mode,
+        path_on_datastore: remote,
+        path_on_compute,
+        overwrite,
+        allow_empty,
+        local,
+    })
+}
+
+fn resolve_datastore(
+    obj: &Object<'_>,
+    field: &str,
+    datastores: &Datastores<'_>,
+    issues: &mut Issues,
+) -> Option<(String, DatastoreSpec)> {
+    let path = obj.field_path(field);
+    let name = match obj.string(field, issues) {
+        Some(name) => name.to_owned(),
+        None if obj.get(field).is_some() => return None,
+        None => match datastores.default_name() {
+            Some(default) => default.to_owned(),
+            None => {
+                issues.push(
+                    path,
+                    "required: no datastore named and the registry has no default \
+                     (dataref datastore set-default NAME)",
+                );
+                return None;
+            }
+        },
+    };
+    match datastores.get(&name) {
+        Some(spec) => Some((name, spec.clone())),
+        None => {
+            let known = datastores.names();
+            let hint = match did_you_mean(&name, &known) {
+                Some(s) => format!("; did you mean \"{s}\"?"),
+                None if known.is_empty() => {
+                    "; none is defined in the manifest's datastores or the registry".to_owned()
+                }
+                None => format!("; known: {}", known.join(", ")),
+            };
+            issues.push(path, format!("unknown datastore {name:?}{hint}"));
+            None
+        }
+    }
+}
+
+/// SPEC §3: `root` = `path_on_compute` if absolute, else
+/// `<working_dir>/<datastore>/<path_on_compute>`; `local` = `root/<path_on_datastore>`. An
+/// upload's `local` is `path_on_compute` itself.
+fn local_path(
+    mode: Mode,
+    working_dir: &Path,
+    datastore_name: &str,
+    path_on_compute: Option<&str>,
+    remote: &ObjectPath,
+) -> Option<PathBuf> {
+    match mode {
+        Mode::Upload => Some(resolve_path(working_dir, path_on_compute?)),
+        Mode::Mount | Mode::Download => {
+            let root = match path_on_compute {
+                Some(p) if Path::new(p).is_absolute() => resolve_path(Path::new("/"), p),
+                other => resolve_path(&working_dir.join(datastore_name), other.unwrap_or_default()),
+            };
+            Some(remote.to_local(&root))
+        }
+    }
+}
+
+/// No two references may share or nest their local paths: a mount would hide a download, an
+/// upload would pick up an input.
+fn check_overlaps(references: &[Reference], key: &str, issues: &mut Issues) {
+    // A local datastore's own directory must not overlap where its data appears: a download
+    // would copy files onto themselves, an upload would copy a folder into itself.
+    for reference in references {
+        let DatastoreSpec::Local { root } = &reference.datastore else {
+            continue;
+        };
+        let source = reference.path_on_datastore.to_local(root);
+        if source.starts_with(&reference.local) || reference.local.starts_with(&source) {
+            let field = if reference.path_on_compute.is_some() {
+                "path_on_compute"
+            } else {
+                "path_on_datastore"
+            };
+            issues.push(
+                format!("{key}.{}.{field}", reference.name),
+                format!(
+                    "local path {} overlaps the datastore's own directory {}; \
+                     choose a path_on_compute outside it",
+                    reference.local.display(),
+                    source.display()
+                ),
+            );
+        }
+    }
+    for (i, later) in references.iter().enumerate() {
+        for earlier in &references[..i] {
+            let relation = if later.local == earlier.local {
+                "is the same as"
+            } else if later.local.starts_with(&earlier.local) {
+                "is inside"
+            } else if earlier.local.starts_with(&later.local) {
+                "contains"
+            } else {
+                continue;
+            };
+            let field = if later.path_on_compute.is_some() {
+                "path_on_compute"
+            } else {
+                "path_on_datastore"
+            };
+            issues.push(
+                format!("{key}.{}.{field}", later.name),
+                format!(
+                    "local path {} {relation} the local path of reference {:?} ({}); \
+                     give the references separate path_on_compute directories",
+                    later.local.display(),
+                    earlier.name,
+                    earlier.local.display()
+                ),
+            );
+        }
+    }
+}

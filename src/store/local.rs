@@ -1,0 +1,440 @@
+//! The `local` backend: a directory on local disk, NFS or Lustre.
+//!
+//! Writes never expose a partial file: data goes to a hidden temporary name in the destination
+//! directory and is renamed into place when complete. Symbolic links inside the datastore are
+//! not followed (a link could point anywhere on the machine, and the daemon reads as root);
+//! they are reported as refused names.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+
+use super::memory::{ListedItem, check_part, paginate};
+use super::{
+    ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, RefusedName,
+    Result, Store, StoreError,
+};
+
+/// Marker in the names of in-progress writes; such files are hidden from listings.
+const PARTIAL_MARKER: &str = ".dataref-partial.";
+/// Chunk size of streamed reads.
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: Arc<PathBuf>,
+    page_size: Option<usize>,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`, which must be an existing directory.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let meta = fs::metadata(&root).map_err(|e| StoreError::io(root.display(), e))?;
+        if !meta.is_dir() {
+            return Err(StoreError::InvalidInput {
+                path: root.display().to_string(),
+                reason: "not a directory".into(),
+            });
+        }
+        Ok(Self {
+            root: Arc::new(root),
+            page_size: None,
+        })
+    }
+
+    /// Limits listing pages (tests use this to exercise pagination).
+    pub fn with_page_size(mut self, page_size: usize) -> Self {
+        self.page_size = Some(page_size.max(1));
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn local(&self, path: &ObjectPath) -> PathBuf {
+        path.to_local(&self.root)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Service {
+            context: "local store".into(),
+            message: format!("worker task failed: {e}"),
+        })?
+}
+
+fn meta_of(path: ObjectPath, meta: &fs::Metadata) -> ObjectMeta {
+    ObjectMeta {
+        path,
+        size: meta.len(),
+        last_modified: meta.modified().ok(),
+        content_md5: None,
+    }
+}
+
+/// Reads one directory level, sorting entries into objects, directories and refusals.
+fn read_level(
+    root: &Path,
+    dir: &ObjectPath,
+    files: &mut Vec<ObjectMeta>,
+    dirs: &mut Vec<ObjectPath>,
+    refused: &mut Vec<RefusedName>,
+) -> Result<()> {
+    let local = dir.to_local(root);
+    let entries = match fs::read_dir(&local) {
+        Ok(entries) => entries,
+        // A missing directory lists as empty, like a prefix that matches nothing.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(()),
+        Err(e) => return Err(StoreError::io(local.display(), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(local.display(), e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            refused.push(RefusedName {
+                name: format!("{}/{}", dir, entry.file_name().to_string_lossy()),
+                reason: "name is not valid UTF-8".into(),
+            });
+            continue;
+        };
+        if name.contains(PARTIAL_MARKER) {
+            continue;
+        }
+        let child = match dir.child(name) {
+            Ok(child) => child,
+            Err(reason) => {
+                refused.push(RefusedName {
+                    name: format!("{dir}/{name}"),
+                    reason: reason.to_string(),
+                });
+                continue;
+            }
+        };
+        let meta = entry
+            .metadata() // does not follow symlinks
+            .map_err(|e| StoreError::io(entry.path().display(), e))?;
+        if meta.is_file() {
+            files.push(meta_of(child, &meta));
+        } else if meta.is_dir() {
+            dirs.push(child);
+        } else {
+            refused.push(RefusedName {
+                name: child.to_string(),
+                reason: if meta.file_type().is_symlink() {
+                    "symbolic link (not followed)".into()
+                } else {
+                    "not a regular file or directory".into()
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+fn list_blocking(root: &Path, request: &ListRequest, page_size: Option<usize>) -> Result<ListPage> {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    let mut refused = Vec::new();
+    read_level(root, &request.dir, &mut files, &mut dirs, &mut refused)?;
+    let mut entries: Vec<(String, bool, ListedItem)> = Vec::new();
+    if request.delimited {
+        for dir in dirs {
+            entries.push((dir.as_str().to_owned(), true, ListedItem::Directory(dir)));
+        }
+    } else {
+        let mut pending = dirs;
+        while let Some(dir) = pending.pop() {
+            read_level(root, &dir, &mut files, &mut pending, &mut refused)?;
+        }
+    }
+    for file in files {
+        entries.push((
+            file.path.as_str().to_owned(),
+            false,
+            ListedItem::Object(file),
+        ));
+    }
+    let mut page = paginate(entries, request.continuation.as_deref(), page_size);
+    // Refusals are reported with the first page only, so a paging caller sees each once.
+    if request.continuation.is_none() {
+        refused.sort_by(|a, b| a.name.cmp(&b.name));
+        page.refused = refused;
+    }
+    Ok(page)
+}
+
+/// A hidden sibling name for an in-progress write of `final_path`.
+fn partial_name(final_path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = final_path
+        .file_name()
+        .unwrap_or(OsStr::new("object"))
+        .to_string_lossy();
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    // Keep the temporary name within NAME_MAX even for a 255-byte final name.
+    let stem: String = name.chars().take(120).collect();
+    final_path.with_file_name(format!(".{stem}{PARTIAL_MARKER}{unique}"))
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| StoreError::io(parent.display(), e))?;
+    }
+    Ok(())
+}
+
+/// Refuses to replace a directory with a file (an object name can't be both).
+fn check_not_directory(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(StoreError::AlreadyExists {
+            path: format!("{} (a directory)", path.display()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+
+    fn max_part_size(&self) -> u64 {
+        256 * 1024 * 1024
+    }
+
+    async fn list(&self, request: &ListRequest) -> Result<ListPage> {
+        let root = self.root.clone();
+        let request = request.clone();
+        let page_size = self.page_size;
+        blocking(move || list_blocking(&root, &request, page_size)).await
+    }
+
+    async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
+        let local = self.local(path);
+        let path = path.clone();
+        blocking(move || {
+            let meta = fs::symlink_metadata(&local).map_err(|e| StoreError::io(&path, e))?;
+            if !meta.is_file() || path.is_root() {
+                return Err(StoreError::NotFound {
+                    path: path.to_string(),
+                });
+            }
+            Ok(meta_of(path, &meta))
+        })
+        .await
+    }
+
+    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream> {
+        let local = self.local(path);
+        let display = path.to_string();
+        let file = blocking(move || {
+            let meta = fs::symlink_metadata(&local).map_err(|e| StoreError::io(&display, e))?;
+            if !meta.is_file() {
+                return Err(StoreError::NotFound { path: display });
+            }
+            let mut file = fs::File::open(&local).map_err(|e| StoreError::io(&display, e))?;
+            file.seek(SeekFrom::Start(range.start))
+                .map_err(|e| StoreError::io(&display, e))?;
+            let len = meta.len();
+            let remaining = range.end.min(len).saturating_sub(range.start);
+            Ok((file, remaining, display))
+        })
+        .await?;
+        let stream =
+            futures::stream::try_unfold(file, |(mut file, remaining, display)| async move {
+                if remaining == 0 {
+                    return Ok(None);
+                }
+                let want = remaining.min(READ_CHUNK as u64) as usize;
+                let (file, chunk) = blocking(move || {
+                    let mut buf = BytesMut::zeroed(want);
+                    let mut filled = 0;
+                    while filled < want {
+                        match file.read(&mut buf[filled..]) {
+                            Ok(0) => break,
+                            Ok(n) => filled += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(StoreError::io(&display, e)),
+                        }
+                    }
+                    if filled == 0 {
+                        return Err(StoreError::Io {
+                            path: display,
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "file shrank while being read",
+                            ),
+                        });
+                    }
+                    buf.truncate(filled);
+                    Ok(((file, display), buf.freeze()))
+                })
+                .await?;
+                let remaining = remaining - chunk.len() as u64;
+                Ok(Some((chunk, (file.0, remaining, file.1))))
+            });
+        Ok(Box::pin(stream))
+    }
+
+    async fn put(&self, path: &ObjectPath, data: Bytes, _options: &PutOptions) -> Result<()> {
+        reject_root(path)?;
+        let local = self.local(path);
+        blocking(move || {
+            create_parent(&local)?;
+            check_not_directory(&local)?;
+            let partial = partial_name(&local);
+            let written = (|| {
+                let mut file = fs::File::create(&partial)?;
+                file.write_all(&data)?;
+                file.sync_all()?;
+                fs::rename(&partial, &local)
+            })();
+            if let Err(e) = written {
+                let _ = fs::remove_file(&partial);
+                return Err(StoreError::io(local.display(), e));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn start_upload(
+        &self,
+        path: &ObjectPath,
+        total_size: u64,
+        _options: &PutOptions,
+    ) -> Result<Box<dyn PartUpload>> {
+        reject_root(path)?;
+        let local = self.local(path);
+        let path = path.clone();
+        let max_part_size = self.max_part_size();
+        blocking(move || {
+            create_parent(&local)?;
+            check_not_directory(&local)?;
+            let partial = partial_name(&local);
+            let file = fs::File::create(&partial).map_err(|e| StoreError::io(&path, e))?;
+            // Declaring the size up front lets parts land at their offsets in any order.
+            file.set_len(total_size)
+                .map_err(|e| StoreError::io(&path, e))?;
+            Ok(Box::new(LocalUpload {
+                file: Arc::new(file),
+                partial,
+                local,
+                path,
+                total_size,
+                max_part_size,
+                written: AtomicU64::new(0),
+            }) as Box<dyn PartUpload>)
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &ObjectPath) -> Result<()> {
+        let local = self.local(path);
+        let path = path.clone();
+        blocking(move || {
+            let meta = fs::symlink_metadata(&local).map_err(|e| StoreError::io(&path, e))?;
+            if !meta.is_file() {
+                return Err(StoreError::NotFound {
+                    path: path.to_string(),
+                });
+            }
+            fs::remove_file(&local).map_err(|e| StoreError::io(&path, e))
+        })
+        .await
+    }
+}
+
+fn reject_root(path: &ObjectPath) -> Result<()> {
+    if path.is_root() {
+        return Err(StoreError::InvalidInput {
+            path: "/".into(),
+            reason: "an object needs a name".into(),
+        });
+    }
+    Ok(())
+}
+
+struct LocalUpload {
+    file: Arc<fs::File>,
+    partial: PathBuf,
+    local: PathBuf,
+    path: ObjectPath,
+    total_size: u64,
+    max_part_size: u64,
+    written: AtomicU64,
+}
+
+#[async_trait]
+impl PartUpload for LocalUpload {
+    async fn put_part(&self, _index: u64, offset: u64, data: Bytes) -> Result<()> {
+        check_part(
+            &self.path,
+            self.total_size,
+            self.max_part_size,
+            offset,
+            &data,
+        )?;
+        let file = self.file.clone();
+        let display = self.path.to_string();
+        let len = data.len() as u64;
+        blocking(move || {
+            file.write_all_at(&data, offset)
+                .map_err(|e| StoreError::io(&display, e))
+        })
+        .await?;
+        self.written.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>) -> Result<()> {
+        let written = self.written.load(Ordering::Relaxed);
+        if written != self.total_size {
+            let reason = format!("{written} bytes written of {}", self.total_size);
+            let _ = fs::remove_file(&self.partial);
+            return Err(StoreError::InvalidInput {
+                path: self.path.to_string(),
+                reason,
+            });
+        }
+        blocking(move || {
+            let done = self
+                .file
+                .sync_all()
+                .and_then(|()| fs::rename(&self.partial, &self.local));
+            if let Err(e) = done {
+                let _ = fs::remove_file(&self.partial);
+                return Err(StoreError::io(&self.path, e));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        blocking(move || match fs::remove_file(&self.partial) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&self.path, e)),
+        })
+        .await
+    }
+}

@@ -1,0 +1,198 @@
+//! The datastore abstraction: one small async trait, several backends.
+//!
+//! The transfer engine and the FUSE filesystem only ever talk to `dyn Store`, so every backend
+//! (local/NFS directory, Azure Blob container, Azure File share, in-memory for tests) gets the
+//! same download, upload and mount behaviour. Listing is directory-aware by construction: a
+//! listing is always *under* a directory (`prefix/`), so `a/b` never matches `a/b_v2.csv`.
+
+pub mod local;
+pub mod memory;
+pub mod path;
+
+use std::fmt;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use path::{ObjectPath, PathError};
+
+/// A stream of body chunks, as a ranged read returns it.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// What a backend can fail with. Each variant says what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: not found")]
+    NotFound { path: String },
+    #[error("{path}: already exists")]
+    AlreadyExists { path: String },
+    #[error("{path}: access denied: {reason}")]
+    PermissionDenied { path: String, reason: String },
+    #[error("{path}: invalid request: {reason}")]
+    InvalidInput { path: String, reason: String },
+    #[error("{path}: refused name: {source}")]
+    InvalidName {
+        path: String,
+        #[source]
+        source: PathError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {message}")]
+    Service { context: String, message: String },
+}
+
+impl StoreError {
+    pub fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return Self::NotFound {
+                path: path.to_string(),
+            };
+        }
+        Self::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attributes of one stored object (a file or blob; never a directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub path: ObjectPath,
+    pub size: u64,
+    pub last_modified: Option<SystemTime>,
+    /// Whole-object MD5 when the store records one (Blob `Content-MD5`).
+    pub content_md5: Option<[u8; 16]>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Default, Clone)]
+pub struct ListPage {
+    /// Objects, in name order.
+    pub objects: Vec<ObjectMeta>,
+    /// With a delimiter: the sub-directories directly under the listed directory.
+    pub directories: Vec<ObjectPath>,
+    /// Names the backend could not represent safely (`..`, backslashes, over-long segments):
+    /// they are reported, never turned into paths.
+    pub refused: Vec<RefusedName>,
+    /// Pass back to `list` to get the next page; `None` when this was the last one.
+    pub continuation: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedName {
+    pub name: String,
+    pub reason: String,
+}
+
+/// What to list: everything under `dir/` (recursive) or only its direct children.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    pub dir: ObjectPath,
+    /// `true`: one level, with sub-directories in `ListPage::directories` (Blob's delimiter `/`).
+    pub delimited: bool,
+    pub continuation: Option<String>,
+}
+
+/// Options for writes.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Whole-object MD5 to record with the object (verified by later downloads).
+    pub content_md5: Option<[u8; 16]>,
+}
+
+/// A datastore backend. Paths are always relative to the datastore's root.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// A short human description for messages (`local:/data`, `azure_blob:acct/container`).
+    /// Never contains a secret.
+    fn describe(&self) -> String;
+
+    /// Largest part `PartUpload::put_part` accepts (Azure Files: 4 MiB per range).
+    fn max_part_size(&self) -> u64;
+
+    /// One page of the objects under `request.dir`.
+    async fn list(&self, request: &ListRequest) -> Result<ListPage>;
+
+    /// Attributes of one object; `NotFound` for a directory or a missing name.
+    async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta>;
+
+    /// Streams bytes `range` of an object. A range past the end is clipped; an empty range of
+    /// an existing object (0-byte files) is an empty stream.
+    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream>;
+
+    /// Writes a whole (small) object at once, replacing an existing one.
+    async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()>;
+
+    /// Starts a multi-part write of exactly `total_size` bytes. Nothing is visible under `path`
+    /// until `PartUpload::complete` succeeds.
+    async fn start_upload(
+        &self,
+        path: &ObjectPath,
+        total_size: u64,
+        options: &PutOptions,
+    ) -> Result<Box<dyn PartUpload>>;
+
+    /// Deletes one object; `NotFound` when it does not exist.
+    async fn delete(&self, path: &ObjectPath) -> Result<()>;
+}
+
+/// An in-progress multi-part write. Parts may be written concurrently and in any order.
+#[async_trait]
+pub trait PartUpload: Send + Sync {
+    /// Writes part `index` (0-based), covering bytes `offset..offset + data.len()`. Every part
+    /// but the last has the same size, at most `Store::max_part_size`.
+    async fn put_part(&self, index: u64, offset: u64, data: Bytes) -> Result<()>;
+
+    /// Makes the object visible under its final name, atomically.
+    async fn complete(self: Box<Self>) -> Result<()>;
+
+    /// Discards everything written so far.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// Collects every page of a listing (callers that need the whole set, like downloads).
+pub async fn list_all(store: &dyn Store, dir: &ObjectPath, delimited: bool) -> Result<ListPage> {
+    let mut all = ListPage::default();
+    let mut request = ListRequest {
+        dir: dir.clone(),
+        delimited,
+        continuation: None,
+    };
+    loop {
+        let page = store.list(&request).await?;
+        all.objects.extend(page.objects);
+        all.directories.extend(page.directories);
+        all.refused.extend(page.refused);
+        match page.continuation {
+            Some(token) => request.continuation = Some(token),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Reads a whole object into memory. For tests and small metadata only: transfers stream.
+pub async fn read_to_bytes(store: &dyn Store, path: &ObjectPath) -> Result<Bytes> {
+    use futures::TryStreamExt;
+    let meta = store.head(path).await?;
+    let chunks: Vec<Bytes> = store
+        .get_range(path, 0..meta.size)
+        .await?
+        .try_collect()
+        .await?;
+    Ok(chunks.concat().into())
+}
