@@ -15,3 +15,4 @@ pub mod exit;
 pub mod manifest;
 pub mod schema;
 pub mod store;
+pub mod transfer;

@@ -24,7 +24,7 @@ use super::{
 };
 
 /// Marker in the names of in-progress writes; such files are hidden from listings.
-const PARTIAL_MARKER: &str = ".dataref-partial.";
+pub(crate) const PARTIAL_MARKER: &str = ".dataref-partial.";
 /// Chunk size of streamed reads.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -177,7 +177,7 @@ fn list_blocking(root: &Path, request: &ListRequest, page_size: Option<usize>) -
 }
 
 /// A hidden sibling name for an in-progress write of `final_path`.
-fn partial_name(final_path: &Path) -> PathBuf {
+pub(crate) fn partial_name(final_path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = final_path
         .file_name()
@@ -320,7 +320,6 @@ impl Store for LocalStore {
         &self,
         path: &ObjectPath,
         total_size: u64,
-        _options: &PutOptions,
     ) -> Result<Box<dyn PartUpload>> {
         reject_root(path)?;
         let local = self.local(path);
@@ -405,7 +404,7 @@ impl PartUpload for LocalUpload {
         Ok(())
     }
 
-    async fn complete(self: Box<Self>) -> Result<()> {
+    async fn complete(self: Box<Self>, _content_md5: Option<[u8; 16]>) -> Result<()> {
         let written = self.written.load(Ordering::Relaxed);
         if written != self.total_size {
             let reason = format!("{written} bytes written of {}", self.total_size);

@@ -188,7 +188,6 @@ impl Store for MemoryStore {
         &self,
         path: &ObjectPath,
         total_size: u64,
-        options: &PutOptions,
     ) -> Result<Box<dyn PartUpload>> {
         reject_root(path)?;
         Ok(Box::new(MemoryUpload {
@@ -197,7 +196,6 @@ impl Store for MemoryStore {
             total_size,
             max_part_size: self.max_part_size(),
             parts: Mutex::new(BTreeMap::new()),
-            content_md5: options.content_md5,
         }))
     }
 
@@ -227,7 +225,6 @@ struct MemoryUpload {
     total_size: u64,
     max_part_size: u64,
     parts: Mutex<BTreeMap<u64, Bytes>>,
-    content_md5: Option<[u8; 16]>,
 }
 
 #[async_trait]
@@ -244,7 +241,7 @@ impl PartUpload for MemoryUpload {
         Ok(())
     }
 
-    async fn complete(self: Box<Self>) -> Result<()> {
+    async fn complete(self: Box<Self>, content_md5: Option<[u8; 16]>) -> Result<()> {
         let parts = self.parts.into_inner().unwrap();
         let mut data = Vec::with_capacity(self.total_size as usize);
         for (offset, part) in parts {
@@ -267,7 +264,7 @@ impl PartUpload for MemoryUpload {
             Entry {
                 data: data.into(),
                 modified: SystemTime::now(),
-                content_md5: self.content_md5,
+                content_md5,
             },
         );
         Ok(())

@@ -140,12 +140,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Starts a multi-part write of exactly `total_size` bytes. Nothing is visible under `path`
     /// until `PartUpload::complete` succeeds.
-    async fn start_upload(
-        &self,
-        path: &ObjectPath,
-        total_size: u64,
-        options: &PutOptions,
-    ) -> Result<Box<dyn PartUpload>>;
+    async fn start_upload(&self, path: &ObjectPath, total_size: u64)
+    -> Result<Box<dyn PartUpload>>;
 
     /// Deletes one object; `NotFound` when it does not exist.
     async fn delete(&self, path: &ObjectPath) -> Result<()>;
@@ -158,8 +154,9 @@ pub trait PartUpload: Send + Sync {
     /// but the last has the same size, at most `Store::max_part_size`.
     async fn put_part(&self, index: u64, offset: u64, data: Bytes) -> Result<()>;
 
-    /// Makes the object visible under its final name, atomically.
-    async fn complete(self: Box<Self>) -> Result<()>;
+    /// Makes the object visible under its final name, atomically, recording the whole-object
+    /// MD5 (known only once every byte has been read).
+    async fn complete(self: Box<Self>, content_md5: Option<[u8; 16]>) -> Result<()>;
 
     /// Discards everything written so far.
     async fn abort(self: Box<Self>) -> Result<()>;

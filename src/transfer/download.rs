@@ -1,0 +1,373 @@
+//! Downloads: a prefix (directory-aware) or a single object into a local directory.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use super::progress::Progress;
+use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
+use crate::store::local::partial_name;
+use crate::store::{ObjectMeta, ObjectPath, Store, StoreError, list_all};
+
+/// One object to fetch and where it goes.
+struct Planned {
+    meta: ObjectMeta,
+    dest: PathBuf,
+}
+
+/// Copies the data under `remote` into `local`. `remote` may name a single object (it becomes
+/// the file `local`) or a directory (its contents go under `local`; `a/b` never matches
+/// `a/b_v2`). With `overwrite` off, existing local files are kept and reported as skipped;
+/// extra local files are never deleted. Fails with `NothingMatched` when `remote` matches
+/// nothing.
+pub async fn download(
+    engine: &Engine,
+    store: Arc<dyn Store>,
+    remote: &ObjectPath,
+    local: &Path,
+    overwrite: bool,
+) -> Result<TransferReport, TransferError> {
+    let started = Instant::now();
+    let mut report = TransferReport::default();
+    let listing = list_all(store.as_ref(), remote, false).await?;
+    let single = if remote.is_root() {
+        None
+    } else {
+        match store.head(remote).await {
+            Ok(meta) => Some(meta),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    for refused in listing.refused {
+        report.skipped.push(Skipped {
+            path: refused.name,
+            reason: SkipReason::RefusedName,
+            detail: Some(refused.reason),
+        });
+    }
+
+    let mut planned = Vec::new();
+    match single {
+        // The blob `a/b` alone: it becomes the file `local`.
+        Some(meta) if listing.objects.is_empty() => planned.push(Planned {
+            dest: local.to_path_buf(),
+            meta,
+        }),
+        other => {
+            // Both `a/b` and `a/b/...` exist: the directory wins.
+            if let Some(meta) = other {
+                report.skipped.push(name_conflict(&meta.path));
+            }
+            plan_directory(remote, local, listing.objects, &mut planned, &mut report);
+        }
+    }
+    if planned.is_empty() && report.skipped.is_empty() {
+        return Err(TransferError::NothingMatched {
+            store: store.describe(),
+            remote: remote.to_string(),
+        });
+    }
+
+    // Keep existing files unless asked to overwrite.
+    let mut todo = Vec::with_capacity(planned.len());
+    for item in planned {
+        match std::fs::symlink_metadata(&item.dest) {
+            Ok(meta) if meta.is_dir() => report.skipped.push(Skipped {
+                path: item.meta.path.to_string(),
+                reason: SkipReason::NameConflict,
+                detail: Some(format!("{} is a directory", item.dest.display())),
+            }),
+            Ok(_) if !overwrite => report.skipped.push(Skipped {
+                path: item.meta.path.to_string(),
+                reason: SkipReason::Exists,
+                detail: None,
+            }),
+            _ => todo.push(item),
+        }
+    }
+
+    let needed: u64 = todo.iter().map(|i| i.meta.size).sum();
+    check_free_space(local, needed, engine.reserved_free_disk_bytes)?;
+
+    let progress = Progress::start(engine.progress, "download", todo.len() as u64, needed);
+    let results: Vec<(ObjectPath, Result<u64, String>)> = futures::stream::iter(todo)
+        .map(|item| {
+            let store = store.clone();
+            let progress = progress.clone();
+            async move {
+                let result = download_file(engine, store.as_ref(), &item, &progress).await;
+                progress.file_done();
+                (item.meta.path, result)
+            }
+        })
+        .buffer_unordered(engine.file_concurrency.max(1))
+        .collect()
+        .await;
+    progress.finish();
+    for (path, result) in results {
+        match result {
+            Ok(bytes) => {
+                report.files += 1;
+                report.bytes += bytes;
+            }
+            Err(error) => report.errors.push(FileFailure {
+                path: path.to_string(),
+                error,
+            }),
+        }
+    }
+    report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    report.errors.sort_by(|a, b| a.path.cmp(&b.path));
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+fn name_conflict(path: &ObjectPath) -> Skipped {
+    Skipped {
+        path: path.to_string(),
+        reason: SkipReason::NameConflict,
+        detail: Some("a directory of the same name exists; the directory wins".into()),
+    }
+}
+
+/// Maps every object under `remote` to its place under `local`, skipping files whose name is
+/// also a directory.
+fn plan_directory(
+    remote: &ObjectPath,
+    local: &Path,
+    objects: Vec<ObjectMeta>,
+    planned: &mut Vec<Planned>,
+    report: &mut TransferReport,
+) {
+    let relative: Vec<(ObjectMeta, ObjectPath)> = objects
+        .into_iter()
+        .filter_map(|meta| {
+            let rel = meta.path.strip_prefix(remote)?;
+            (!rel.is_root()).then_some((meta, rel))
+        })
+        .collect();
+    let directories: HashSet<ObjectPath> = relative
+        .iter()
+        .flat_map(|(_, rel)| std::iter::successors(rel.parent(), |p| p.parent()))
+        .filter(|p| !p.is_root())
+        .collect();
+    for (meta, rel) in relative {
+        if directories.contains(&rel) {
+            report.skipped.push(name_conflict(&meta.path));
+            continue;
+        }
+        planned.push(Planned {
+            dest: rel.to_local(local),
+            meta,
+        });
+    }
+}
+
+/// Refuses to start a download that would leave less than `reserved` bytes free.
+fn check_free_space(local: &Path, needed: u64, reserved: u64) -> Result<(), TransferError> {
+    // The nearest existing ancestor tells which filesystem the files land on.
+    let Some(existing) = local.ancestors().find(|p| p.exists()) else {
+        return Ok(());
+    };
+    let stat = nix::sys::statvfs::statvfs(existing)
+        .map_err(|e| TransferError::local(existing, std::io::Error::from(e)))?;
+    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if needed.saturating_add(reserved) > available {
+        return Err(TransferError::DiskFull {
+            path: local.to_path_buf(),
+            needed,
+            reserved,
+            available,
+        });
+    }
+    Ok(())
+}
+
+/// Downloads one object to a temporary name, verifies it, and renames it into place.
+async fn download_file(
+    engine: &Engine,
+    store: &dyn Store,
+    item: &Planned,
+    progress: &Progress,
+) -> Result<u64, String> {
+    if let Some(parent) = item.dest.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    // The guard removes the temporary file however this ends: error, or the future being
+    // dropped because the job was cancelled.
+    let mut partial = PartialFile(Some(partial_name(&item.dest)));
+    let path = partial.path().to_path_buf();
+    fetch_into(engine, store, item, &path, progress).await?;
+    tokio::fs::rename(&path, &item.dest)
+        .await
+        .map_err(|e| format!("{}: {e}", item.dest.display()))?;
+    partial.0 = None; // renamed: nothing left to clean up
+    Ok(item.meta.size)
+}
+
+/// A temporary download file, deleted on drop unless it was renamed into place.
+struct PartialFile(Option<PathBuf>);
+
+impl PartialFile {
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("set until renamed")
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+async fn fetch_into(
+    engine: &Engine,
+    store: &dyn Store,
+    item: &Planned,
+    partial: &Path,
+    progress: &Progress,
+) -> Result<(), String> {
+    let size = item.meta.size;
+    let file = tokio::fs::File::create(partial)
+        .await
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    file.set_len(size)
+        .await
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    drop(file);
+    let ranges = parts(size, engine.part_size);
+    let digest = if ranges.len() <= 1 {
+        // One stream: hash while writing.
+        let mut hasher = Md5::new();
+        let written = fetch_range(
+            engine,
+            store,
+            item,
+            partial,
+            0,
+            size,
+            progress,
+            Some(&mut hasher),
+        )
+        .await?;
+        check_size(item, written)?;
+        hasher.finalize().into()
+    } else {
+        let written: u64 = futures::stream::iter(ranges)
+            .map(|(_, offset, len)| {
+                fetch_range(engine, store, item, partial, offset, len, progress, None)
+            })
+            .buffer_unordered(engine.part_concurrency.max(1))
+            .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+            .await?;
+        check_size(item, written)?;
+        if item.meta.content_md5.is_none() {
+            return Ok(());
+        }
+        // Parts arrived out of order: hash the finished file once, sequentially.
+        md5_of_file(partial).await?
+    };
+    if let Some(expected) = item.meta.content_md5 {
+        if expected != digest {
+            return Err(format!(
+                "{}: Content-MD5 mismatch (stored {}, received {}); file not kept",
+                item.meta.path,
+                hex(&expected),
+                hex(&digest)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_size(item: &Planned, written: u64) -> Result<(), String> {
+    if written != item.meta.size {
+        return Err(format!(
+            "{}: received {written} bytes, expected {}",
+            item.meta.path, item.meta.size
+        ));
+    }
+    Ok(())
+}
+
+/// Streams bytes `offset..offset+len` into the file at the same offset. Memory held: one
+/// budget share for the range while it streams.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_range(
+    engine: &Engine,
+    store: &dyn Store,
+    item: &Planned,
+    partial: &Path,
+    offset: u64,
+    len: u64,
+    progress: &Progress,
+    mut hasher: Option<&mut Md5>,
+) -> Result<u64, String> {
+    let _permit = engine.budget.acquire(len.min(engine.part_size)).await;
+    let mut stream = store
+        .get_range(&item.meta.path, offset..offset + len)
+        .await
+        .map_err(|e| e.to_string())?;
+    let local_error = |e: std::io::Error| format!("{}: {e}", partial.display());
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(partial)
+        .await
+        .map_err(local_error)?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(local_error)?;
+    let mut written = 0u64;
+    while let Some(chunk) = stream.try_next().await.map_err(|e| e.to_string())? {
+        if written + chunk.len() as u64 > len {
+            return Err(format!(
+                "{}: the store sent more bytes than requested",
+                item.meta.path
+            ));
+        }
+        file.write_all(&chunk).await.map_err(local_error)?;
+        if let Some(hasher) = hasher.as_deref_mut() {
+            hasher.update(&chunk);
+        }
+        written += chunk.len() as u64;
+        progress.add_bytes(chunk.len() as u64);
+    }
+    file.flush().await.map_err(local_error)?;
+    Ok(written)
+}
+
+pub(crate) async fn md5_of_file(path: &Path) -> Result<[u8; 16], String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file =
+            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut hasher = Md5::new();
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Ok(hasher.finalize().into())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,359 @@
+//! Uploads: a directory's contents, or a list of files, under a prefix of a store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use md5::{Digest, Md5};
+
+use super::progress::Progress;
+use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
+use crate::store::{ObjectPath, PutOptions, Store, StoreError};
+
+/// What to upload.
+#[derive(Debug, Clone)]
+pub enum UploadSource {
+    /// The directory's *contents* go under the prefix (`ds.upload(src_dir, ...)`).
+    Directory(PathBuf),
+    /// Each file lands at `<prefix>/<file name>` (`ds.upload_files(files, ...)`).
+    Files(Vec<PathBuf>),
+}
+
+struct Planned {
+    source: PathBuf,
+    dest: ObjectPath,
+    size: u64,
+}
+
+/// Uploads `source` under `prefix`. With `overwrite` off, existing objects are kept and
+/// reported as skipped; other objects under the prefix are never deleted. Paths in `exclude`
+/// (the job directory) are not uploaded. Symbolic links inside a directory are not followed.
+pub async fn upload(
+    engine: &Engine,
+    store: Arc<dyn Store>,
+    source: &UploadSource,
+    prefix: &ObjectPath,
+    overwrite: bool,
+    exclude: &[PathBuf],
+) -> Result<TransferReport, TransferError> {
+    let started = Instant::now();
+    let mut report = TransferReport::default();
+    let planned = {
+        let source = source.clone();
+        let prefix = prefix.clone();
+        let exclude = exclude.to_vec();
+        tokio::task::spawn_blocking(move || plan(&source, &prefix, &exclude))
+            .await
+            .map_err(|e| TransferError::local("upload planning", std::io::Error::other(e)))??
+    };
+    let (planned, skipped) = planned;
+    report.skipped = skipped;
+
+    let total: u64 = planned.iter().map(|p| p.size).sum();
+    let progress = Progress::start(engine.progress, "upload", planned.len() as u64, total);
+    let results: Vec<(ObjectPath, Result<Outcome, String>)> = futures::stream::iter(planned)
+        .map(|item| {
+            let store = store.clone();
+            let progress = progress.clone();
+            async move {
+                let outcome =
+                    upload_file(engine, store.as_ref(), &item, overwrite, &progress).await;
+                match outcome {
+                    Ok(Outcome::Skipped) => progress.forget_file(item.size),
+                    _ => progress.file_done(),
+                }
+                (item.dest, outcome)
+            }
+        })
+        .buffer_unordered(engine.file_concurrency.max(1))
+        .collect()
+        .await;
+    progress.finish();
+    for (dest, result) in results {
+        match result {
+            Ok(Outcome::Uploaded(bytes)) => {
+                report.files += 1;
+                report.bytes += bytes;
+            }
+            Ok(Outcome::Skipped) => report.skipped.push(Skipped {
+                path: dest.to_string(),
+                reason: SkipReason::Exists,
+                detail: None,
+            }),
+            Err(error) => report.errors.push(FileFailure {
+                path: dest.to_string(),
+                error,
+            }),
+        }
+    }
+    report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    report.errors.sort_by(|a, b| a.path.cmp(&b.path));
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+type Plan = (Vec<Planned>, Vec<Skipped>);
+
+fn plan(
+    source: &UploadSource,
+    prefix: &ObjectPath,
+    exclude: &[PathBuf],
+) -> Result<Plan, TransferError> {
+    let mut planned = Vec::new();
+    let mut skipped = Vec::new();
+    match source {
+        UploadSource::Files(files) => {
+            for file in files {
+                // A file named explicitly is followed if it is a link, like `cp`.
+                let meta = std::fs::metadata(file).map_err(|e| missing(file, e))?;
+                if !meta.is_file() {
+                    skipped.push(skip(file, SkipReason::NotAFile, None));
+                    continue;
+                }
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                match prefix.child(name) {
+                    Ok(dest) => planned.push(Planned {
+                        source: file.clone(),
+                        dest,
+                        size: meta.len(),
+                    }),
+                    Err(e) => {
+                        skipped.push(skip(file, SkipReason::RefusedName, Some(e.to_string())))
+                    }
+                }
+            }
+        }
+        UploadSource::Directory(dir) => {
+            let meta = std::fs::metadata(dir).map_err(|e| missing(dir, e))?;
+            if !meta.is_dir() {
+                return Err(TransferError::local(
+                    dir,
+                    std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+                ));
+            }
+            walk(dir, prefix, exclude, &mut planned, &mut skipped)?;
+        }
+    }
+    Ok((planned, skipped))
+}
+
+fn missing(path: &Path, e: std::io::Error) -> TransferError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        TransferError::SourceMissing {
+            path: path.to_path_buf(),
+        }
+    } else {
+        TransferError::local(path, e)
+    }
+}
+
+fn skip(path: &Path, reason: SkipReason, detail: Option<String>) -> Skipped {
+    Skipped {
+        path: path.display().to_string(),
+        reason,
+        detail,
+    }
+}
+
+/// Depth-first walk without following symbolic links.
+fn walk(
+    dir: &Path,
+    prefix: &ObjectPath,
+    exclude: &[PathBuf],
+    planned: &mut Vec<Planned>,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(), TransferError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| TransferError::local(dir, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TransferError::local(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        if exclude.contains(&path) {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            skipped.push(skip(
+                &path,
+                SkipReason::RefusedName,
+                Some("not valid UTF-8".into()),
+            ));
+            continue;
+        };
+        if name.contains(crate::store::local::PARTIAL_MARKER) {
+            continue;
+        }
+        let dest = match prefix.child(&name) {
+            Ok(dest) => dest,
+            Err(e) => {
+                skipped.push(skip(&path, SkipReason::RefusedName, Some(e.to_string())));
+                continue;
+            }
+        };
+        let meta = entry
+            .metadata()
+            .map_err(|e| TransferError::local(&path, e))?;
+        if meta.is_dir() {
+            walk(&path, &dest, exclude, planned, skipped)?;
+        } else if meta.is_file() {
+            planned.push(Planned {
+                source: path,
+                dest,
+                size: meta.len(),
+            });
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)
+                .map(|t| format!("points to {}; not followed", t.display()))
+                .ok();
+            skipped.push(skip(&path, SkipReason::Symlink, target));
+        } else {
+            skipped.push(skip(&path, SkipReason::NotAFile, None));
+        }
+    }
+    Ok(())
+}
+
+enum Outcome {
+    Uploaded(u64),
+    Skipped,
+}
+
+async fn upload_file(
+    engine: &Engine,
+    store: &dyn Store,
+    item: &Planned,
+    overwrite: bool,
+    progress: &Progress,
+) -> Result<Outcome, String> {
+    if !overwrite {
+        match store.head(&item.dest).await {
+            Ok(_) => return Ok(Outcome::Skipped),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let part_size = engine.part_size.min(store.max_part_size()).max(1);
+    let file = std::fs::File::open(&item.source)
+        .map(Arc::new)
+        .map_err(|e| format!("{}: {e}", item.source.display()))?;
+    if item.size <= part_size {
+        // Small file: one request.
+        let _permit = engine.budget.acquire(item.size).await;
+        let data = read_at(&file, &item.source, 0, item.size).await?;
+        let md5: [u8; 16] = Md5::digest(&data).into();
+        store
+            .put(
+                &item.dest,
+                data,
+                &PutOptions {
+                    content_md5: Some(md5),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        progress.add_bytes(item.size);
+        return Ok(Outcome::Uploaded(item.size));
+    }
+
+    let upload = store
+        .start_upload(&item.dest, item.size)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Parts are read in order (the MD5 needs every byte in sequence) and sent concurrently.
+    let mut hasher = Md5::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut failure = None;
+    for (index, offset, len) in parts(item.size, part_size) {
+        let permit = engine.budget.acquire(len).await;
+        let data = match read_at(&file, &item.source, offset, len).await {
+            Ok(data) => data,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        hasher.update(&data);
+        let upload = &upload;
+        in_flight.push(async move {
+            let result = upload.put_part(index, offset, data).await;
+            drop(permit);
+            result.map(|()| len)
+        });
+        while in_flight.len() >= engine.part_concurrency.max(1) {
+            if let Err(e) = settle(&mut in_flight, progress).await {
+                failure = Some(e);
+                break;
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    while failure.is_none() && !in_flight.is_empty() {
+        if let Err(e) = settle(&mut in_flight, progress).await {
+            failure = Some(e);
+        }
+    }
+    drop(in_flight);
+    if let Some(error) = failure {
+        let _ = upload.abort().await;
+        return Err(error);
+    }
+    let md5: [u8; 16] = hasher.finalize().into();
+    upload
+        .complete(Some(md5))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome::Uploaded(item.size))
+}
+
+async fn settle<F>(in_flight: &mut FuturesUnordered<F>, progress: &Progress) -> Result<(), String>
+where
+    F: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    match in_flight.next().await {
+        Some(Ok(len)) => {
+            progress.add_bytes(len);
+            Ok(())
+        }
+        Some(Err(e)) => Err(e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Reads exactly `len` bytes at `offset`; a short read means the file changed under us.
+async fn read_at(
+    file: &Arc<std::fs::File>,
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> Result<Bytes, String> {
+    let file = file.clone();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len as usize];
+        let mut filled = 0usize;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => {
+                    return Err(format!(
+                        "{}: file shrank while being uploaded (read {} of {len} bytes at offset {offset})",
+                        path.display(),
+                        filled
+                    ));
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

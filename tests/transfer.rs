@@ -1,0 +1,381 @@
+//! The transfer engine against the in-memory and local stores: layout, skip rules, integrity,
+//! multi-part paths, and no partial files.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dataref::store::local::LocalStore;
+use dataref::store::memory::MemoryStore;
+use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
+use dataref::transfer::{self, Engine, SkipReason, TransferError, UploadSource};
+use md5::{Digest, Md5};
+
+fn p(name: &str) -> ObjectPath {
+    ObjectPath::parse(name).unwrap()
+}
+
+/// Small parts so that multi-part code paths run on small data.
+fn engine() -> Engine {
+    let mut engine = Engine::new(64 * 1024 * 1024);
+    engine.part_size = 64 * 1024;
+    engine.part_concurrency = 4;
+    engine.reserved_free_disk_bytes = 0;
+    engine
+}
+
+async fn put(store: &MemoryStore, name: &str, data: &[u8]) {
+    let md5: [u8; 16] = Md5::digest(data).into();
+    store
+        .put(
+            &p(name),
+            Bytes::copy_from_slice(data),
+            &PutOptions {
+                content_md5: Some(md5),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if path.is_dir() {
+                out.push(format!("{rel}/"));
+                walk(root, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn download_is_directory_aware_and_keeps_the_layout() {
+    let store = MemoryStore::new();
+    put(&store, "a/b/x.csv", b"x").await;
+    put(&store, "a/b/sub/y.csv", b"y").await;
+    put(&store, "a/b_v2.csv", b"other").await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out");
+    let report = transfer::download(&engine(), Arc::new(store), &p("a/b"), &target, false)
+        .await
+        .unwrap();
+    assert_eq!(report.files, 2);
+    assert_eq!(tree(&target), vec!["sub/", "sub/y.csv", "x.csv"]);
+    assert_eq!(std::fs::read(target.join("x.csv")).unwrap(), b"x");
+}
+
+#[tokio::test]
+async fn a_single_blob_becomes_the_file() {
+    let store = MemoryStore::new();
+    put(&store, "models/model.pt", b"weights").await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("model.pt");
+    let report = transfer::download(
+        &engine(),
+        Arc::new(store),
+        &p("models/model.pt"),
+        &target,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 1);
+    assert_eq!(std::fs::read(&target).unwrap(), b"weights");
+}
+
+#[tokio::test]
+async fn a_directory_wins_over_a_file_of_the_same_name() {
+    let store = MemoryStore::new();
+    put(&store, "d/a", b"file").await;
+    put(&store, "d/a/inner", b"inner").await;
+    put(&store, "d/ok", b"ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = transfer::download(&engine(), Arc::new(store), &p("d"), dir.path(), false)
+        .await
+        .unwrap();
+    assert_eq!(tree(dir.path()), vec!["a/", "a/inner", "ok"]);
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].path, "d/a");
+    assert_eq!(report.skipped[0].reason, SkipReason::NameConflict);
+}
+
+#[tokio::test]
+async fn overwrite_rules_and_extra_files_survive() {
+    let store = Arc::new(MemoryStore::new());
+    put(&store, "p/f1", b"new1").await;
+    put(&store, "p/f2", b"new2").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f1"), b"old1").unwrap();
+    std::fs::write(dir.path().join("extra"), b"mine").unwrap();
+
+    let report = transfer::download(&engine(), store.clone(), &p("p"), dir.path(), false)
+        .await
+        .unwrap();
+    assert_eq!(report.files, 1);
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].reason, SkipReason::Exists);
+    assert_eq!(std::fs::read(dir.path().join("f1")).unwrap(), b"old1");
+
+    let report = transfer::download(&engine(), store, &p("p"), dir.path(), true)
+        .await
+        .unwrap();
+    assert_eq!(report.files, 2);
+    assert_eq!(std::fs::read(dir.path().join("f1")).unwrap(), b"new1");
+    assert_eq!(std::fs::read(dir.path().join("extra")).unwrap(), b"mine");
+}
+
+#[tokio::test]
+async fn multi_part_download_is_exact_and_verified() {
+    let store = MemoryStore::new();
+    let data = pattern(1_000_003, 7);
+    put(&store, "big.bin", &data).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("big.bin");
+    let report = transfer::download(&engine(), Arc::new(store), &p("big.bin"), &target, false)
+        .await
+        .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+}
+
+#[tokio::test]
+async fn md5_mismatch_keeps_no_file_and_no_partial() {
+    for size in [1000usize, 300_000] {
+        let store = MemoryStore::new();
+        let data = pattern(size, 1);
+        store
+            .put(
+                &p("bad.bin"),
+                Bytes::from(data),
+                &PutOptions {
+                    content_md5: Some([0u8; 16]),
+                },
+            )
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let report = transfer::download(
+            &engine(),
+            Arc::new(store),
+            &p("bad.bin"),
+            &dir.path().join("bad.bin"),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.files, 0);
+        assert_eq!(report.errors.len(), 1);
+        assert!(
+            report.errors[0].error.contains("Content-MD5 mismatch"),
+            "{:?}",
+            report.errors
+        );
+        assert!(
+            tree(dir.path()).is_empty(),
+            "left behind: {:?}",
+            tree(dir.path())
+        );
+    }
+}
+
+#[tokio::test]
+async fn nothing_matched_is_an_error() {
+    let store = MemoryStore::new();
+    put(&store, "a/b_v2.csv", b"x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = transfer::download(&engine(), Arc::new(store), &p("a/b"), dir.path(), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransferError::NothingMatched { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn disk_full_is_refused_before_writing() {
+    let store = MemoryStore::new();
+    put(&store, "f", b"data").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    engine.reserved_free_disk_bytes = u64::MAX / 2;
+    let err = transfer::download(
+        &engine,
+        Arc::new(store),
+        &p("f"),
+        &dir.path().join("f"),
+        false,
+    )
+    .await
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, TransferError::DiskFull { needed: 4, .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    assert!(tree(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn upload_directory_contents_with_md5_and_skip_rules() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("sub")).unwrap();
+    let big = pattern(500_000, 3);
+    std::fs::write(src.path().join("sub/big.bin"), &big).unwrap();
+    std::fs::write(src.path().join("small.txt"), b"small").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.path().join("link")).unwrap();
+    std::fs::create_dir(src.path().join(".dataref")).unwrap();
+    std::fs::write(src.path().join(".dataref/job.log"), b"log").unwrap();
+
+    let store = Arc::new(MemoryStore::new().with_max_part_size(64 * 1024));
+    let source = UploadSource::Directory(src.path().to_path_buf());
+    let exclude = vec![src.path().join(".dataref")];
+    let report = transfer::upload(
+        &engine(),
+        store.clone(),
+        &source,
+        &p("out"),
+        false,
+        &exclude,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 2, "{report:?}");
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].reason, SkipReason::Symlink);
+    assert_eq!(
+        read_to_bytes(store.as_ref(), &p("out/sub/big.bin"))
+            .await
+            .unwrap(),
+        big
+    );
+    let meta = store.head(&p("out/sub/big.bin")).await.unwrap();
+    let expected: [u8; 16] = Md5::digest(&big).into();
+    assert_eq!(
+        meta.content_md5,
+        Some(expected),
+        "multi-part upload records the MD5"
+    );
+    assert!(store.head(&p("out/.dataref/job.log")).await.is_err());
+    assert!(store.head(&p("out/link")).await.is_err());
+
+    // overwrite=false keeps what is there; true replaces.
+    std::fs::write(src.path().join("small.txt"), b"changed").unwrap();
+    let report = transfer::upload(
+        &engine(),
+        store.clone(),
+        &source,
+        &p("out"),
+        false,
+        &exclude,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 0);
+    assert_eq!(
+        read_to_bytes(store.as_ref(), &p("out/small.txt"))
+            .await
+            .unwrap(),
+        "small"
+    );
+    transfer::upload(&engine(), store.clone(), &source, &p("out"), true, &exclude)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_to_bytes(store.as_ref(), &p("out/small.txt"))
+            .await
+            .unwrap(),
+        "changed"
+    );
+}
+
+#[tokio::test]
+async fn upload_files_land_under_the_prefix_by_name() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("a.pkl"), b"a").unwrap();
+    std::fs::write(src.path().join("b.pkl"), b"b").unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let source = UploadSource::Files(vec![src.path().join("a.pkl"), src.path().join("b.pkl")]);
+    let report = transfer::upload(
+        &engine(),
+        store.clone(),
+        &source,
+        &p("models/v1"),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 2);
+    assert_eq!(
+        read_to_bytes(store.as_ref(), &p("models/v1/a.pkl"))
+            .await
+            .unwrap(),
+        "a"
+    );
+    // To the root when no prefix is given.
+    transfer::upload(
+        &engine(),
+        store.clone(),
+        &source,
+        &ObjectPath::root(),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_to_bytes(store.as_ref(), &p("b.pkl")).await.unwrap(),
+        "b"
+    );
+}
+
+#[tokio::test]
+async fn local_store_round_trip_through_the_engine() {
+    let remote = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let data = pattern(200_000, 9);
+    std::fs::create_dir_all(src.path().join("x/y")).unwrap();
+    std::fs::write(src.path().join("x/y/data.bin"), &data).unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(remote.path()).unwrap());
+    transfer::upload(
+        &engine(),
+        store.clone(),
+        &UploadSource::Directory(src.path().into()),
+        &p("up"),
+        false,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read(remote.path().join("up/x/y/data.bin")).unwrap(),
+        data
+    );
+    let back = tempfile::tempdir().unwrap();
+    transfer::download(&engine(), store, &p("up"), back.path(), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(back.path().join("x/y/data.bin")).unwrap(),
+        data
+    );
+}
