@@ -2,6 +2,8 @@
 //! library, and turns its typed errors into messages and exit codes.
 
 mod datastore;
+mod run;
+mod transfer;
 mod validate;
 
 use std::path::PathBuf;
@@ -42,6 +44,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a job: validate, fetch inputs, run the command, upload outputs.
+    ///
+    /// Exits with the script's code (128+N if signal N killed it). SIGTERM, SIGINT and SIGHUP
+    /// are forwarded to the script; outputs are still uploaded (upload_policy).
+    Run(run::Args),
     /// Check a job manifest and print the resolved plan, without side effects.
     ///
     /// Prints, per data reference: datastore, mode, remote path, the absolute local path and
@@ -51,6 +58,10 @@ pub enum Command {
     /// Register, list, inspect and remove datastores (the registry).
     #[command(subcommand)]
     Datastore(datastore::Command),
+    /// Upload a directory's contents, or files, to a datastore (ds.upload / ds.upload_files).
+    Upload(transfer::UploadArgs),
+    /// Download a directory or object from a datastore (ds.download).
+    Download(transfer::DownloadArgs),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -80,7 +91,10 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
+        Command::Run(args) => run::run(&cli.config_dir, args),
         Command::Validate(args) => validate::run(&cli.config_dir, args),
+        Command::Upload(args) => transfer::upload(&cli.config_dir, args),
+        Command::Download(args) => transfer::download(&cli.config_dir, args),
         Command::Datastore(command) => datastore::run(&cli.config_dir, command),
     }
 }
@@ -109,4 +123,12 @@ pub(crate) fn load_registry(config_dir: &std::path::Path) -> Result<Registry, Fa
             Failure::new(ExitCode::DataErr, e.to_string())
         }
     })
+}
+
+/// The async runtime for commands that transfer data.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(ExitCode::IoErr, format!("cannot start the runtime: {e}")))
 }

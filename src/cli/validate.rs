@@ -18,7 +18,12 @@ pub struct Args {
 }
 
 pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
-    let registry = super::load_registry(config_dir)?;
+    // `validate` exits 0, 64, 65 or 66 (SPEC §5): a registry that cannot be read is a
+    // configuration problem here, not a local I/O failure of a job.
+    let registry = super::load_registry(config_dir).map_err(|f| match f.code {
+        ExitCode::IoErr => Failure::new(ExitCode::DataErr, f.message),
+        _ => f,
+    })?;
     let plan = load_plan(&args.manifest, &registry)?;
     if args.json {
         println!(

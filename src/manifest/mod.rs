@@ -8,7 +8,7 @@
 mod reference;
 mod settings;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ pub enum LoadError {
 
 /// Reads and validates a manifest file. Touches nothing on disk.
 pub fn load(path: &Path, registry: &Registry) -> Result<JobPlan, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Missing {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Missing {
         path: path.to_path_buf(),
         source,
     })?;
@@ -106,6 +106,16 @@ pub fn load(path: &Path, registry: &Registry) -> Result<JobPlan, LoadError> {
         path: path.to_path_buf(),
         issues,
     };
+    // A file that is not UTF-8 is there but not JSON: invalid (65), not missing (66).
+    let text = String::from_utf8(bytes).map_err(|e| {
+        invalid(vec![Issue {
+            path: String::new(),
+            message: format!(
+                "invalid JSON: not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        }])
+    })?;
     let value: Value = serde_json::from_str(&text).map_err(|e| {
         invalid(vec![Issue {
             path: String::new(),
@@ -135,7 +145,7 @@ pub fn parse(
     let top = Object::new(value, "", issues)?;
     top.reject_unknown(TOP_LEVEL_FIELDS, issues);
 
-    let inline = parse_inline_datastores(&top, base, issues);
+    let (inline, broken) = parse_inline_datastores(&top, base, issues);
     let working_dir = parse_working_dir(&top, base, issues);
     let command = parse_command(&top, issues);
     let environment = parse_environment(&top, issues);
@@ -157,6 +167,7 @@ pub fn parse(
 
     let datastores = Datastores {
         inline: &inline,
+        broken: &broken,
         registry,
     };
     let references = reference::parse_all(&top, &datastores, working_dir.as_deref(), issues);
@@ -179,10 +190,17 @@ pub fn parse(
 /// Where references find their datastores: the manifest's own first, then the registry.
 pub(crate) struct Datastores<'a> {
     inline: &'a BTreeMap<String, DatastoreSpec>,
+    /// Inline datastores that are defined but invalid (already reported): references to them
+    /// are not reported again as unknown, and they do not fall back to the registry.
+    broken: &'a BTreeSet<String>,
     registry: &'a Registry,
 }
 
 impl Datastores<'_> {
+    fn is_broken(&self, name: &str) -> bool {
+        self.broken.contains(name)
+    }
+
     fn get(&self, name: &str) -> Option<&DatastoreSpec> {
         self.inline
             .get(name)
@@ -206,37 +224,42 @@ impl Datastores<'_> {
     }
 }
 
+/// The manifest's own datastores, and the names of those that are defined but invalid.
 fn parse_inline_datastores(
     top: &Object<'_>,
     base: &Path,
     issues: &mut Issues,
-) -> BTreeMap<String, DatastoreSpec> {
+) -> (BTreeMap<String, DatastoreSpec>, BTreeSet<String>) {
     let mut stores = BTreeMap::new();
+    let mut broken = BTreeSet::new();
     let Some(value) = top.get("datastores") else {
-        return stores;
+        return (stores, broken);
     };
     let Some(obj) = Object::new(value, "datastores", issues) else {
-        return stores;
+        return (stores, broken);
     };
     for (name, spec) in obj.map {
         let path = obj.field_path(name);
         if let Err(message) = check_datastore_name(name) {
             issues.push(&path, message);
+            broken.insert(name.clone());
             continue;
         }
-        if let Some(spec) = DatastoreSpec::parse(spec, &path, base, issues) {
-            if let DatastoreSpec::Local { root } = &spec {
-                if !root.is_dir() {
-                    issues.push(
-                        join_path(&path, "root"),
-                        format!("{} is not an existing directory", root.display()),
-                    );
-                }
+        let Some(spec) = DatastoreSpec::parse(spec, &path, base, issues) else {
+            broken.insert(name.clone());
+            continue;
+        };
+        if let DatastoreSpec::Local { root } = &spec {
+            if !root.is_dir() {
+                issues.push(
+                    join_path(&path, "root"),
+                    format!("{} is not an existing directory", root.display()),
+                );
             }
-            stores.insert(name.clone(), spec);
         }
+        stores.insert(name.clone(), spec);
     }
-    stores
+    (stores, broken)
 }
 
 fn join_path(path: &str, key: &str) -> String {

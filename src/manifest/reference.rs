@@ -231,7 +231,9 @@ fn parse_one(
         issues.push(obj.field_path(f_local), "must not contain a NUL character");
         return None;
     }
-    if mode == Some(Mode::Upload) && path_on_compute.as_deref().is_none_or(str::is_empty) {
+    let missing_upload_source =
+        mode == Some(Mode::Upload) && path_on_compute.as_deref().is_none_or(str::is_empty);
+    if missing_upload_source {
         issues.push(
             obj.field_path(f_local),
             "required for mode \"upload\": the file or directory the script writes",
@@ -240,6 +242,9 @@ fn parse_one(
     let overwrite = obj.bool(f_overwrite, issues).unwrap_or(false);
     let allow_empty = obj.bool(f_empty, issues).unwrap_or(false);
 
+    if missing_upload_source {
+        return None; // no local path: nothing to compare with other references
+    }
     let (mode, (datastore_name, datastore), remote, working_dir) =
         (mode?, datastore?, remote?, working_dir?);
     let local = local_path(
@@ -284,6 +289,10 @@ fn resolve_datastore(
             }
         },
     };
+    if datastores.is_broken(&name) {
+        // The definition's own problems are already reported under `datastores.<name>`.
+        return None;
+    }
     match datastores.get(&name) {
         Some(spec) => Some((name, spec.clone())),
         None => {

@@ -193,3 +193,15 @@ pub async fn read_to_bytes(store: &dyn Store, path: &ObjectPath) -> Result<Bytes
         .await?;
     Ok(chunks.concat().into())
 }
+
+/// Opens the backend for a datastore definition.
+pub fn open(spec: &crate::datastore::DatastoreSpec) -> Result<std::sync::Arc<dyn Store>> {
+    use crate::datastore::DatastoreSpec;
+    match spec {
+        DatastoreSpec::Local { root } => Ok(std::sync::Arc::new(local::LocalStore::new(root)?)),
+        DatastoreSpec::AzureBlob(_) | DatastoreSpec::AzureFile(_) => Err(StoreError::Service {
+            context: spec.kind().to_owned(),
+            message: "this backend is not available in this build yet".into(),
+        }),
+    }
+}

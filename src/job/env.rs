@@ -1,0 +1,124 @@
+//! The child's environment and `$VAR` substitution in its arguments (SPEC §4).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+use crate::manifest::JobPlan;
+
+/// Variables dataref never passes on: systemd's notification channel (the child must not be
+/// able to tell systemd we are ready or alive) and secret-bearing variables.
+fn is_withheld(name: &str, secret_vars: &[String]) -> bool {
+    name == "NOTIFY_SOCKET"
+        || name.starts_with("WATCHDOG_")
+        || secret_vars.iter().any(|s| s == name)
+}
+
+/// The child's environment: `base` (dataref's own, or empty under the daemon), plus the
+/// manifest's `environment`, plus the reference variables; minus withheld variables.
+pub fn child_environment(
+    plan: &JobPlan,
+    base: impl IntoIterator<Item = (OsString, OsString)>,
+) -> BTreeMap<OsString, OsString> {
+    let secret_vars = plan.secret_env_vars();
+    let mut env: BTreeMap<OsString, OsString> = base
+        .into_iter()
+        .filter(|(k, _)| !k.to_str().is_some_and(|k| is_withheld(k, &secret_vars)))
+        .collect();
+    for (key, value) in &plan.environment {
+        if !is_withheld(key, &secret_vars) {
+            env.insert(key.into(), value.into());
+        }
+    }
+    for reference in &plan.references {
+        let local: OsString = reference.local.clone().into();
+        env.insert(reference.variable().into(), local.clone());
+        env.insert(reference.mode_variable().into(), local);
+    }
+    env
+}
+
+/// Replaces `$NAME` and `${NAME}` with the variable's value. `$NAME` takes the longest
+/// identifier (`$AZUREML_DATAREFERENCE_train_v2` never means `<train>_v2`); an unknown
+/// variable, a lone `$` and `$1` stay as written.
+pub fn substitute(arg: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        let (name, consumed) = if let Some(braced) = after.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) if is_identifier(&braced[..end]) => (&braced[..end], end + 2),
+                _ => ("", 0),
+            }
+        } else {
+            let len = identifier_len(after);
+            (&after[..len], len)
+        };
+        match (consumed, lookup(name)) {
+            (n, Some(value)) if n > 0 => {
+                out.push_str(&value);
+                rest = &after[consumed..];
+            }
+            _ => {
+                // Not a known variable: keep the `$` and go on after it.
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn identifier_len(s: &str) -> usize {
+    let mut chars = s.char_indices();
+    match chars.next() {
+        Some((_, c)) if c.is_ascii_alphabetic() || c == '_' => {}
+        _ => return 0,
+    }
+    chars
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_'))
+        .map(|(i, _)| i)
+        .unwrap_or(s.len())
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && identifier_len(s) == s.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(name: &str) -> Option<String> {
+        match name {
+            "AZUREML_DATAREFERENCE_train" => Some("/data/train".into()),
+            "AZUREML_DATAREFERENCE_train_v2" => Some("/data/v2".into()),
+            "HOME" => Some("/root".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn substitution_rules() {
+        let cases = [
+            ("$AZUREML_DATAREFERENCE_train", "/data/train"),
+            ("--data=$AZUREML_DATAREFERENCE_train", "--data=/data/train"),
+            ("$AZUREML_DATAREFERENCE_train_v2", "/data/v2"),
+            ("${AZUREML_DATAREFERENCE_train}_v2", "/data/train_v2"),
+            ("$AZUREML_DATAREFERENCE_train/x", "/data/train/x"),
+            ("$UNKNOWN_VAR/x", "$UNKNOWN_VAR/x"),
+            ("${UNKNOWN}", "${UNKNOWN}"),
+            ("cost $5", "cost $5"),
+            ("$", "$"),
+            ("a$$HOME", "a$/root"),
+            ("${HOME", "${HOME"),
+            ("${HOME}${HOME}", "/root/root"),
+            ("naïve $HOME é", "naïve /root é"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(substitute(input, vars), expected, "{input}");
+        }
+    }
+}

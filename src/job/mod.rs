@@ -1,0 +1,365 @@
+//! A job from start to end (SPEC §3–§5): prepare inputs → run the script → stage out.
+//!
+//! Every phase writes what happened into `result.json` in the job directory, and `job.log`
+//! holds dataref's lines and the script's output. The exit code follows SPEC §5.
+
+pub mod env;
+pub mod log;
+pub mod result;
+pub mod supervise;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::exit::ExitCode;
+use crate::manifest::{JobPlan, Mode, UploadPolicy};
+use crate::store::{self, Store};
+use crate::transfer::{self, Engine, ProgressMode, TransferError, UploadSource};
+use log::JobLog;
+use result::{EndReason, JobResult, ReferenceOutcome, ReferenceStatus};
+use supervise::{ChildSpec, JobSignals};
+
+/// The job directory's name under `working_dir` when none is given.
+pub const DEFAULT_JOB_DIR: &str = ".dataref";
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub job_dir: PathBuf,
+    pub progress: ProgressMode,
+}
+
+impl RunOptions {
+    pub fn default_job_dir(plan: &JobPlan) -> PathBuf {
+        plan.working_dir.join(DEFAULT_JOB_DIR)
+    }
+}
+
+/// Runs a validated job and returns the process exit code. Must be called from the thread that
+/// runs the tokio runtime's `block_on` (see `supervise`).
+pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
+    // Signals first: a SIGTERM during downloads must be handled, not fatal.
+    let mut signals = match JobSignals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("dataref: error: cannot install signal handlers: {e}");
+            return ExitCode::IoErr.code();
+        }
+    };
+    supervise::become_subreaper();
+
+    if let Some(r) = plan.references.iter().find(|r| r.mode == Mode::Mount) {
+        eprintln!(
+            "dataref: error: data_references.{}: mount mode is not available yet in this \
+             build; use \"mode\": \"download\"",
+            r.name
+        );
+        return ExitCode::Unavailable.code();
+    }
+    let stores = match open_stores(plan) {
+        Ok(stores) => stores,
+        Err(message) => {
+            eprintln!("dataref: error: {message}");
+            return ExitCode::Unavailable.code();
+        }
+    };
+
+    if let Err(e) = std::fs::create_dir_all(&options.job_dir) {
+        eprintln!(
+            "dataref: error: cannot create job directory {}: {e}",
+            options.job_dir.display()
+        );
+        return ExitCode::IoErr.code();
+    }
+    let log = match JobLog::create(&options.job_dir.join("job.log")) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("dataref: error: cannot create job.log: {e}");
+            return ExitCode::IoErr.code();
+        }
+    };
+    let mut result = JobResult::new(plan, &options.job_dir);
+    result.save(&options.job_dir, &log);
+
+    let engine = Engine::new(plan.memory_budget_bytes).with_progress(options.progress);
+    let mut engine = engine;
+    engine.reserved_free_disk_bytes = plan.mount.reserved_free_disk_bytes;
+
+    // Phase 1: inputs, raced against termination signals.
+    let prepared = tokio::select! {
+        prepared = prepare(plan, &stores, &engine, &log, &mut result) => prepared,
+        sig = signals.recv() => Err(Prepare::Signalled(sig)),
+    };
+    if let Err(failure) = prepared {
+        let code = match failure {
+            Prepare::Signalled(sig) => {
+                log.line(&format!(
+                    "received {sig} before the script started; stopping"
+                ));
+                result.end(EndReason::SignalBeforeStart, 128 + sig as i32);
+                128 + sig as i32
+            }
+            Prepare::Failed(code) => {
+                result.end(EndReason::InputFailed, code.code());
+                code.code()
+            }
+        };
+        for outcome in result.references.values_mut() {
+            if outcome.status == ReferenceStatus::Pending {
+                outcome.status = ReferenceStatus::NotRun;
+            }
+        }
+        result.save(&options.job_dir, &log);
+        return code;
+    }
+
+    // Phase 2: the script.
+    let env = env::child_environment(plan, std::env::vars_os());
+    let argv: Vec<String> = plan
+        .command
+        .iter()
+        .map(|arg| {
+            env::substitute(arg, |name| {
+                env.get(std::ffi::OsStr::new(name))
+                    .map(|v| v.to_string_lossy().into_owned())
+            })
+        })
+        .collect();
+    let spec = ChildSpec {
+        argv,
+        cwd: plan.working_dir.clone(),
+        env,
+        grace: plan.grace_period,
+    };
+    let supervised = match supervise::run_child(&spec, &mut signals, &log).await {
+        Ok(supervised) => supervised,
+        Err(e) => {
+            // Not even started (no such program): outputs cannot exist; report like a shell.
+            log.line(&format!("cannot start {}: {e}", plan.command[0]));
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            result.end(EndReason::ScriptFailed, code);
+            result.save(&options.job_dir, &log);
+            return code;
+        }
+    };
+    result.child = Some(result::ChildResult::from(&supervised));
+    let script_code = supervised.exit.shell_code();
+    log.line(&format!("script exited with code {script_code}"));
+
+    // Phase 3: outputs, per policy. A signal from outside always uploads.
+    let failed_on_its_own = script_code != 0 && supervised.forwarded.is_none();
+    let upload = match plan.upload_policy {
+        UploadPolicy::Always => true,
+        UploadPolicy::OnSuccess => !failed_on_its_own,
+    };
+    let stage_out_ok = if upload {
+        stage_out(plan, &stores, &engine, &log, &mut result, &options.job_dir).await
+    } else {
+        for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
+            log.line(&format!(
+                "{}: not uploaded: the script failed and upload_policy is on_success",
+                r.name
+            ));
+            result.outcome(&r.name).status = ReferenceStatus::SkippedByPolicy;
+        }
+        true
+    };
+
+    let (reason, code) = if supervised.forwarded.is_some() {
+        (EndReason::Preempted, script_code)
+    } else if script_code != 0 {
+        (EndReason::ScriptFailed, script_code)
+    } else if !stage_out_ok {
+        (EndReason::StageOutFailed, ExitCode::TempFail.code())
+    } else {
+        (EndReason::Succeeded, 0)
+    };
+    result.end(reason, code);
+    result.save(&options.job_dir, &log);
+    code
+}
+
+fn open_stores(plan: &JobPlan) -> Result<BTreeMap<String, Arc<dyn Store>>, String> {
+    let mut stores = BTreeMap::new();
+    for r in &plan.references {
+        if stores.contains_key(&r.datastore_name) {
+            continue;
+        }
+        let store = store::open(&r.datastore)
+            .map_err(|e| format!("datastore {:?}: {e}", r.datastore_name))?;
+        stores.insert(r.datastore_name.clone(), store);
+    }
+    Ok(stores)
+}
+
+enum Prepare {
+    Signalled(nix::sys::signal::Signal),
+    Failed(ExitCode),
+}
+
+/// Downloads inputs and creates the parents of upload sources.
+async fn prepare(
+    plan: &JobPlan,
+    stores: &BTreeMap<String, Arc<dyn Store>>,
+    engine: &Engine,
+    log: &JobLog,
+    result: &mut JobResult,
+) -> Result<(), Prepare> {
+    for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
+        if let Some(parent) = r.local.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                log.line(&format!(
+                    "{}: cannot create {}: {e}",
+                    r.name,
+                    parent.display()
+                ));
+                Prepare::Failed(ExitCode::IoErr)
+            })?;
+        }
+    }
+    for r in plan.references.iter().filter(|r| r.mode == Mode::Download) {
+        let store = stores[&r.datastore_name].clone();
+        log.line(&format!(
+            "{}: downloading {} from {} to {}",
+            r.name,
+            r.path_on_datastore,
+            r.datastore_name,
+            r.local.display()
+        ));
+        let started = Instant::now();
+        let outcome =
+            transfer::download(engine, store, &r.path_on_datastore, &r.local, r.overwrite).await;
+        let entry = result.outcome(&r.name);
+        match outcome {
+            Ok(report) => {
+                log.line(&format!("{}: downloaded {}", r.name, report.summary()));
+                let failed = !report.errors.is_empty();
+                for e in &report.errors {
+                    log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
+                }
+                entry.record(
+                    report,
+                    if failed {
+                        ReferenceStatus::Failed
+                    } else {
+                        ReferenceStatus::Done
+                    },
+                );
+                if failed {
+                    return Err(Prepare::Failed(ExitCode::Unavailable));
+                }
+            }
+            Err(TransferError::NothingMatched { .. }) if r.allow_empty => {
+                std::fs::create_dir_all(&r.local).map_err(|_| Prepare::Failed(ExitCode::IoErr))?;
+                log.line(&format!("{}: nothing to download (allow_empty)", r.name));
+                entry.status = ReferenceStatus::Done;
+                entry.duration_seconds = started.elapsed().as_secs_f64();
+            }
+            Err(e) => {
+                let code = exit_code_for(&e);
+                log.line(&format!("{}: download failed: {e}", r.name));
+                entry.fail(e.to_string(), started.elapsed());
+                return Err(Prepare::Failed(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn exit_code_for(error: &TransferError) -> ExitCode {
+    match error {
+        TransferError::NothingMatched { .. } | TransferError::SourceMissing { .. } => {
+            ExitCode::NoInput
+        }
+        TransferError::Store(_) => ExitCode::Unavailable,
+        TransferError::Local { .. } | TransferError::DiskFull { .. } => ExitCode::IoErr,
+    }
+}
+
+/// Uploads every output. Returns false when any upload failed (a missing source is only a
+/// warning).
+async fn stage_out(
+    plan: &JobPlan,
+    stores: &BTreeMap<String, Arc<dyn Store>>,
+    engine: &Engine,
+    log: &JobLog,
+    result: &mut JobResult,
+    job_dir: &Path,
+) -> bool {
+    let mut ok = true;
+    for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
+        let started = Instant::now();
+        let source = match std::fs::metadata(&r.local) {
+            Ok(meta) if meta.is_dir() => UploadSource::Directory(r.local.clone()),
+            Ok(_) => UploadSource::Files(vec![r.local.clone()]),
+            Err(_) => {
+                let warning = format!("{} does not exist; nothing uploaded", r.local.display());
+                log.line(&format!("{}: warning: {warning}", r.name));
+                let entry = result.outcome(&r.name);
+                entry.status = ReferenceStatus::SourceMissing;
+                entry.warnings.push(warning);
+                continue;
+            }
+        };
+        log.line(&format!(
+            "{}: uploading {} to {}:{}",
+            r.name,
+            r.local.display(),
+            r.datastore_name,
+            r.path_on_datastore
+        ));
+        let exclude = vec![job_dir.to_path_buf()];
+        let store = stores[&r.datastore_name].clone();
+        let outcome = transfer::upload(
+            engine,
+            store,
+            &source,
+            &r.path_on_datastore,
+            r.overwrite,
+            &exclude,
+        )
+        .await;
+        let entry = result.outcome(&r.name);
+        match outcome {
+            Ok(report) => {
+                log.line(&format!("{}: uploaded {}", r.name, report.summary()));
+                for s in &report.skipped {
+                    log.line(&format!("{}: skipped {} ({:?})", r.name, s.path, s.reason));
+                }
+                for e in &report.errors {
+                    log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
+                }
+                let failed = !report.errors.is_empty();
+                ok &= !failed;
+                entry.record(
+                    report,
+                    if failed {
+                        ReferenceStatus::Failed
+                    } else {
+                        ReferenceStatus::Done
+                    },
+                );
+            }
+            Err(e) => {
+                log.line(&format!("{}: upload failed: {e}", r.name));
+                entry.fail(e.to_string(), started.elapsed());
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// Outcome lookups by reference name, used while phases fill in the result.
+impl JobResult {
+    fn outcome(&mut self, name: &str) -> &mut ReferenceOutcome {
+        self.references
+            .get_mut(name)
+            .expect("every reference has an outcome")
+    }
+}

@@ -1,0 +1,186 @@
+//! `result.json`: what happened to each reference, the script's exit, and why the job ended.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::log::JobLog;
+use super::supervise::{ChildExit, Supervised};
+use crate::manifest::{JobPlan, Mode};
+use crate::transfer::{FileFailure, Skipped, TransferReport};
+
+pub const RESULT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceStatus {
+    Pending,
+    Done,
+    Failed,
+    NotRun,
+    SkippedByPolicy,
+    SourceMissing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Running,
+    Succeeded,
+    ScriptFailed,
+    /// A termination signal was forwarded to the script.
+    Preempted,
+    SignalBeforeStart,
+    InputFailed,
+    StageOutFailed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceOutcome {
+    pub mode: Mode,
+    pub datastore: String,
+    pub path_on_datastore: String,
+    pub local: PathBuf,
+    pub status: ReferenceStatus,
+    pub files: u64,
+    pub bytes: u64,
+    pub skipped: Vec<Skipped>,
+    pub errors: Vec<FileFailure>,
+    pub warnings: Vec<String>,
+    pub duration_seconds: f64,
+}
+
+impl ReferenceOutcome {
+    pub fn record(&mut self, report: TransferReport, status: ReferenceStatus) {
+        self.status = status;
+        self.files = report.files;
+        self.bytes = report.bytes;
+        self.skipped = report.skipped;
+        self.errors = report.errors;
+        self.duration_seconds = round(report.duration);
+    }
+
+    pub fn fail(&mut self, error: String, elapsed: Duration) {
+        self.status = ReferenceStatus::Failed;
+        self.errors.push(FileFailure {
+            path: self.path_on_datastore.clone(),
+            error,
+        });
+        self.duration_seconds = round(elapsed);
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildResult {
+    pub pid: u32,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub forwarded_signal: Option<String>,
+    pub killed_after_grace: bool,
+}
+
+impl From<&Supervised> for ChildResult {
+    fn from(s: &Supervised) -> Self {
+        let (exit_code, signal) = match s.exit {
+            ChildExit::Code(code) => (Some(code), None),
+            ChildExit::Signal(signal) => (None, Some(signal)),
+        };
+        Self {
+            pid: s.pid,
+            exit_code,
+            signal,
+            forwarded_signal: s.forwarded.map(|sig| sig.as_str().to_owned()),
+            killed_after_grace: s.killed_after_grace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    pub version: u32,
+    pub manifest: PathBuf,
+    pub working_dir: PathBuf,
+    pub job_dir: PathBuf,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub end_reason: EndReason,
+    pub exit_code: Option<i32>,
+    pub child: Option<ChildResult>,
+    pub references: BTreeMap<String, ReferenceOutcome>,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(round)
+        .unwrap_or(0.0)
+}
+
+fn round(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+impl JobResult {
+    pub fn new(plan: &JobPlan, job_dir: &Path) -> Self {
+        let references = plan
+            .references
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    ReferenceOutcome {
+                        mode: r.mode,
+                        datastore: r.datastore_name.clone(),
+                        path_on_datastore: r.path_on_datastore.as_str().to_owned(),
+                        local: r.local.clone(),
+                        status: ReferenceStatus::Pending,
+                        files: 0,
+                        bytes: 0,
+                        skipped: Vec::new(),
+                        errors: Vec::new(),
+                        warnings: Vec::new(),
+                        duration_seconds: 0.0,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            version: RESULT_VERSION,
+            manifest: plan.manifest_path.clone(),
+            working_dir: plan.working_dir.clone(),
+            job_dir: job_dir.to_path_buf(),
+            started_at: now(),
+            finished_at: None,
+            end_reason: EndReason::Running,
+            exit_code: None,
+            child: None,
+            references,
+        }
+    }
+
+    pub fn end(&mut self, reason: EndReason, code: i32) {
+        self.end_reason = reason;
+        self.exit_code = Some(code);
+        self.finished_at = Some(now());
+    }
+
+    /// Writes `result.json` atomically (temporary file + rename); failures are logged, not
+    /// fatal: the job's own outcome matters more than its report.
+    pub fn save(&self, job_dir: &Path, log: &JobLog) {
+        let path = job_dir.join("result.json");
+        let temp = job_dir.join(".result.json.tmp");
+        let written = (|| {
+            let mut file = std::fs::File::create(&temp)?;
+            serde_json::to_writer_pretty(&mut file, self)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)
+        })();
+        if let Err(e) = written {
+            log.line(&format!("warning: cannot write {}: {e}", path.display()));
+        }
+    }
+}
