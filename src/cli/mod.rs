@@ -71,10 +71,10 @@ pub fn main() -> i32 {
         Err(e) => {
             use clap::error::ErrorKind;
             let _ = e.print();
+            // Only an explicit --help/--version succeeds; help shown because a subcommand
+            // is missing is a usage error.
             return match e.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
                 _ => ExitCode::Usage.code(),
             };
         }

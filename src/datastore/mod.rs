@@ -152,7 +152,13 @@ impl DatastoreSpec {
                     _ => obj.required_string("share_name", issues),
                 };
                 if let Some(name) = share {
-                    check_container_name(name, &obj.field_path("share_name"), issues);
+                    // Name the field the document actually used.
+                    let field = if obj.get("share_name").is_some() {
+                        "share_name"
+                    } else {
+                        "container_name"
+                    };
+                    check_container_name(name, &obj.field_path(field), issues);
                 }
                 let loc = parse_azure(&obj, share, false, base, issues)?;
                 Some(DatastoreSpec::AzureFile(loc))

@@ -81,6 +81,12 @@ impl Registry {
             if let Some(stores) = Object::new(stores, "datastores", issues) {
                 for (name, spec) in stores.map {
                     let path = stores.field_path(name);
+                    // The name becomes a directory under working_dir (SPEC §3): a hand-edited
+                    // registry must not smuggle in `..` or `/`.
+                    if let Err(message) = super::check_datastore_name(name) {
+                        issues.push(&path, message);
+                        continue;
+                    }
                     if let Some(spec) = DatastoreSpec::parse(spec, &path, config_dir, issues) {
                         registry.datastores.insert(name.clone(), spec);
                     }
