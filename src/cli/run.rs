@@ -38,5 +38,9 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
     let runtime = super::runtime()?;
     // `block_on` runs the job on this (main) thread, which outlives the child: the child's
     // PDEATHSIG is tied to the thread that spawned it.
-    Ok(runtime.block_on(job::run(&plan, &options)))
+    let code = runtime.block_on(job::run(&plan, &options));
+    // A transfer stuck in a blocking read (a hung NFS server) must not keep dataref alive
+    // after the job has ended.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(code)
 }

@@ -22,13 +22,15 @@ pub fn child_environment(
     let secret_vars = plan.secret_env_vars();
     let mut env: BTreeMap<OsString, OsString> = base
         .into_iter()
-        .filter(|(k, _)| !k.to_str().is_some_and(|k| is_withheld(k, &secret_vars)))
+        .filter(|(k, _)| !k.to_str().is_some_and(|k| is_withheld(k, secret_vars)))
         .collect();
     for (key, value) in &plan.environment {
-        if !is_withheld(key, &secret_vars) {
+        if !is_withheld(key, secret_vars) {
             env.insert(key.into(), value.into());
         }
     }
+    // The script starts in working_dir; an inherited PWD would name dataref's directory.
+    env.insert("PWD".into(), plan.working_dir.clone().into());
     for reference in &plan.references {
         let local: OsString = reference.local.clone().into();
         env.insert(reference.variable().into(), local.clone());
@@ -98,6 +100,70 @@ mod tests {
             "HOME" => Some("/root".into()),
             _ => None,
         }
+    }
+
+    /// A variable named by an `{"env": VAR}` secret of a referenced datastore, `NOTIFY_SOCKET`
+    /// and `WATCHDOG_*` never reach the child, not even through the manifest's `environment`.
+    #[test]
+    fn child_environment_withholds_secrets_and_systemd_variables() {
+        use crate::datastore::registry::Registry;
+        use crate::schema::Issues;
+        // The secret's variable must be set for validation to pass; PATH always is, and
+        // setting a variable of our own would race with other tests' threads.
+        let manifest = serde_json::json!({
+            "datastores": {"az": {"kind": "azure_blob", "account_name": "acct",
+                                  "container_name": "cont", "account_key": {"env": "PATH"}},
+                           // Defined but not referenced: its secret is withheld all the same.
+                           "unused": {"kind": "azure_file", "account_name": "acct",
+                                      "share_name": "share", "sas_token": {"env": "UNUSED_SAS"}}},
+            "data_references": {"out": {"datastore": "az", "path_on_datastore": "o",
+                                        "mode": "upload", "path_on_compute": "outputs"}},
+            "command": ["true"],
+            "environment": {"FROM_MANIFEST": "1", "NOTIFY_SOCKET": "/m", "WATCHDOG_USEC": "5"}
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path();
+        let mut issues = Issues::default();
+        let mut registry = Registry::default();
+        let registered = serde_json::json!({"kind": "azure_blob", "account_name": "acct",
+            "container_name": "cont", "account_key": {"env": "REGISTRY_KEY"}});
+        let spec = crate::datastore::DatastoreSpec::parse(&registered, "r", w, &mut issues);
+        registry
+            .datastores
+            .insert("registered".into(), spec.unwrap());
+        let plan =
+            crate::manifest::parse(&manifest, &w.join("job.json"), w, &registry, &mut issues);
+        assert!(issues.is_empty(), "{:?}", issues.0);
+        let plan = plan.expect("a valid manifest");
+        let base = [
+            ("PATH", "s3cr3t-value"),
+            ("UNUSED_SAS", "s3cr3t-value"),
+            ("REGISTRY_KEY", "s3cr3t-value"),
+            ("NOTIFY_SOCKET", "/run/notify"),
+            ("WATCHDOG_USEC", "1000"),
+            ("WATCHDOG_PID", "1"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = child_environment(&plan, base);
+        for withheld in [
+            "PATH",
+            "UNUSED_SAS",
+            "REGISTRY_KEY",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+        ] {
+            assert!(!env.contains_key(&OsString::from(withheld)), "{withheld}");
+        }
+        assert!(env.values().all(|v| v != "s3cr3t-value"));
+        let get = |k: &str| env.get(&OsString::from(k)).cloned();
+        assert_eq!(get("HOME"), Some("/root".into()));
+        assert_eq!(get("FROM_MANIFEST"), Some("1".into()));
+        assert_eq!(get("PWD"), Some(w.as_os_str().to_owned()));
+        let outputs = OsString::from(w.join("outputs"));
+        assert_eq!(get("AZURE_ML_OUTPUT_out"), Some(outputs.clone()));
+        assert_eq!(get("AZUREML_DATAREFERENCE_out"), Some(outputs));
     }
 
     #[test]

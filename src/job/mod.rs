@@ -105,11 +105,7 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
                 code.code()
             }
         };
-        for outcome in result.references.values_mut() {
-            if outcome.status == ReferenceStatus::Pending {
-                outcome.status = ReferenceStatus::NotRun;
-            }
-        }
+        result.mark_not_run();
         result.save(&options.job_dir, &log);
         return code;
     }
@@ -143,6 +139,7 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
                 126
             };
             result.end(EndReason::ScriptFailed, code);
+            result.mark_not_run();
             result.save(&options.job_dir, &log);
             return code;
         }
@@ -170,12 +167,14 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
         true
     };
 
-    let (reason, code) = if supervised.forwarded.is_some() {
+    // A script that exited 0 (also after a forwarded SIGTERM) whose outputs did not all
+    // arrive must not look like a success.
+    let (reason, code) = if script_code == 0 && !stage_out_ok {
+        (EndReason::StageOutFailed, ExitCode::TempFail.code())
+    } else if supervised.forwarded.is_some() {
         (EndReason::Preempted, script_code)
     } else if script_code != 0 {
         (EndReason::ScriptFailed, script_code)
-    } else if !stage_out_ok {
-        (EndReason::StageOutFailed, ExitCode::TempFail.code())
     } else {
         (EndReason::Succeeded, 0)
     };
@@ -239,6 +238,12 @@ async fn prepare(
             Ok(report) => {
                 log.line(&format!("{}: downloaded {}", r.name, report.summary()));
                 let failed = !report.errors.is_empty();
+                // Only local I/O failures (the compute node's disk): 74; any store failure: 69.
+                let code = if report.errors.iter().all(|e| e.local) {
+                    ExitCode::IoErr
+                } else {
+                    ExitCode::Unavailable
+                };
                 for e in &report.errors {
                     log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
                 }
@@ -251,7 +256,7 @@ async fn prepare(
                     },
                 );
                 if failed {
-                    return Err(Prepare::Failed(ExitCode::Unavailable));
+                    return Err(Prepare::Failed(code));
                 }
             }
             Err(TransferError::NothingMatched { .. }) if r.allow_empty => {
@@ -361,5 +366,14 @@ impl JobResult {
         self.references
             .get_mut(name)
             .expect("every reference has an outcome")
+    }
+
+    /// References the job ended before reaching.
+    fn mark_not_run(&mut self) {
+        for outcome in self.references.values_mut() {
+            if outcome.status == ReferenceStatus::Pending {
+                outcome.status = ReferenceStatus::NotRun;
+            }
+        }
     }
 }

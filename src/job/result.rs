@@ -68,6 +68,7 @@ impl ReferenceOutcome {
         self.errors.push(FileFailure {
             path: self.path_on_datastore.clone(),
             error,
+            local: false,
         });
         self.duration_seconds = round(elapsed);
     }

@@ -52,24 +52,29 @@ pub struct JobPlan {
     pub grace_period: Duration,
     pub mount: MountSettings,
     pub memory_budget_bytes: u64,
+    secret_env_vars: Vec<String>,
 }
 
 impl JobPlan {
     /// Variables named by `{"env": VAR}` secret references: removed from the child's environment.
-    pub fn secret_env_vars(&self) -> Vec<String> {
-        let mut vars: Vec<String> = self
-            .references
-            .iter()
-            .filter_map(|r| r.datastore.credential()?.secret_ref().cloned())
-            .filter_map(|s| match s {
-                SecretRef::Env(var) => Some(var),
-                SecretRef::File(_) => None,
-            })
-            .collect();
-        vars.sort();
-        vars.dedup();
-        vars
+    pub fn secret_env_vars(&self) -> &[String] {
+        &self.secret_env_vars
     }
+}
+
+/// Every variable named by an `{"env": VAR}` secret of any datastore the job can see (inline or
+/// registered), used or not: the script must never receive a secret.
+fn collect_secret_env_vars<'a>(stores: impl Iterator<Item = &'a DatastoreSpec>) -> Vec<String> {
+    let mut vars: Vec<String> = stores
+        .filter_map(|spec| spec.credential()?.secret_ref())
+        .filter_map(|s| match s {
+            SecretRef::Env(var) => Some(var.clone()),
+            SecretRef::File(_) => None,
+        })
+        .collect();
+    vars.sort();
+    vars.dedup();
+    vars
 }
 
 /// Why a manifest could not be loaded.
@@ -184,6 +189,9 @@ pub fn parse(
         grace_period,
         mount,
         memory_budget_bytes,
+        secret_env_vars: collect_secret_env_vars(
+            inline.values().chain(registry.datastores.values()),
+        ),
     })
 }
 

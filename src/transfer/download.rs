@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
@@ -96,7 +97,7 @@ pub async fn download(
     check_free_space(local, needed, engine.reserved_free_disk_bytes)?;
 
     let progress = Progress::start(engine.progress, "download", todo.len() as u64, needed);
-    let results: Vec<(ObjectPath, Result<u64, String>)> = futures::stream::iter(todo)
+    let results: Vec<(ObjectPath, Result<u64, FileError>)> = futures::stream::iter(todo)
         .map(|item| {
             let store = store.clone();
             let progress = progress.clone();
@@ -118,7 +119,8 @@ pub async fn download(
             }
             Err(error) => report.errors.push(FileFailure {
                 path: path.to_string(),
-                error,
+                error: error.message,
+                local: error.local,
             }),
         }
     }
@@ -189,43 +191,92 @@ fn check_free_space(local: &Path, needed: u64, reserved: u64) -> Result<(), Tran
     Ok(())
 }
 
+/// Why one file failed: local I/O on the compute node (a job exits 74) or the store's side.
+struct FileError {
+    message: String,
+    local: bool,
+}
+
+impl FileError {
+    fn local(path: &Path, e: impl std::fmt::Display) -> Self {
+        Self {
+            message: format!("{}: {e}", path.display()),
+            local: true,
+        }
+    }
+
+    fn store(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            local: false,
+        }
+    }
+}
+
 /// Downloads one object to a temporary name, verifies it, and renames it into place.
 async fn download_file(
     engine: &Engine,
     store: &dyn Store,
     item: &Planned,
     progress: &Progress,
-) -> Result<u64, String> {
+) -> Result<u64, FileError> {
     if let Some(parent) = item.dest.parent() {
         tokio::fs::create_dir_all(parent)
             .await
-            .map_err(|e| format!("{}: {e}", parent.display()))?;
+            .map_err(|e| FileError::local(parent, e))?;
     }
     // The guard removes the temporary file however this ends: error, or the future being
     // dropped because the job was cancelled.
-    let mut partial = PartialFile(Some(partial_name(&item.dest)));
-    let path = partial.path().to_path_buf();
-    fetch_into(engine, store, item, &path, progress).await?;
-    tokio::fs::rename(&path, &item.dest)
+    let mut partial = PartialFile::new(partial_name(&item.dest));
+    partial.create(item.meta.size).await?;
+    fetch_into(engine, store, item, &partial.path, progress).await?;
+    tokio::fs::rename(&partial.path, &item.dest)
         .await
-        .map_err(|e| format!("{}: {e}", item.dest.display()))?;
-    partial.0 = None; // renamed: nothing left to clean up
+        .map_err(|e| FileError::local(&item.dest, e))?;
+    partial.renamed = true;
     Ok(item.meta.size)
 }
 
 /// A temporary download file, deleted on drop unless it was renamed into place.
-struct PartialFile(Option<PathBuf>);
+struct PartialFile {
+    path: PathBuf,
+    renamed: bool,
+    /// Set on drop: a creation still running on a blocking thread when the download is
+    /// abandoned removes what it created, so no temporary file outlives a cancelled job.
+    abandoned: Arc<AtomicBool>,
+}
 
 impl PartialFile {
-    fn path(&self) -> &Path {
-        self.0.as_deref().expect("set until renamed")
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            renamed: false,
+            abandoned: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Creates the file at its full size, so ranges can land at their offsets in any order.
+    async fn create(&self, size: u64) -> Result<(), FileError> {
+        let path = self.path.clone();
+        let abandoned = self.abandoned.clone();
+        tokio::task::spawn_blocking(move || {
+            let created = std::fs::File::create(&path).and_then(|file| file.set_len(size));
+            // Either this sees the flag, or the guard's drop comes later and sees the file.
+            if abandoned.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&path);
+            }
+            created.map_err(|e| FileError::local(&path, e))
+        })
+        .await
+        .map_err(|e| FileError::local(&self.path, e))?
     }
 }
 
 impl Drop for PartialFile {
     fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            let _ = std::fs::remove_file(path);
+        if !self.renamed {
+            self.abandoned.store(true, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -236,15 +287,8 @@ async fn fetch_into(
     item: &Planned,
     partial: &Path,
     progress: &Progress,
-) -> Result<(), String> {
+) -> Result<(), FileError> {
     let size = item.meta.size;
-    let file = tokio::fs::File::create(partial)
-        .await
-        .map_err(|e| format!("{}: {e}", partial.display()))?;
-    file.set_len(size)
-        .await
-        .map_err(|e| format!("{}: {e}", partial.display()))?;
-    drop(file);
     let ranges = parts(size, engine.part_size);
     let digest = if ranges.len() <= 1 {
         // One stream: hash while writing.
@@ -275,27 +319,30 @@ async fn fetch_into(
             return Ok(());
         }
         // Parts arrived out of order: hash the finished file once, sequentially.
-        md5_of_file(partial).await?
+        md5_of_file(partial).await.map_err(|message| FileError {
+            message,
+            local: true,
+        })?
     };
     if let Some(expected) = item.meta.content_md5 {
         if expected != digest {
-            return Err(format!(
+            return Err(FileError::store(format!(
                 "{}: Content-MD5 mismatch (stored {}, received {}); file not kept",
                 item.meta.path,
                 hex(&expected),
                 hex(&digest)
-            ));
+            )));
         }
     }
     Ok(())
 }
 
-fn check_size(item: &Planned, written: u64) -> Result<(), String> {
+fn check_size(item: &Planned, written: u64) -> Result<(), FileError> {
     if written != item.meta.size {
-        return Err(format!(
+        return Err(FileError::store(format!(
             "{}: received {written} bytes, expected {}",
             item.meta.path, item.meta.size
-        ));
+        )));
     }
     Ok(())
 }
@@ -312,13 +359,13 @@ async fn fetch_range(
     len: u64,
     progress: &Progress,
     mut hasher: Option<&mut Md5>,
-) -> Result<u64, String> {
+) -> Result<u64, FileError> {
     let _permit = engine.budget.acquire(len.min(engine.part_size)).await;
     let mut stream = store
         .get_range(&item.meta.path, offset..offset + len)
         .await
-        .map_err(|e| e.to_string())?;
-    let local_error = |e: std::io::Error| format!("{}: {e}", partial.display());
+        .map_err(|e| FileError::store(e.to_string()))?;
+    let local_error = |e: std::io::Error| FileError::local(partial, e);
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .open(partial)
@@ -328,12 +375,16 @@ async fn fetch_range(
         .await
         .map_err(local_error)?;
     let mut written = 0u64;
-    while let Some(chunk) = stream.try_next().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| FileError::store(e.to_string()))?
+    {
         if written + chunk.len() as u64 > len {
-            return Err(format!(
+            return Err(FileError::store(format!(
                 "{}: the store sent more bytes than requested",
                 item.meta.path
-            ));
+            )));
         }
         file.write_all(&chunk).await.map_err(local_error)?;
         if let Some(hasher) = hasher.as_deref_mut() {

@@ -124,6 +124,9 @@ pub struct Skipped {
 pub struct FileFailure {
     pub path: String,
     pub error: String,
+    /// The failure was local I/O on this machine (disk, permissions), not the store's.
+    #[serde(skip)]
+    pub local: bool,
 }
 
 /// The outcome of one download or upload.

@@ -86,6 +86,7 @@ pub async fn upload(
             Err(error) => report.errors.push(FileFailure {
                 path: dest.to_string(),
                 error,
+                local: false,
             }),
         }
     }

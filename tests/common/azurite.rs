@@ -1,0 +1,111 @@
+//! Azurite, the official Azure Storage emulator, started by the tests themselves.
+//!
+//! `scripts/test` installs it (npm, `azurite@3.35.0`) and exports `DATAREF_AZURITE_BLOB`; when
+//! run by hand, the binary is looked up in `.tools/azurite`. If it cannot be found or does not
+//! start, the test fails: Blob tests are never skipped.
+//!
+//! One instance per test binary, on a free loopback port, in memory. It is spawned from a
+//! thread that never exits, with `PR_SET_PDEATHSIG`, so it dies with the test process.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's published development key (not a secret).
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+pub struct Azurite {
+    pub port: u16,
+}
+
+impl Azurite {
+    /// The blob service URL, e.g. `http://127.0.0.1:41234/devstoreaccount1`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+}
+
+fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("DATAREF_AZURITE_BLOB") {
+        return PathBuf::from(path);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/azurite/node_modules/.bin/azurite-blob")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a new Azurite (blob service only) and waits until it accepts connections.
+pub fn start_new(location: Option<&std::path::Path>) -> (std::process::Child, u16) {
+    let bin = binary();
+    assert!(
+        bin.exists(),
+        "Azurite not found at {} — run scripts/test (it installs azurite@3.35.0) or set \
+         DATAREF_AZURITE_BLOB",
+        bin.display()
+    );
+    let port = free_port();
+    let mut command = Command::new(&bin);
+    command
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        .args(["--skipApiVersionCheck", "--loose", "--silent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    match location {
+        Some(dir) => command.args(["--location", dir.to_str().unwrap()]),
+        None => command.arg("--inMemoryPersistence"),
+    };
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start Azurite ({}): {e}", bin.display()));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child.stderr.take().unwrap().read_to_string(&mut stderr).ok();
+            panic!("Azurite exited at start ({status}): {stderr}");
+        }
+        assert!(Instant::now() < deadline, "Azurite did not start within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
+/// The test binary's shared instance.
+pub fn shared() -> &'static Azurite {
+    static INSTANCE: OnceLock<Azurite> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // PDEATHSIG follows the spawning thread: this one lives as long as the process.
+        std::thread::spawn(move || {
+            let (child, port) = start_new(None);
+            tx.send(port).unwrap();
+            let _keep = child;
+            loop {
+                std::thread::park();
+            }
+        });
+        Azurite {
+            port: rx.recv().expect("Azurite failed to start"),
+        }
+    })
+}
