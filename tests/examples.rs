@@ -82,3 +82,32 @@ fn quickstart_runs_end_to_end() {
     );
     assert_eq!(result["references"]["model"]["files"], 2);
 }
+
+/// The sample registry in config/ is what `datastore list` and `get` read.
+#[test]
+fn sample_registry_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/datastores.example.json"),
+        config.join("datastores.json"),
+    )
+    .unwrap();
+    let out = common::cli::run(&config, &["datastore", "list"]);
+    out.expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "blobs\tazure_blob",
+            "datasets\tlocal",
+            "emulator\tazure_blob",
+            "public\tazure_blob",
+            "shared\tazure_file"
+        ]
+    );
+    let get = common::cli::run(&config, &["datastore", "get", "datasets"]);
+    get.expect_code(0);
+    assert_eq!(get.json()["default"], true);
+}

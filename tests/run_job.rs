@@ -835,3 +835,34 @@ fn rerun_replaces_result_and_log() {
         "stray files in the job directory"
     );
 }
+
+// With a terminal on stdin, the script's process group becomes the terminal's foreground
+// group (so it can read the terminal and gets Ctrl-C directly). `script` gives dataref a pty.
+#[test]
+fn a_terminal_is_handed_to_the_script() {
+    let job = Job::new();
+    let manifest = job.manifest(json!({
+        "command": sh("echo \"$(ps -o tpgid= -p $$) $(ps -o pgid= -p $$)\" > fg.txt; \
+                       test -t 0 && echo tty > stdin.txt; exit 4"),
+    }));
+    let inner = format!(
+        "{} --config-dir {} run --no-progress {}",
+        env!("CARGO_BIN_EXE_dataref"),
+        job.cfg.display(),
+        manifest.display()
+    );
+    let mut command = Command::new("script");
+    job.prepare(&mut command);
+    command.args(["-qec", &inner, "/dev/null"]);
+    let mut child = command.spawn().expect("script(1) starts");
+    let code = job.code(&mut child);
+    job.expect_code(code, 4);
+    let fg = read(&job.work.join("fg.txt"));
+    let ids: Vec<&str> = fg.split_whitespace().collect();
+    assert_eq!(ids.len(), 2, "{fg}");
+    assert_eq!(
+        ids[0], ids[1],
+        "the script's group is not the foreground group: {fg}"
+    );
+    assert_eq!(read(&job.work.join("stdin.txt")), "tty\n");
+}

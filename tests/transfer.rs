@@ -379,3 +379,31 @@ async fn local_store_round_trip_through_the_engine() {
         data
     );
 }
+
+#[tokio::test]
+async fn hostile_local_names_are_refused_and_never_escape() {
+    let remote = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(remote.path().join("in")).unwrap();
+    std::fs::write(remote.path().join("in/ok.txt"), b"ok").unwrap();
+    // A backslash name would be a path on Windows-minded tools; a link could point anywhere.
+    std::fs::write(remote.path().join("in/..\\..\\evil"), b"evil").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", remote.path().join("in/passwd")).unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(remote.path()).unwrap());
+    let outer = tempfile::tempdir().unwrap();
+    let target = outer.path().join("deep/target");
+    let report = transfer::download(&engine(), store, &p("in"), &target, false)
+        .await
+        .unwrap();
+    assert_eq!(report.files, 1);
+    let mut refused: Vec<SkipReason> = report.skipped.iter().map(|s| s.reason).collect();
+    refused.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(
+        refused,
+        vec![SkipReason::RefusedName, SkipReason::RefusedName]
+    );
+    // Only the one good file exists anywhere under the outer directory.
+    assert_eq!(
+        tree(outer.path()),
+        vec!["deep/", "deep/target/", "deep/target/ok.txt"]
+    );
+}

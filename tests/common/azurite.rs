@@ -81,10 +81,18 @@ pub fn start_new(location: Option<&std::path::Path>) -> (std::process::Child, u1
         if let Ok(Some(status)) = child.try_wait() {
             let mut stderr = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut stderr).ok();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .ok();
             panic!("Azurite exited at start ({status}): {stderr}");
         }
-        assert!(Instant::now() < deadline, "Azurite did not start within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "Azurite did not start within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, port)
