@@ -407,3 +407,117 @@ async fn hostile_local_names_are_refused_and_never_escape() {
         vec!["deep/", "deep/target/", "deep/target/ok.txt"]
     );
 }
+
+/// Delegates to a memory store, but the first `failures` streams break after half their bytes;
+/// records every range requested.
+#[derive(Debug)]
+struct FlakyStore {
+    inner: MemoryStore,
+    failures: std::sync::atomic::AtomicU32,
+    ranges: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
+}
+
+#[async_trait::async_trait]
+impl Store for FlakyStore {
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+    fn max_part_size(&self) -> u64 {
+        self.inner.max_part_size()
+    }
+    async fn list(
+        &self,
+        request: &dataref::store::ListRequest,
+    ) -> dataref::store::Result<dataref::store::ListPage> {
+        self.inner.list(request).await
+    }
+    async fn head(&self, path: &ObjectPath) -> dataref::store::Result<dataref::store::ObjectMeta> {
+        self.inner.head(path).await
+    }
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        range: std::ops::Range<u64>,
+    ) -> dataref::store::Result<dataref::store::ByteStream> {
+        use futures::StreamExt;
+        self.ranges.lock().unwrap().push(range.clone());
+        let data = read_to_bytes(&self.inner, path).await?;
+        let slice = data.slice(range.start as usize..range.end.min(data.len() as u64) as usize);
+        let fail = self
+            .failures
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if fail {
+            let half = slice.slice(..slice.len() / 2);
+            let broken: Vec<dataref::store::Result<Bytes>> = vec![
+                Ok(half),
+                Err(dataref::store::StoreError::Network {
+                    message: "connection reset by peer".into(),
+                }),
+            ];
+            return Ok(futures::stream::iter(broken).boxed());
+        }
+        Ok(futures::stream::iter(vec![Ok(slice)]).boxed())
+    }
+    async fn put(
+        &self,
+        path: &ObjectPath,
+        data: Bytes,
+        o: &PutOptions,
+    ) -> dataref::store::Result<()> {
+        self.inner.put(path, data, o).await
+    }
+    async fn start_upload(
+        &self,
+        path: &ObjectPath,
+        size: u64,
+    ) -> dataref::store::Result<Box<dyn dataref::store::PartUpload>> {
+        self.inner.start_upload(path, size).await
+    }
+    async fn delete(&self, path: &ObjectPath) -> dataref::store::Result<()> {
+        self.inner.delete(path).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_range_broken_mid_body_resumes_from_the_missing_byte() {
+    let inner = MemoryStore::new();
+    let data = pattern(64 * 1024 * 3, 5); // three parts of the test engine's 64 KiB
+    put(&inner, "f.bin", &data).await;
+    let store = Arc::new(FlakyStore {
+        inner,
+        failures: 2.into(),
+        ranges: Default::default(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    engine.part_concurrency = 1; // deterministic order of requests
+    let report = transfer::download(
+        &engine,
+        store.clone(),
+        &p("f.bin"),
+        &dir.path().join("f.bin"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), data);
+    let ranges = store.ranges.lock().unwrap().clone();
+    // The first range broke at its middle and was resumed there, twice; the rest went once.
+    let part = 64 * 1024u64;
+    assert_eq!(
+        ranges,
+        vec![
+            0..part,
+            part / 2..part,
+            3 * part / 4..part,
+            part..2 * part,
+            2 * part..3 * part
+        ]
+    );
+}

@@ -8,6 +8,7 @@
 pub mod local;
 pub mod memory;
 pub mod path;
+pub mod retry;
 
 use std::fmt;
 use std::ops::Range;
@@ -47,6 +48,16 @@ pub enum StoreError {
     },
     #[error("{context}: {message}")]
     Service { context: String, message: String },
+    /// An HTTP answer that is not success; 408, 429 and 5xx are transient.
+    #[error("HTTP {status}: {message}")]
+    Http {
+        status: u16,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The connection failed, was reset or timed out: transient.
+    #[error("network: {message}")]
+    Network { message: String },
 }
 
 impl StoreError {
@@ -64,6 +75,23 @@ impl StoreError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
+    }
+
+    /// Worth retrying: throttling, server errors, broken connections.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Http { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::Network { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// How long the server asked us to wait.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 

@@ -347,8 +347,10 @@ fn check_size(item: &Planned, written: u64) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Streams bytes `offset..offset+len` into the file at the same offset. Memory held: one
-/// budget share for the range while it streams.
+/// Streams bytes `offset..offset+len` into the file at the same offset. A stream that breaks
+/// mid-body (reset, timeout, 5xx) is resumed from the first missing byte under the engine's
+/// retry policy: only this range's remainder is fetched again. Memory held: one budget share
+/// for the range while it streams.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_range(
     engine: &Engine,
@@ -361,40 +363,96 @@ async fn fetch_range(
     mut hasher: Option<&mut Md5>,
 ) -> Result<u64, FileError> {
     let _permit = engine.budget.acquire(len.min(engine.part_size)).await;
-    let mut stream = store
-        .get_range(&item.meta.path, offset..offset + len)
-        .await
-        .map_err(|e| FileError::store(e.to_string()))?;
     let local_error = |e: std::io::Error| FileError::local(partial, e);
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .open(partial)
         .await
         .map_err(local_error)?;
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(local_error)?;
     let mut written = 0u64;
-    while let Some(chunk) = stream
-        .try_next()
-        .await
-        .map_err(|e| FileError::store(e.to_string()))?
-    {
-        if written + chunk.len() as u64 > len {
-            return Err(FileError::store(format!(
-                "{}: the store sent more bytes than requested",
-                item.meta.path
-            )));
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let attempt = stream_range(
+            store,
+            item,
+            &mut file,
+            offset + written..offset + len,
+            &mut written,
+            progress,
+            hasher.as_deref_mut(),
+        )
+        .await;
+        match attempt {
+            Ok(()) => break,
+            Err(RangeError::Store(e)) if engine.retry.allows(attempts, started, &e) => {
+                let delay = engine.retry.backoff(attempts - 1, e.retry_after());
+                tracing::info!(path = %item.meta.path, offset = offset + written, error = %e,
+                    "range broke; resuming after {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+            Err(RangeError::Store(e)) => return Err(FileError::store(e.to_string())),
+            Err(RangeError::Local(e)) => return Err(local_error(e)),
+            Err(RangeError::TooLong) => {
+                return Err(FileError::store(format!(
+                    "{}: the store sent more bytes than requested",
+                    item.meta.path
+                )));
+            }
         }
-        file.write_all(&chunk).await.map_err(local_error)?;
-        if let Some(hasher) = hasher.as_deref_mut() {
-            hasher.update(&chunk);
-        }
-        written += chunk.len() as u64;
-        progress.add_bytes(chunk.len() as u64);
     }
     file.flush().await.map_err(local_error)?;
     Ok(written)
+}
+
+enum RangeError {
+    Store(StoreError),
+    Local(std::io::Error),
+    TooLong,
+}
+
+/// One attempt at `range`, appending to `written` as bytes land.
+async fn stream_range(
+    store: &dyn Store,
+    item: &Planned,
+    file: &mut tokio::fs::File,
+    range: std::ops::Range<u64>,
+    written: &mut u64,
+    progress: &Progress,
+    mut hasher: Option<&mut Md5>,
+) -> Result<(), RangeError> {
+    let wanted = range.end - range.start;
+    file.seek(std::io::SeekFrom::Start(range.start))
+        .await
+        .map_err(RangeError::Local)?;
+    let mut stream = store
+        .get_range(&item.meta.path, range)
+        .await
+        .map_err(RangeError::Store)?;
+    let mut received = 0u64;
+    while let Some(chunk) = stream.try_next().await.map_err(RangeError::Store)? {
+        if received + chunk.len() as u64 > wanted {
+            return Err(RangeError::TooLong);
+        }
+        file.write_all(&chunk).await.map_err(RangeError::Local)?;
+        if let Some(hasher) = hasher.as_deref_mut() {
+            hasher.update(&chunk);
+        }
+        received += chunk.len() as u64;
+        *written += chunk.len() as u64;
+        progress.add_bytes(chunk.len() as u64);
+    }
+    if received < wanted {
+        // A body that ends early without an error is a truncated response: resume it.
+        return Err(RangeError::Store(StoreError::Network {
+            message: format!(
+                "{}: body ended after {received} of {wanted} bytes",
+                item.meta.path
+            ),
+        }));
+    }
+    Ok(())
 }
 
 pub(crate) async fn md5_of_file(path: &Path) -> Result<[u8; 16], String> {

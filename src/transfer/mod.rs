@@ -72,6 +72,8 @@ pub struct Engine {
     pub progress: ProgressMode,
     /// Downloads refuse to eat into this much free disk space.
     pub reserved_free_disk_bytes: u64,
+    /// How broken ranges are resumed.
+    pub retry: crate::store::retry::RetryPolicy,
 }
 
 impl Engine {
@@ -87,6 +89,7 @@ impl Engine {
             progress: ProgressMode::Off,
             reserved_free_disk_bytes: crate::manifest::MountSettings::default()
                 .reserved_free_disk_bytes,
+            retry: crate::store::retry::RetryPolicy::default(),
         }
     }
 

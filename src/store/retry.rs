@@ -1,0 +1,174 @@
+//! Retries with exponential backoff and full jitter, honouring `Retry-After` — in one place.
+//!
+//! Backends wrap each request in `RetryPolicy::run`; the transfer engine uses the same policy
+//! to resume a ranged read that broke mid-body (only the missing bytes are requested again).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use super::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Stop retrying once this much time has passed since the first attempt.
+    pub give_up_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Ten attempts over at most two minutes: rides out a storage account's throttling and a
+    /// front-end restart, and still fails a job in bounded time.
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+            give_up_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries (tests of single failures).
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The delay before attempt `attempt + 1`: full jitter over an exponential ceiling, or the
+    /// server's `Retry-After` when it gave one (capped at `max_backoff`).
+    pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(self.max_backoff);
+        }
+        let ceiling = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_backoff);
+        ceiling.mul_f64(jitter())
+    }
+
+    /// Whether another attempt is allowed after `attempts` tries that started at `started`.
+    pub fn allows(&self, attempts: u32, started: Instant, error: &StoreError) -> bool {
+        error.is_transient()
+            && attempts < self.max_attempts
+            && started.elapsed() < self.give_up_after
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, or the policy gives up.
+    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(e) if self.allows(attempts, started, &e) => {
+                    let delay = self.backoff(attempts - 1, e.retry_after());
+                    tracing::debug!(attempt = attempts, ?delay, error = %e, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A factor in [0.5, 1.0): enough spread to de-synchronise thousands of nodes retrying at once,
+/// without the near-zero delays of full jitter.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    0.5 + (hasher.finish() % 1_000_000) as f64 / 2_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn transient() -> StoreError {
+        StoreError::Http {
+            status: 503,
+            message: "busy".into(),
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_errors_until_success() {
+        let calls = AtomicU32::new(0);
+        let result = RetryPolicy::default()
+            .run(|| async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(transient())
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried_and_attempts_are_bounded() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = RetryPolicy::default()
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(StoreError::NotFound { path: "x".into() })
+            })
+            .await;
+        assert!(result.unwrap_err().is_not_found());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let calls = AtomicU32::new(0);
+        let policy = RetryPolicy::default();
+        let result: Result<(), _> = policy
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(transient())
+            })
+            .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), policy.max_attempts);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let policy = RetryPolicy::default();
+        for attempt in 0..20 {
+            let delay = policy.backoff(attempt, None);
+            assert!(delay <= policy.max_backoff, "{attempt}: {delay:?}");
+            let ceiling = policy.initial_backoff * (1u32 << attempt.min(16));
+            assert!(
+                delay >= ceiling.min(policy.max_backoff) / 2,
+                "{attempt}: {delay:?}"
+            );
+        }
+        assert_eq!(
+            policy.backoff(0, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            policy.backoff(0, Some(Duration::from_secs(3600))),
+            policy.max_backoff
+        );
+    }
+}
