@@ -4,3 +4,4 @@
 pub mod azurite;
 pub mod cli;
 pub mod conformance;
+pub mod fault_proxy;

@@ -1,0 +1,251 @@
+//! A fault-injecting TCP proxy for HTTP/1.1, placed between dataref and Azurite.
+//!
+//! Faults are queued and consumed one per request (requests are delimited by parsing headers
+//! and `Content-Length`; HTTP/1.1 clients do not pipeline, so a request starts only after the
+//! previous response ended). A fault can:
+//! - answer `503` itself (optionally with `Retry-After`) and close the connection;
+//! - let the response through for N bytes, then reset the connection (RST);
+//! - let the response through for N bytes, then close cleanly (a truncated body);
+//! - stall the response for a while before its first byte.
+//!
+//! The proxy runs on its own thread and runtime, so it outlives any test's runtime.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone)]
+pub enum Fault {
+    Status503 { retry_after_seconds: Option<u32> },
+    ResetAfter(usize),
+    TruncateAfter(usize),
+    Stall(Duration),
+}
+
+/// Which requests a queued fault may hit.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// e.g. "GET" or "PUT"; `None` = any.
+    pub method: Option<&'static str>,
+    /// Only requests with a `Range`/`x-ms-range` header.
+    pub ranged_only: bool,
+    pub fault: Fault,
+}
+
+#[derive(Default)]
+struct State {
+    rules: VecDeque<Rule>,
+    fired: Vec<Fault>,
+}
+
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream_port: u16) -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap().port()).unwrap();
+                let upstream: SocketAddr = ([127, 0, 0, 1], upstream_port).into();
+                loop {
+                    let (client, _) = listener.accept().await.unwrap();
+                    let state = shared.clone();
+                    tokio::spawn(async move {
+                        if let Ok(server) = TcpStream::connect(upstream).await {
+                            relay(client, server, state).await;
+                        }
+                    });
+                }
+            });
+        });
+        Self {
+            port: rx.recv().unwrap(),
+            state,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, super::azurite::ACCOUNT)
+    }
+
+    pub fn push(&self, rule: Rule) {
+        self.state.lock().unwrap().rules.push_back(rule);
+    }
+
+    /// Faults that have hit a request so far.
+    pub fn fired(&self) -> Vec<Fault> {
+        self.state.lock().unwrap().fired.clone()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.state.lock().unwrap().rules.len()
+    }
+}
+
+/// What the response side must do with the current response.
+#[derive(Debug, Clone)]
+enum Action {
+    Pass,
+    Reset(usize),
+    Truncate(usize),
+    Stall(Duration),
+}
+
+async fn relay(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
+    let (mut client_read, client_write) = client.into_split();
+    let (server_read, mut server_write) = server.into_split();
+    let action = Arc::new(Mutex::new(Action::Pass));
+    let client_write = Arc::new(tokio::sync::Mutex::new(client_write));
+
+    // Set when the response side cut the connection: the request side must let go of the
+    // socket too, or the RST/FIN never reaches the client.
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let response = {
+        let action = action.clone();
+        let client_write = client_write.clone();
+        let cut = cut.clone();
+        tokio::spawn(async move { respond(server_read, client_write, action, cut).await })
+    };
+
+    // Request side: parse request boundaries and assign faults.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut body_left = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    'outer: loop {
+        let read = tokio::select! {
+            read = client_read.read(&mut chunk) => read,
+            _ = cut.notified() => break,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            if body_left > 0 {
+                let take = body_left.min(buf.len());
+                if take == 0 {
+                    break;
+                }
+                if server_write.write_all(&buf[..take]).await.is_err() {
+                    break 'outer;
+                }
+                buf.drain(..take);
+                body_left -= take;
+                continue;
+            }
+            let Some(end) = find(&buf, b"\r\n\r\n") else { break };
+            let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+            let method = head.split(' ').next().unwrap_or("").to_owned();
+            let lower = head.to_ascii_lowercase();
+            let ranged = lower.contains("\r\nrange:") || lower.contains("\r\nx-ms-range:");
+            let length = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let fault = {
+                let mut state = state.lock().unwrap();
+                let index = state.rules.iter().position(|r| {
+                    r.method.is_none_or(|m| m == method) && (!r.ranged_only || ranged)
+                });
+                let fault = index.and_then(|i| state.rules.remove(i)).map(|r| r.fault);
+                if let Some(f) = &fault {
+                    state.fired.push(f.clone());
+                }
+                fault
+            };
+            match fault {
+                Some(Fault::Status503 { retry_after_seconds }) => {
+                    let retry = retry_after_seconds
+                        .map(|s| format!("Retry-After: {s}\r\n"))
+                        .unwrap_or_default();
+                    let reply = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\n{retry}Content-Length: 0\r\n\
+                         Connection: close\r\n\r\n"
+                    );
+                    let _ = client_write.lock().await.write_all(reply.as_bytes()).await;
+                    let _ = client_write.lock().await.shutdown().await;
+                    break 'outer;
+                }
+                other => {
+                    *action.lock().unwrap() = match other {
+                        Some(Fault::ResetAfter(n)) => Action::Reset(n),
+                        Some(Fault::TruncateAfter(n)) => Action::Truncate(n),
+                        Some(Fault::Stall(d)) => Action::Stall(d),
+                        _ => Action::Pass,
+                    };
+                }
+            }
+            if server_write.write_all(&buf[..end + 4]).await.is_err() {
+                break 'outer;
+            }
+            buf.drain(..end + 4);
+            body_left = length;
+        }
+    }
+    let _ = server_write.shutdown().await;
+    response.abort();
+    // Dropping the read half last closes the socket (with RST when linger is zero).
+    drop(client_read);
+}
+
+async fn respond(
+    mut server_read: tokio::net::tcp::OwnedReadHalf,
+    client_write: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    action: Arc<Mutex<Action>>,
+    cut: Arc<tokio::sync::Notify>,
+) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match server_read.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let current = std::mem::replace(&mut *action.lock().unwrap(), Action::Pass);
+        let mut data = &chunk[..n];
+        match current {
+            Action::Pass => {}
+            Action::Stall(d) => tokio::time::sleep(d).await,
+            Action::Reset(limit) | Action::Truncate(limit) if limit < n => {
+                data = &data[..limit];
+                let mut writer = client_write.lock().await;
+                let _ = writer.write_all(data).await;
+                if matches!(current, Action::Reset(_)) {
+                    // Abort with RST rather than FIN.
+                    let _ = writer.as_ref().set_zero_linger();
+                } else {
+                    let _ = writer.shutdown().await;
+                }
+                cut.notify_one();
+                return;
+            }
+            Action::Reset(limit) => *action.lock().unwrap() = Action::Reset(limit - n),
+            Action::Truncate(limit) => *action.lock().unwrap() = Action::Truncate(limit - n),
+        }
+        if client_write.lock().await.write_all(data).await.is_err() {
+            break;
+        }
+    }
+    let _ = client_write.lock().await.shutdown().await;
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
