@@ -5,6 +5,7 @@
 //! same download, upload and mount behaviour. Listing is directory-aware by construction: a
 //! listing is always *under* a directory (`prefix/`), so `a/b` never matches `a/b_v2.csv`.
 
+pub mod azure;
 pub mod local;
 pub mod memory;
 pub mod path;
@@ -222,12 +223,18 @@ pub async fn read_to_bytes(store: &dyn Store, path: &ObjectPath) -> Result<Bytes
     Ok(chunks.concat().into())
 }
 
-/// Opens the backend for a datastore definition.
+/// Opens the backend for a datastore definition. Nothing is contacted yet.
 pub fn open(spec: &crate::datastore::DatastoreSpec) -> Result<std::sync::Arc<dyn Store>> {
     use crate::datastore::DatastoreSpec;
     match spec {
         DatastoreSpec::Local { root } => Ok(std::sync::Arc::new(local::LocalStore::new(root)?)),
-        DatastoreSpec::AzureBlob(_) | DatastoreSpec::AzureFile(_) => Err(StoreError::Service {
+        DatastoreSpec::AzureBlob(location) => {
+            let url = spec.service_url().expect("Azure kinds have a service URL");
+            Ok(std::sync::Arc::new(azure::blob::BlobStore::new(
+                location, &url,
+            )?))
+        }
+        DatastoreSpec::AzureFile(_) => Err(StoreError::Service {
             context: spec.kind().to_owned(),
             message: "this backend is not available in this build yet".into(),
         }),

@@ -150,7 +150,9 @@ async fn relay(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
                 body_left -= take;
                 continue;
             }
-            let Some(end) = find(&buf, b"\r\n\r\n") else { break };
+            let Some(end) = find(&buf, b"\r\n\r\n") else {
+                break;
+            };
             let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
             let method = head.split(' ').next().unwrap_or("").to_owned();
             let lower = head.to_ascii_lowercase();
@@ -172,7 +174,9 @@ async fn relay(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
                 fault
             };
             match fault {
-                Some(Fault::Status503 { retry_after_seconds }) => {
+                Some(Fault::Status503 {
+                    retry_after_seconds,
+                }) => {
                     let retry = retry_after_seconds
                         .map(|s| format!("Retry-After: {s}\r\n"))
                         .unwrap_or_default();

@@ -1,0 +1,652 @@
+//! The `azure_blob` backend over the official `azure_storage_blob` SDK.
+//!
+//! The SDK does the typed operations (properties, ranged GET, Put Blob, Put Block, Put Block
+//! List, delete, create container). Listing with a delimiter is not in SDK 1.1 (and its model
+//! cannot read Blob and BlobPrefix entries interleaved), so `list` sends the request through an
+//! azure_core pipeline of ours and reads the XML itself. Retries are ours (`RetryPolicy`), not
+//! the SDK's, so that every call and every broken body follow one policy.
+
+use std::collections::BTreeMap;
+use std::num::NonZero;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use azure_core::http::policies::Policy;
+use azure_core::http::{
+    ClientMethodOptions, ClientOptions, Context, Method, NoFormat, Pipeline, Request,
+    RequestContent, RetryOptions, Transport, Url,
+};
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobClientUploadOptions,
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientStageBlockOptions, BlockLookupList,
+};
+use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+
+use super::auth::{ExtraHeaders, ExtraHeadersPolicy, SasPolicy, SecretSource, SharedKeyPolicy};
+use super::{from_azure, is_auth_failure};
+use crate::datastore::{AzureLocation, Credential};
+use crate::store::retry::RetryPolicy;
+use crate::store::{
+    ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, RefusedName,
+    Result, Store, StoreError,
+};
+
+/// Block blobs accept blocks up to 4000 MiB; our parts are far smaller.
+const MAX_BLOCK: u64 = 4000 * 1024 * 1024;
+/// The REST version of our own raw list requests.
+const LIST_VERSION: &str = "2025-01-05";
+/// Listing page size (the service's maximum).
+const DEFAULT_PAGE: u32 = 5000;
+
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.inner.description)
+    }
+}
+
+struct Inner {
+    container: BlobContainerClient,
+    container_url: Url,
+    list_pipeline: Pipeline,
+    description: String,
+    secret: Option<Arc<SecretSource>>,
+    retry: RetryPolicy,
+    page_size: u32,
+}
+
+/// One HTTP client for every pipeline: a shared connection pool, our timeouts, and no
+/// transparent decompression (it would break ranged reads).
+fn http_client() -> Arc<reqwest::Client> {
+    static CLIENT: std::sync::OnceLock<Arc<reqwest::Client>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            Arc::new(
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    // Per read: a stalled body fails here and the range is resumed.
+                    .read_timeout(Duration::from_secs(30))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .gzip(false)
+                    .deflate(false)
+                    .pool_max_idle_per_host(64)
+                    .build()
+                    .expect("the HTTP client builds"),
+            )
+        })
+        .clone()
+}
+
+impl BlobStore {
+    /// A store for the container described by `location` (nothing is contacted yet).
+    pub fn new(location: &AzureLocation, service_url: &str) -> Result<Self> {
+        let (auth, secret): (Option<Arc<dyn Policy>>, _) = match &location.credential {
+            Credential::AccountKey(secret) => {
+                let source = Arc::new(SecretSource::new(secret.clone()));
+                let policy = SharedKeyPolicy {
+                    account: location.account_name.clone(),
+                    key: source.clone(),
+                };
+                (Some(Arc::new(policy)), Some(source))
+            }
+            Credential::SasToken(secret) => {
+                let source = Arc::new(SecretSource::new(secret.clone()));
+                let policy = SasPolicy {
+                    token: source.clone(),
+                };
+                (Some(Arc::new(policy)), Some(source))
+            }
+            Credential::Anonymous => (None, None),
+        };
+        let client_options = ClientOptions {
+            per_call_policies: vec![Arc::new(ExtraHeadersPolicy)],
+            per_try_policies: auth.into_iter().collect(),
+            retry: RetryOptions::none(),
+            transport: Some(Transport::new(http_client())),
+            ..Default::default()
+        };
+        let invalid = |reason: String| StoreError::InvalidInput {
+            path: service_url.to_owned(),
+            reason,
+        };
+        let mut container_url =
+            Url::parse(service_url).map_err(|e| invalid(format!("invalid endpoint: {e}")))?;
+        container_url
+            .path_segments_mut()
+            .map_err(|()| invalid("the endpoint cannot take a path".into()))?
+            .pop_if_empty()
+            .push(&location.container);
+        let container = BlobContainerClient::new(
+            container_url.clone(),
+            None,
+            Some(BlobContainerClientOptions {
+                client_options: client_options.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        let list_pipeline = Pipeline::new(
+            Some("dataref"),
+            Some(env!("CARGO_PKG_VERSION")),
+            client_options,
+            Vec::new(),
+            Vec::new(),
+            None,
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                container,
+                description: format!("azure_blob:{}/{}", service_url, location.container),
+                container_url,
+                list_pipeline,
+                secret,
+                retry: RetryPolicy::default(),
+                page_size: DEFAULT_PAGE,
+            }),
+        })
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("configured before use")
+    }
+
+    /// Smaller listing pages, so that tests exercise continuation markers.
+    pub fn with_page_size(mut self, page_size: u32) -> Self {
+        self.inner_mut().page_size = page_size.max(1);
+        self
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.inner_mut().retry = retry;
+        self
+    }
+
+    /// Creates the container; an existing one is fine.
+    pub async fn create_container(&self) -> Result<()> {
+        let inner = &self.inner;
+        match inner
+            .call(&inner.description, || inner.container.create(None))
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Inner {
+    fn blob(&self, path: &ObjectPath) -> BlobClient {
+        self.container.blob_client(path.as_str())
+    }
+
+    /// Runs one operation under the retry policy; a 403 re-reads a rotated secret once.
+    async fn call<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = azure_core::Result<T>>,
+    {
+        let mut reloaded = false;
+        loop {
+            let result = self
+                .retry
+                .run(|| async { op().await.map_err(|e| from_azure(context, e)) })
+                .await;
+            match result {
+                Err(e) if !reloaded && is_auth_failure(&e) => {
+                    reloaded = true;
+                    match &self.secret {
+                        Some(secret) if secret.reload() => {
+                            tracing::info!(
+                                "{context}: access denied; retrying with the re-read secret"
+                            );
+                        }
+                        _ => return Err(e),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_page(&self, request: &ListRequest) -> Result<listing::Page> {
+        let prefix = if request.dir.is_root() {
+            String::new()
+        } else {
+            format!("{}/", request.dir.as_str())
+        };
+        let mut url = self.container_url.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("restype", "container")
+                .append_pair("comp", "list")
+                .append_pair("include", "metadata")
+                .append_pair("maxresults", &self.page_size.to_string());
+            if !prefix.is_empty() {
+                query.append_pair("prefix", &prefix);
+            }
+            if request.delimited {
+                query.append_pair("delimiter", "/");
+            }
+            if let Some(marker) = &request.continuation {
+                query.append_pair("marker", marker);
+            }
+        }
+        let body = self
+            .call(&self.description, || async {
+                let mut raw = Request::new(url.clone(), Method::Get);
+                raw.insert_header("x-ms-version", LIST_VERSION);
+                let response = self
+                    .list_pipeline
+                    .send(&Context::new(), &mut raw, None)
+                    .await?;
+                Ok(response.into_body())
+            })
+            .await?;
+        azure_core::xml::from_xml::<_, listing::EnumerationResults>(&body)
+            .map(listing::Page::from)
+            .map_err(|e| StoreError::Service {
+                context: self.description.clone(),
+                message: format!("unreadable listing: {e}"),
+            })
+    }
+}
+
+#[async_trait]
+impl Store for BlobStore {
+    fn describe(&self) -> String {
+        self.inner.description.clone()
+    }
+
+    fn max_part_size(&self) -> u64 {
+        MAX_BLOCK
+    }
+
+    async fn list(&self, request: &ListRequest) -> Result<ListPage> {
+        let raw = self.inner.list_page(request).await?;
+        let mut page = ListPage {
+            continuation: raw.next_marker.filter(|m| !m.is_empty()),
+            ..Default::default()
+        };
+        for blob in raw.blobs {
+            if blob.is_directory_marker() {
+                continue;
+            }
+            match ObjectPath::parse(&blob.name) {
+                Ok(path) if !path.is_root() => page.objects.push(ObjectMeta {
+                    path,
+                    size: blob.size,
+                    last_modified: blob.last_modified,
+                    content_md5: blob.content_md5,
+                }),
+                Ok(_) => {}
+                Err(reason) => page.refused.push(RefusedName {
+                    name: blob.name,
+                    reason: reason.to_string(),
+                }),
+            }
+        }
+        for prefix in raw.prefixes {
+            let name = prefix.trim_end_matches('/');
+            match ObjectPath::parse(name) {
+                Ok(path) if !path.is_root() => page.directories.push(path),
+                Ok(_) => {}
+                Err(reason) => page.refused.push(RefusedName {
+                    name: prefix,
+                    reason: reason.to_string(),
+                }),
+            }
+        }
+        Ok(page)
+    }
+
+    async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
+        if path.is_root() {
+            return Err(StoreError::NotFound { path: "/".into() });
+        }
+        let blob = self.inner.blob(path);
+        let context = path.to_string();
+        let properties = self
+            .inner
+            .call(&context, || blob.get_properties(None))
+            .await?;
+        let header = |e: azure_core::Error| from_azure(&context, e);
+        let metadata = properties.metadata().map_err(header)?;
+        let size = properties.content_length().map_err(header)?.unwrap_or(0);
+        if size == 0 && metadata.get("hdi_isfolder").is_some_and(|v| v == "true") {
+            // A directory marker is not a file.
+            return Err(StoreError::NotFound { path: context });
+        }
+        Ok(ObjectMeta {
+            path: path.clone(),
+            size,
+            last_modified: properties
+                .last_modified()
+                .map_err(header)?
+                .map(SystemTime::from),
+            content_md5: properties
+                .content_md5()
+                .map_err(header)?
+                .and_then(|m| <[u8; 16]>::try_from(m.as_slice()).ok()),
+        })
+    }
+
+    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream> {
+        if range.is_empty() {
+            // Nothing to read (0-byte blobs): a ranged GET would be a 416.
+            return Ok(futures::stream::empty().boxed());
+        }
+        let blob = self.inner.blob(path);
+        let context = path.to_string();
+        let len = range.end - range.start;
+        let response = self
+            .inner
+            .call(&context, || {
+                blob.download(Some(BlobClientDownloadOptions {
+                    range: Some(range.clone().into()),
+                    // One GET whose body streams from the socket: the engine does the
+                    // parallelism and holds the memory budget.
+                    partition_size: NonZero::new(len.min(usize::MAX as u64) as usize),
+                    parallel: NonZero::new(1),
+                    ..Default::default()
+                }))
+            })
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            // A range that starts at or past the end: nothing there.
+            Err(StoreError::Http { status: 416, .. }) => {
+                return Ok(futures::stream::empty().boxed());
+            }
+            Err(e) => return Err(e),
+        };
+        let stream = response.body.map_err(move |e| from_azure(&context, e));
+        Ok(stream.boxed())
+    }
+
+    async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()> {
+        reject_root(path)?;
+        let blob = self.inner.blob(path);
+        // The service checks the transactional Content-MD5 and stores x-ms-blob-content-md5.
+        let md5: [u8; 16] = options
+            .content_md5
+            .unwrap_or_else(|| Md5::digest(&data).into());
+        self.inner
+            .call(&path.to_string(), || {
+                let context = Context::new()
+                    .with_value(ExtraHeaders(vec![("content-md5".into(), B64.encode(md5))]));
+                blob.upload(
+                    <RequestContent<Bytes, NoFormat> as From<Bytes>>::from(data.clone()),
+                    Some(BlobClientUploadOptions {
+                        blob_content_md5: Some(md5.to_vec()),
+                        method_options: ClientMethodOptions { context },
+                        ..Default::default()
+                    }),
+                )
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn start_upload(
+        &self,
+        path: &ObjectPath,
+        total_size: u64,
+    ) -> Result<Box<dyn PartUpload>> {
+        reject_root(path)?;
+        Ok(Box::new(BlockUpload {
+            blob: self.inner.blob(path),
+            inner: self.inner.clone(),
+            path: path.clone(),
+            total_size,
+            staged: std::sync::Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    async fn delete(&self, path: &ObjectPath) -> Result<()> {
+        let blob = self.inner.blob(path);
+        self.inner
+            .call(&path.to_string(), || blob.delete(None))
+            .await?;
+        Ok(())
+    }
+}
+
+fn reject_root(path: &ObjectPath) -> Result<()> {
+    if path.is_root() {
+        return Err(StoreError::InvalidInput {
+            path: "/".into(),
+            reason: "an object needs a name".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A block id derived from the part index: deterministic and of equal length for every part,
+/// so an interrupted upload can be resumed against the uncommitted block list.
+pub fn block_id(index: u64) -> Vec<u8> {
+    format!("dataref-{index:012}").into_bytes()
+}
+
+/// Put Block per part, Put Block List at the end: nothing is visible under the name before the
+/// commit, and the commit records the whole-object MD5.
+struct BlockUpload {
+    inner: Arc<Inner>,
+    blob: BlobClient,
+    path: ObjectPath,
+    total_size: u64,
+    /// Part index → bytes staged.
+    staged: std::sync::Mutex<BTreeMap<u64, u64>>,
+}
+
+#[async_trait]
+impl PartUpload for BlockUpload {
+    async fn put_part(&self, index: u64, offset: u64, data: Bytes) -> Result<()> {
+        crate::store::memory::check_part(&self.path, self.total_size, MAX_BLOCK, offset, &data)?;
+        let id = block_id(index);
+        let md5 = Md5::digest(&data).to_vec();
+        let block_blob = self.blob.block_blob_client();
+        let len = data.len() as u64;
+        self.inner
+            .call(&self.path.to_string(), || {
+                block_blob.stage_block(
+                    &id,
+                    len,
+                    <RequestContent<Bytes, NoFormat> as From<Bytes>>::from(data.clone()),
+                    Some(BlockBlobClientStageBlockOptions {
+                        transactional_content_md5: Some(md5.clone()),
+                        ..Default::default()
+                    }),
+                )
+            })
+            .await?;
+        self.staged.lock().unwrap().insert(index, len);
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>, content_md5: Option<[u8; 16]>) -> Result<()> {
+        let staged = std::mem::take(&mut *self.staged.lock().unwrap());
+        let bytes: u64 = staged.values().sum();
+        let contiguous = staged.keys().copied().eq(0..staged.len() as u64);
+        if bytes != self.total_size || !contiguous {
+            return Err(StoreError::InvalidInput {
+                path: self.path.to_string(),
+                reason: format!("{bytes} bytes staged of {}", self.total_size),
+            });
+        }
+        let ids: Vec<Vec<u8>> = staged.keys().map(|i| block_id(*i)).collect();
+        let block_blob = self.blob.block_blob_client();
+        self.inner
+            .call(&self.path.to_string(), || {
+                let list = BlockLookupList {
+                    latest: Some(ids.clone()),
+                    ..Default::default()
+                };
+                let block_blob = &block_blob;
+                async move {
+                    block_blob
+                        .commit_block_list(
+                            list.try_into()?,
+                            Some(BlockBlobClientCommitBlockListOptions {
+                                blob_content_md5: content_md5.map(|m| m.to_vec()),
+                                ..Default::default()
+                            }),
+                        )
+                        .await
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        // Uncommitted blocks are never visible and the service drops them after a week.
+        Ok(())
+    }
+}
+
+/// The List Blobs XML, read with our own model (Blob and BlobPrefix interleave).
+mod listing {
+    use std::time::SystemTime;
+
+    use base64::Engine as _;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    pub struct EnumerationResults {
+        #[serde(rename = "Blobs", default)]
+        blobs: Blobs,
+        #[serde(rename = "NextMarker", default)]
+        next_marker: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    struct Blobs {
+        #[serde(rename = "$value", default)]
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    enum Item {
+        Blob(Blob),
+        BlobPrefix(Prefix),
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Name {
+        #[serde(rename = "@Encoded", default)]
+        encoded: Option<bool>,
+        #[serde(rename = "$text", default)]
+        text: String,
+    }
+
+    impl Name {
+        fn decoded(&self) -> String {
+            if self.encoded == Some(true) {
+                percent_encoding::percent_decode_str(&self.text)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            } else {
+                self.text.clone()
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Blob {
+        #[serde(rename = "Name")]
+        name: Name,
+        #[serde(rename = "Properties")]
+        properties: Properties,
+        #[serde(rename = "Metadata", default)]
+        metadata: Option<Metadata>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    struct Metadata {
+        #[serde(rename = "hdi_isfolder", default)]
+        hdi_isfolder: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Properties {
+        #[serde(rename = "Content-Length")]
+        content_length: u64,
+        #[serde(rename = "Content-MD5", default)]
+        content_md5: Option<String>,
+        #[serde(rename = "Last-Modified", default)]
+        last_modified: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Prefix {
+        #[serde(rename = "Name")]
+        name: Name,
+    }
+
+    pub struct ListedBlob {
+        pub name: String,
+        pub size: u64,
+        pub content_md5: Option<[u8; 16]>,
+        pub last_modified: Option<SystemTime>,
+        folder_marker: bool,
+    }
+
+    impl ListedBlob {
+        /// `dir/` names and 0-byte `hdi_isfolder=true` blobs (ADLS / blobfuse folders).
+        pub fn is_directory_marker(&self) -> bool {
+            self.name.ends_with('/') || (self.size == 0 && self.folder_marker)
+        }
+    }
+
+    pub struct Page {
+        pub blobs: Vec<ListedBlob>,
+        pub prefixes: Vec<String>,
+        pub next_marker: Option<String>,
+    }
+
+    impl From<EnumerationResults> for Page {
+        fn from(results: EnumerationResults) -> Self {
+            let mut page = Page {
+                blobs: Vec::new(),
+                prefixes: Vec::new(),
+                next_marker: results.next_marker,
+            };
+            for item in results.blobs.items {
+                match item {
+                    Item::Blob(blob) => page.blobs.push(ListedBlob {
+                        name: blob.name.decoded(),
+                        size: blob.properties.content_length,
+                        content_md5: blob
+                            .properties
+                            .content_md5
+                            .and_then(|m| base64::engine::general_purpose::STANDARD.decode(m).ok())
+                            .and_then(|m| <[u8; 16]>::try_from(m.as_slice()).ok()),
+                        last_modified: blob
+                            .properties
+                            .last_modified
+                            .and_then(|t| azure_core::time::parse_rfc7231(&t).ok())
+                            .map(SystemTime::from),
+                        folder_marker: blob
+                            .metadata
+                            .and_then(|m| m.hdi_isfolder)
+                            .is_some_and(|v| v == "true"),
+                    }),
+                    Item::BlobPrefix(prefix) => page.prefixes.push(prefix.name.decoded()),
+                }
+            }
+            page
+        }
+    }
+}
