@@ -266,14 +266,7 @@ fn register(config_dir: &Path, register: Register) -> Result<i32, Failure> {
         ));
     }
     if create {
-        return Err(Failure::new(
-            ExitCode::Unavailable,
-            format!(
-                "--create-if-not-exists: creating a {} is not available in this build yet \
-                 (the Azure backends are not implemented); nothing was registered",
-                spec.kind()
-            ),
-        ));
+        create_container(&spec)?;
     }
     let kind = spec.kind();
     registry.datastores.insert(common.name.clone(), spec);
@@ -329,4 +322,31 @@ fn flag_name(message: &str) -> String {
     .fold(message.to_owned(), |m, (field, flag)| {
         m.replacen(&format!("{field}:"), &format!("{flag}:"), 1)
     })
+}
+
+/// `--create-if-not-exists`: the only time registration contacts storage. Registration happens
+/// only once the container exists.
+fn create_container(spec: &DatastoreSpec) -> Result<(), Failure> {
+    let unavailable = |message: String| Failure::new(ExitCode::Unavailable, message);
+    match spec {
+        DatastoreSpec::AzureBlob(location) => {
+            let url = spec.service_url().expect("Azure kinds have a service URL");
+            let store = crate::store::azure::blob::BlobStore::new(location, &url)
+                .map_err(|e| unavailable(e.to_string()))?;
+            super::runtime()?
+                .block_on(store.create_container())
+                .map_err(|e| {
+                    unavailable(format!(
+                        "--create-if-not-exists: cannot create container {:?}: {e}; nothing \
+                         was registered",
+                        location.container
+                    ))
+                })
+        }
+        _ => Err(unavailable(format!(
+            "--create-if-not-exists: creating a {} is not available in this build yet; \
+             nothing was registered",
+            spec.kind()
+        ))),
+    }
 }

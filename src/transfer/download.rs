@@ -376,6 +376,7 @@ async fn fetch_range(
         attempts += 1;
         let attempt = stream_range(
             store,
+            engine.stall_timeout,
             item,
             &mut file,
             offset + written..offset + len,
@@ -413,8 +414,10 @@ enum RangeError {
 }
 
 /// One attempt at `range`, appending to `written` as bytes land.
+#[allow(clippy::too_many_arguments)]
 async fn stream_range(
     store: &dyn Store,
+    stall_timeout: std::time::Duration,
     item: &Planned,
     file: &mut tokio::fs::File,
     range: std::ops::Range<u64>,
@@ -426,12 +429,27 @@ async fn stream_range(
     file.seek(std::io::SeekFrom::Start(range.start))
         .await
         .map_err(RangeError::Local)?;
-    let mut stream = store
-        .get_range(&item.meta.path, range)
+    let stalled = |what: &str| {
+        RangeError::Store(StoreError::Network {
+            message: format!(
+                "{}: no data for {} s {what}",
+                item.meta.path,
+                stall_timeout.as_secs()
+            ),
+        })
+    };
+    let mut stream = tokio::time::timeout(stall_timeout, store.get_range(&item.meta.path, range))
         .await
+        .map_err(|_| stalled("waiting for the response"))?
         .map_err(RangeError::Store)?;
     let mut received = 0u64;
-    while let Some(chunk) = stream.try_next().await.map_err(RangeError::Store)? {
+    loop {
+        let next = tokio::time::timeout(stall_timeout, stream.try_next())
+            .await
+            .map_err(|_| stalled("in the body"))?;
+        let Some(chunk) = next.map_err(RangeError::Store)? else {
+            break;
+        };
         if received + chunk.len() as u64 > wanted {
             return Err(RangeError::TooLong);
         }

@@ -74,6 +74,9 @@ pub struct Engine {
     pub reserved_free_disk_bytes: u64,
     /// How broken ranges are resumed.
     pub retry: crate::store::retry::RetryPolicy,
+    /// A read that delivers nothing for this long counts as a broken connection (and is
+    /// resumed): a stalled server must not hang a job.
+    pub stall_timeout: Duration,
 }
 
 impl Engine {
@@ -90,6 +93,7 @@ impl Engine {
             reserved_free_disk_bytes: crate::manifest::MountSettings::default()
                 .reserved_free_disk_bytes,
             retry: crate::store::retry::RetryPolicy::default(),
+            stall_timeout: Duration::from_secs(30),
         }
     }
 

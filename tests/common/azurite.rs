@@ -117,3 +117,60 @@ pub fn shared() -> &'static Azurite {
         }
     })
 }
+
+/// An account SAS for the blob service (read, add, create, write, delete, list), expiring at
+/// `expiry` (`2035-01-01T00:00:00Z` form).
+pub fn account_sas(expiry: &str) -> String {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(KEY)
+        .unwrap();
+    let (permissions, services, resource_types, version) = ("racwdl", "b", "sco", "2025-01-05");
+    let string_to_sign = [
+        ACCOUNT,
+        permissions,
+        services,
+        resource_types,
+        "",
+        expiry,
+        "",
+        "",
+        version,
+        "",
+        "",
+    ]
+    .join("\n");
+    let signature = dataref::store::azure::auth::hmac_sha256_b64(&key, &string_to_sign);
+    let encode = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    format!(
+        "sv={version}&ss={services}&srt={resource_types}&sp={permissions}&se={}&sig={}",
+        encode(expiry),
+        encode(&signature)
+    )
+}
+
+/// An expiry `seconds` from now, in the SAS format.
+pub fn expiry_in(seconds: i64) -> String {
+    let at =
+        azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::seconds(seconds);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// The signature part of a SAS token (what must never leak).
+pub fn sas_signature(sas: &str) -> String {
+    let sig = sas.split('&').find_map(|p| p.strip_prefix("sig=")).unwrap();
+    percent_encoding::percent_decode_str(sig)
+        .decode_utf8()
+        .unwrap()
+        .into_owned()
+}

@@ -68,6 +68,14 @@ async fn put_head_and_ranges(store: &dyn Store, base: &str) {
     // A range past the end is clipped.
     assert_eq!(read(store, &name, 99_995..200_000).await, &data[99_995..]);
 
+    // A single put larger than 4 MiB (where SDKs start splitting bodies) stays one object.
+    let large: Vec<u8> = (0..5 * 1024 * 1024 + 7u32)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let large_name = format!("{base}/large.bin");
+    put(store, &large_name, &large).await;
+    assert_eq!(read(store, &large_name, 0..large.len() as u64).await, large);
+
     // A put replaces the object.
     put(store, &name, b"short").await;
     assert_eq!(store.head(&p(&name)).await.unwrap().size, 5);

@@ -391,6 +391,9 @@ impl Store for BlobStore {
                     Some(BlobClientUploadOptions {
                         blob_content_md5: Some(md5.to_vec()),
                         method_options: ClientMethodOptions { context },
+                        // Always one Put Blob: the SDK would otherwise split large bodies into
+                        // blocks, and the whole-object Content-MD5 would not match each block.
+                        partition_size: NonZero::new((data.len() as u64).max(1)),
                         ..Default::default()
                     }),
                 )
