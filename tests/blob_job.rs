@@ -293,3 +293,98 @@ fn register_with_create_and_the_upload_download_commands() {
     out.expect_code(69);
     assert_no_secret(&out.all_output(), &[azurite::KEY], "error output");
 }
+
+#[test]
+fn a_killed_download_leaves_no_file_under_its_final_name() {
+    use common::fault_proxy::{Fault, FaultProxy, Rule};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = secret_file(dir.path(), "account.key", azurite::KEY);
+    let container = unique("killed");
+    let store = blob_store(
+        &container,
+        Credential::AccountKey(SecretRef::File(key.clone())),
+    );
+    runtime.block_on(async {
+        store.create_container().await.unwrap();
+        for i in 0..4 {
+            store
+                .put(
+                    &p(&format!("d/f{i}.bin")),
+                    pattern(3 * 1024 * 1024, i).into(),
+                    &PutOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    // Every body arrives in part, then hangs: dataref is killed mid-file.
+    let proxy = FaultProxy::start(azurite::shared().port);
+    for _ in 0..4 {
+        proxy.push(Rule {
+            method: Some("GET"),
+            ranged_only: true,
+            fault: Fault::Stall(std::time::Duration::from_secs(30)),
+        });
+    }
+    let config = dir.path().join("config");
+    run(
+        &config,
+        &[
+            "datastore",
+            "register",
+            "azure-blob",
+            "--name",
+            "slow",
+            "--account",
+            azurite::ACCOUNT,
+            "--container",
+            &container,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--endpoint",
+            &proxy.endpoint(),
+        ],
+    )
+    .expect_code(0);
+    let target = dir.path().join("down");
+    let mut child = common::cli::command()
+        .args([
+            "--config-dir",
+            config.to_str().unwrap(),
+            "download",
+            "--datastore",
+            "slow",
+            "--target-path",
+            target.to_str().unwrap(),
+            "--no-progress",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let partial_exists = || {
+        target.join("d").is_dir()
+            && files(&target)
+                .iter()
+                .any(|f| f.contains(".dataref-partial."))
+    };
+    while !partial_exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup code runs
+    child.wait().unwrap();
+    let left = files(&target);
+    assert!(!left.is_empty());
+    for name in &left {
+        assert!(
+            name.contains(".dataref-partial."),
+            "a file under its final name: {name}"
+        );
+    }
+}
