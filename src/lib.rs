@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod datastore;
 pub mod exit;
+pub mod fs;
 pub mod job;
 pub mod manifest;
 pub mod schema;

@@ -2,6 +2,7 @@
 //! library, and turns its typed errors into messages and exit codes.
 
 mod datastore;
+mod mount;
 mod run;
 mod transfer;
 mod validate;
@@ -62,6 +63,8 @@ pub enum Command {
     Upload(transfer::UploadArgs),
     /// Download a directory or object from a datastore (ds.download).
     Download(transfer::DownloadArgs),
+    /// Mount a datastore path read-only, in the foreground until signalled or unmounted.
+    Mount(mount::Args),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Validate(args) => validate::run(&cli.config_dir, args),
         Command::Upload(args) => transfer::upload(&cli.config_dir, args),
         Command::Download(args) => transfer::download(&cli.config_dir, args),
+        Command::Mount(args) => mount::run(&cli.config_dir, args),
         Command::Datastore(command) => datastore::run(&cli.config_dir, command),
     }
 }

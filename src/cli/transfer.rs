@@ -54,7 +54,7 @@ fn progress(no_progress: bool) -> ProgressMode {
     }
 }
 
-fn open(
+pub(crate) fn open(
     config_dir: &Path,
     name: Option<&str>,
 ) -> Result<(String, std::sync::Arc<dyn store::Store>), Failure> {

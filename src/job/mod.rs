@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::exit::ExitCode;
+use crate::fs::core::FsOptions;
+use crate::fs::fuse::MountConfig;
+use crate::fs::mount::{MountedPath, mount_reference};
 use crate::manifest::{JobPlan, Mode, UploadPolicy};
 use crate::store::{self, Store};
 use crate::transfer::{self, Engine, ProgressMode, TransferError, UploadSource};
@@ -49,14 +52,6 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
     };
     supervise::become_subreaper();
 
-    if let Some(r) = plan.references.iter().find(|r| r.mode == Mode::Mount) {
-        eprintln!(
-            "dataref: error: data_references.{}: mount mode is not available yet in this \
-             build; use \"mode\": \"download\"",
-            r.name
-        );
-        return ExitCode::Unavailable.code();
-    }
     let stores = match open_stores(plan) {
         Ok(stores) => stores,
         Err(message) => {
@@ -86,9 +81,11 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
     let mut engine = engine;
     engine.reserved_free_disk_bytes = plan.mount.reserved_free_disk_bytes;
 
-    // Phase 1: inputs, raced against termination signals.
+    // Phase 1: inputs, raced against termination signals. Mounts made so far stay in `mounts`
+    // whatever happens, so that every exit path unmounts them.
+    let mut mounts = Vec::new();
     let prepared = tokio::select! {
-        prepared = prepare(plan, &stores, &engine, &log, &mut result) => prepared,
+        prepared = prepare(plan, &stores, &engine, &log, &mut result, &mut mounts) => prepared,
         sig = signals.recv() => Err(Prepare::Signalled(sig)),
     };
     if let Err(failure) = prepared {
@@ -106,6 +103,7 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
             }
         };
         result.mark_not_run();
+        unmount_all(mounts, &log).await;
         result.save(&options.job_dir, &log);
         return code;
     }
@@ -140,6 +138,7 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
             };
             result.end(EndReason::ScriptFailed, code);
             result.mark_not_run();
+            unmount_all(std::mem::take(&mut mounts), &log).await;
             result.save(&options.job_dir, &log);
             return code;
         }
@@ -178,6 +177,7 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
     } else {
         (EndReason::Succeeded, 0)
     };
+    unmount_all(mounts, &log).await;
     result.end(reason, code);
     result.save(&options.job_dir, &log);
     code
@@ -208,6 +208,7 @@ async fn prepare(
     engine: &Engine,
     log: &JobLog,
     result: &mut JobResult,
+    mounts: &mut Vec<MountedPath>,
 ) -> Result<(), Prepare> {
     for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
         if let Some(parent) = r.local.parent() {
@@ -270,6 +271,40 @@ async fn prepare(
                 log.line(&format!("{}: download failed: {e}", r.name));
                 entry.fail(e.to_string(), started.elapsed());
                 return Err(Prepare::Failed(code));
+            }
+        }
+    }
+    for r in plan.references.iter().filter(|r| r.mode == Mode::Mount) {
+        let started = Instant::now();
+        let options = FsOptions {
+            attribute_ttl: plan.mount.attribute_ttl,
+            memory_budget_bytes: plan.memory_budget_bytes,
+        };
+        let config = MountConfig {
+            fsname: format!("dataref:run.{}:{}", std::process::id(), r.name),
+            allow_other: false,
+        };
+        let store = stores[&r.datastore_name].clone();
+        match mount_reference(store, &r.path_on_datastore, &r.local, options, &config).await {
+            Ok(mounted) => {
+                log.line(&format!(
+                    "{}: mounted {}:{} at {} (read-only)",
+                    r.name,
+                    r.datastore_name,
+                    r.path_on_datastore,
+                    r.local.display()
+                ));
+                let entry = result.outcome(&r.name);
+                entry.status = ReferenceStatus::Done;
+                entry.duration_seconds = started.elapsed().as_secs_f64();
+                mounts.push(mounted);
+            }
+            Err(e) => {
+                log.line(&format!("{}: mount failed: {e}", r.name));
+                result
+                    .outcome(&r.name)
+                    .fail(e.to_string(), started.elapsed());
+                return Err(Prepare::Failed(ExitCode::Unavailable));
             }
         }
     }
@@ -374,6 +409,19 @@ impl JobResult {
             if outcome.status == ReferenceStatus::Pending {
                 outcome.status = ReferenceStatus::NotRun;
             }
+        }
+    }
+}
+
+/// Unmounts every mount of the job (after stage-out, or when the job stops early).
+async fn unmount_all(mounts: Vec<MountedPath>, log: &JobLog) {
+    for mounted in mounts {
+        let local = mounted.local.clone();
+        let mount = mounted.mount;
+        match tokio::task::spawn_blocking(move || mount.unmount()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log.line(&format!("warning: unmounting {}: {e}", local.display())),
+            Err(e) => log.line(&format!("warning: unmounting {}: {e}", local.display())),
         }
     }
 }

@@ -49,6 +49,13 @@ impl MemoryBudget {
         self.total_kib as u64 * 1024
     }
 
+    /// Takes `bytes` now if they are free (for optional work such as read-ahead), held until
+    /// the permit is dropped.
+    pub fn try_acquire_owned(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024).clamp(1, self.total_kib as u64) as u32;
+        self.permits.clone().try_acquire_many_owned(kib).ok()
+    }
+
     /// Waits until `bytes` (capped at the whole budget, so a request can always be granted)
     /// are free, and holds them until the permit is dropped.
     pub async fn acquire(&self, bytes: u64) -> SemaphorePermit<'_> {

@@ -1,0 +1,90 @@
+//! `dataref mount [--datastore N] [--path P] MOUNTPOINT`: a mount in the foreground, until
+//! signalled or unmounted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::exit::{ExitCode, Failure};
+use crate::fs::core::FsOptions;
+use crate::fs::fuse::MountConfig;
+use crate::fs::mount::mount_into;
+use crate::job::supervise::JobSignals;
+use crate::store::ObjectPath;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Registered datastore [default: the registry's default].
+    #[arg(long, value_name = "N")]
+    pub datastore: Option<String>,
+    /// What to mount: a directory, or one object [default: everything].
+    #[arg(long, value_name = "P")]
+    pub path: Option<String>,
+    /// How long listings and attributes are cached.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub attribute_ttl: u64,
+    /// Let other users read the mount (allow_other, default_permissions).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// An existing (or creatable) empty directory.
+    pub mountpoint: PathBuf,
+}
+
+pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
+    let remote = ObjectPath::normalize(args.path.as_deref().unwrap_or(""))
+        .map_err(|e| Failure::new(ExitCode::Usage, format!("--path: {e}")))?;
+    let (name, store) = super::transfer::open(config_dir, args.datastore.as_deref())?;
+    let mountpoint = std::path::absolute(&args.mountpoint).map_err(|e| {
+        Failure::new(
+            ExitCode::Usage,
+            format!("{}: {e}", args.mountpoint.display()),
+        )
+    })?;
+    let options = FsOptions {
+        attribute_ttl: Duration::from_secs(args.attribute_ttl),
+        ..FsOptions::default()
+    };
+    let config = MountConfig {
+        fsname: format!("dataref:mount.{}:{name}", std::process::id()),
+        allow_other: args.allow_other,
+    };
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let mut signals = JobSignals::install()
+            .map_err(|e| Failure::new(ExitCode::IoErr, format!("signal handlers: {e}")))?;
+        let mounted = mount_into(store, &remote, &mountpoint, options, &config)
+            .await
+            .map_err(|e| Failure::new(ExitCode::Unavailable, e.to_string()))?;
+        eprintln!(
+            "dataref: mounted {name}:{remote} at {} (read-only); stop with Ctrl-C or umount",
+            mounted.local.display()
+        );
+        // Until a signal, or until someone unmounts it.
+        loop {
+            tokio::select! {
+                _ = signals.recv() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if !is_mounted(&mountpoint) {
+                        eprintln!("dataref: {} was unmounted", mountpoint.display());
+                        break;
+                    }
+                }
+            }
+        }
+        let mount = mounted.mount;
+        tokio::task::spawn_blocking(move || mount.unmount())
+            .await
+            .map_err(|e| Failure::new(ExitCode::IoErr, e.to_string()))?
+            .map_err(|e| Failure::new(ExitCode::IoErr, format!("unmount: {e}")))?;
+        Ok(0)
+    })
+}
+
+/// Whether `path` is a mount point in this mount namespace.
+pub(crate) fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|line| line.split(' ').nth(4) == Some(target.as_str()))
+}

@@ -1,0 +1,355 @@
+//! The FUSE adapter: translates kernel requests into `FsCore` calls and errors into errno.
+//! Every request is answered from a task on the tokio runtime, so slow storage never blocks
+//! fuser's worker threads.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+};
+
+use super::core::{Attr, FsCore, Kind};
+
+/// How a filesystem is mounted.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// `dataref:<job>:<ref>`: how dataref recognises its own mounts.
+    pub fsname: String,
+    /// Let other users in (`allow_other,default_permissions`): the script runs as another uid.
+    pub allow_other: bool,
+}
+
+struct Adapter {
+    core: Arc<FsCore>,
+    runtime: tokio::runtime::Handle,
+    uid: u32,
+    gid: u32,
+}
+
+fn errno(e: &super::core::FsError) -> Errno {
+    if matches!(e, super::core::FsError::Store(_)) {
+        tracing::warn!(error = %e, "storage error in the mount");
+    }
+    Errno::from_i32(e.errno())
+}
+
+/// The kernel's view of an entry: read-only permissions, owned by dataref's user.
+fn file_attr(attr: &Attr, uid: u32, gid: u32) -> FileAttr {
+    {
+        let (kind, perm, nlink) = match attr.kind {
+            Kind::Directory => (FileType::Directory, 0o555, 2),
+            Kind::File => (FileType::RegularFile, 0o444, 1),
+        };
+        FileAttr {
+            ino: INodeNo(attr.ino),
+            size: attr.size,
+            blocks: attr.size.div_ceil(512),
+            atime: attr.mtime,
+            mtime: attr.mtime,
+            ctime: attr.mtime,
+            crtime: attr.mtime,
+            kind,
+            perm,
+            nlink,
+            uid,
+            gid,
+            rdev: 0,
+            blksize: 128 * 1024,
+            flags: 0,
+        }
+    }
+}
+
+impl Adapter {
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(work);
+    }
+}
+
+impl Filesystem for Adapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Larger kernel read-ahead means fewer, larger reads; the kernel caps what it grants.
+        let _ = config.set_max_readahead(1024 * 1024);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let core = self.core.clone();
+        let this = self.attr_maker();
+        self.spawn(async move {
+            match core.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry(&core.attribute_ttl(), &this(&attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let core = self.core.clone();
+        let this = self.attr_maker();
+        self.spawn(async move {
+            match core.getattr(ino.0).await {
+                Ok(attr) => reply.attr(&core.attribute_ttl(), &this(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.open(ino.0).await {
+                // Objects do not change under a mount's TTL: keep the page cache across opens.
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.core.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.getattr(ino.0).await {
+                Ok(attr) if attr.kind == Kind::Directory => {
+                    reply.opened(FileHandle(0), FopenFlags::empty())
+                }
+                Ok(_) => reply.error(Errno::ENOTDIR),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            let entries = match core.readdir(ino.0).await {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            // Offsets: 1 = ".", 2 = "..", 3.. = entries; the kernel resumes after `offset`.
+            let dots = [
+                (ino.0, FileType::Directory, "."),
+                (ino.0, FileType::Directory, ".."),
+            ];
+            let listed = dots.into_iter().chain(entries.iter().map(|e| {
+                let kind = match e.kind {
+                    Kind::Directory => FileType::Directory,
+                    Kind::File => FileType::RegularFile,
+                };
+                (e.ino, kind, e.name.as_str())
+            }));
+            for (i, (child, kind, name)) in listed.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                    break; // the kernel's buffer is full; it will ask again from here
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok(); // nothing is ever written
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, 0, 0, 128 * 1024, 255, 128 * 1024);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.bits() & libc::W_OK != 0 {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        reply.ok();
+    }
+}
+
+impl Adapter {
+    fn attr_maker(&self) -> impl Fn(&Attr) -> FileAttr + Send + 'static {
+        let (uid, gid) = (self.uid, self.gid);
+        move |attr| file_attr(attr, uid, gid)
+    }
+}
+
+/// A live mount; unmounted when `unmount` is called or the value is dropped.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.umount_and_join();
+        }
+    }
+}
+
+/// Why a mount failed, in words a user can act on.
+fn explain(mountpoint: &Path, e: io::Error) -> io::Error {
+    let reason = if !Path::new("/dev/fuse").exists() {
+        "/dev/fuse does not exist (load the fuse module, or give the container the device)".into()
+    } else if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EPERM) {
+        "permission denied: mounting needs root (or CAP_SYS_ADMIN) and access to /dev/fuse".into()
+    } else if e.raw_os_error() == Some(libc::EBUSY) {
+        "the mount point is busy (something is mounted there already)".into()
+    } else if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ENOTDIR) {
+        "the mount point is not an existing directory".into()
+    } else {
+        e.to_string()
+    };
+    io::Error::new(
+        e.kind(),
+        format!("cannot mount at {}: {reason}", mountpoint.display()),
+    )
+}
+
+/// Mounts `core` at `mountpoint` (an existing directory) and returns once the kernel serves it.
+pub fn mount(
+    core: Arc<FsCore>,
+    mountpoint: &Path,
+    config: &MountConfig,
+    runtime: tokio::runtime::Handle,
+) -> io::Result<Mounted> {
+    let adapter = Adapter {
+        core,
+        runtime,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+    };
+    let mut options = vec![
+        MountOption::FSName(config.fsname.clone()),
+        MountOption::Subtype("dataref".into()),
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoAtime,
+    ];
+    if config.allow_other {
+        options.push(MountOption::DefaultPermissions);
+    }
+    let mut fuse_config = Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(4);
+    fuse_config.clone_fd = true;
+    let before = std::fs::metadata(mountpoint).map_err(|e| explain(mountpoint, e))?;
+    let session = fuser::spawn_mount(adapter, mountpoint, &fuse_config)
+        .map_err(|e| explain(mountpoint, e))?;
+    // Serving means a stat of the mount point reaches us (another device than before).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(mountpoint) {
+            Ok(meta) if meta.dev() != before.dev() => break,
+            _ if Instant::now() > deadline => {
+                drop(session);
+                return Err(io::Error::other(format!(
+                    "{}: the mount did not start serving within 10 s",
+                    mountpoint.display()
+                )));
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}

@@ -1,0 +1,9 @@
+//! The `mount` mode: a read-only FUSE filesystem over any `Store`.
+//!
+//! `core` is the filesystem (namespace, attributes, reads) with no kernel involved; `reader`
+//! is the per-file read path with read-ahead; `fuse` is the thin adapter to the kernel.
+
+pub mod core;
+pub mod fuse;
+pub mod mount;
+pub mod reader;

@@ -1,0 +1,292 @@
+//! Reads of one open file: ranged GETs with a sequential read-ahead window.
+//!
+//! Policy (after mountpoint-s3's prefetcher, in our own words): a read at the offset where the
+//! previous one ended is sequential. Sequential reads are served from a buffer filled ahead of
+//! them; each time a new read-ahead starts, the window doubles, from 1 MiB up to 64 MiB. A read
+//! elsewhere (a seek) drops the read-ahead, resets the window and fetches only what was asked
+//! (at least 256 KiB), so random small reads do not pull whole windows. Read-ahead memory is
+//! taken from the mount's byte budget and skipped when the budget is exhausted: the read still
+//! works, only without read-ahead.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::TryStreamExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
+
+use crate::store::retry::RetryPolicy;
+use crate::store::{ObjectPath, Store, StoreError};
+use crate::transfer::MemoryBudget;
+
+const FIRST_WINDOW: u64 = 1024 * 1024;
+const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+const MIN_RANDOM_FETCH: u64 = 256 * 1024;
+
+struct Buffer {
+    start: u64,
+    data: Bytes,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Buffer {
+    fn covers(&self, offset: u64) -> bool {
+        offset >= self.start && offset < self.start + self.data.len() as u64
+    }
+}
+
+struct ReadAhead {
+    start: u64,
+    task: JoinHandle<Result<Bytes, StoreError>>,
+    permit: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct State {
+    buffer: Option<Buffer>,
+    read_ahead: Option<ReadAhead>,
+    /// Where a sequential read would start.
+    next_sequential: u64,
+    window: u64,
+}
+
+pub struct FileReader {
+    store: Arc<dyn Store>,
+    path: ObjectPath,
+    size: u64,
+    budget: MemoryBudget,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        if let Some(read_ahead) = &self.state.get_mut().read_ahead {
+            read_ahead.task.abort();
+        }
+    }
+}
+
+/// Fetches a whole range into memory, retrying transient failures; a short body is an error
+/// (never wrong bytes).
+async fn fetch(
+    store: Arc<dyn Store>,
+    path: ObjectPath,
+    range: Range<u64>,
+) -> Result<Bytes, StoreError> {
+    RetryPolicy::default()
+        .run(|| {
+            let store = store.clone();
+            let path = path.clone();
+            let range = range.clone();
+            async move {
+                let want = (range.end - range.start) as usize;
+                let mut out = BytesMut::with_capacity(want);
+                let mut stream = store.get_range(&path, range).await?;
+                while let Some(chunk) = stream.try_next().await? {
+                    out.extend_from_slice(&chunk);
+                }
+                if out.len() != want {
+                    return Err(StoreError::Network {
+                        message: format!("{path}: received {} of {want} bytes", out.len()),
+                    });
+                }
+                Ok(out.freeze())
+            }
+        })
+        .await
+}
+
+impl FileReader {
+    pub fn new(store: Arc<dyn Store>, path: ObjectPath, size: u64, budget: MemoryBudget) -> Self {
+        Self {
+            store,
+            path,
+            size,
+            budget,
+            state: tokio::sync::Mutex::new(State {
+                window: FIRST_WINDOW,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Bytes `offset..offset+len`, fewer only at the end of the file.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        if offset >= self.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len).min(self.size);
+        let mut state = self.state.lock().await;
+        let sequential = offset == state.next_sequential && offset != 0
+            || state.buffer.as_ref().is_some_and(|b| b.covers(offset));
+        if !sequential {
+            if let Some(read_ahead) = state.read_ahead.take() {
+                read_ahead.task.abort();
+            }
+            state.window = FIRST_WINDOW;
+        }
+
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            if let Some(buffer) = state.buffer.as_ref().filter(|b| b.covers(pos)) {
+                let from = (pos - buffer.start) as usize;
+                let to = ((end - buffer.start) as usize).min(buffer.data.len());
+                out.extend_from_slice(&buffer.data[from..to]);
+                pos = buffer.start + to as u64;
+                continue;
+            }
+            if let Some(read_ahead) = state.read_ahead.take() {
+                if read_ahead.start == pos {
+                    match read_ahead.task.await {
+                        Ok(Ok(data)) => {
+                            state.buffer = Some(Buffer {
+                                start: pos,
+                                data,
+                                _permit: Some(read_ahead.permit),
+                            });
+                            continue;
+                        }
+                        // A failed read-ahead is fetched again below, directly.
+                        Ok(Err(e)) => tracing::debug!(error = %e, "read-ahead failed"),
+                        Err(_) => {}
+                    }
+                } else {
+                    read_ahead.task.abort();
+                }
+            }
+            let want = if sequential {
+                (end - pos).max(state.window)
+            } else {
+                (end - pos).max(MIN_RANDOM_FETCH)
+            };
+            let range = pos..(pos + want).min(self.size);
+            let data = fetch(self.store.clone(), self.path.clone(), range).await?;
+            state.buffer = Some(Buffer {
+                start: pos,
+                data,
+                _permit: None,
+            });
+        }
+        state.next_sequential = end;
+
+        // Keep one window ahead of a sequential reader.
+        if sequential && state.read_ahead.is_none() {
+            let ahead = state
+                .buffer
+                .as_ref()
+                .map(|b| b.start + b.data.len() as u64)
+                .unwrap_or(end);
+            if ahead < self.size {
+                state.window = (state.window * 2).min(MAX_WINDOW);
+                let len = state.window.min(self.size - ahead);
+                if let Some(permit) = self.budget.try_acquire_owned(len) {
+                    let task = tokio::spawn(fetch(
+                        self.store.clone(),
+                        self.path.clone(),
+                        ahead..ahead + len,
+                    ));
+                    state.read_ahead = Some(ReadAhead {
+                        start: ahead,
+                        task,
+                        permit,
+                    });
+                }
+            }
+        }
+        Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PutOptions;
+    use crate::store::memory::MemoryStore;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    async fn reader(len: usize) -> (FileReader, Vec<u8>) {
+        let store = MemoryStore::new();
+        let bytes = data(len);
+        let path = ObjectPath::parse("f").unwrap();
+        store
+            .put(&path, bytes.clone().into(), &PutOptions::default())
+            .await
+            .unwrap();
+        let reader = FileReader::new(
+            Arc::new(store),
+            path,
+            len as u64,
+            MemoryBudget::new(256 * 1024 * 1024),
+        );
+        (reader, bytes)
+    }
+
+    #[tokio::test]
+    async fn sequential_reads_are_exact_and_read_ahead() {
+        let (reader, bytes) = reader(5 * 1024 * 1024 + 333).await;
+        let mut got = Vec::new();
+        let mut offset = 0;
+        while offset < bytes.len() as u64 {
+            let chunk = reader.read(offset, 128 * 1024).await.unwrap();
+            assert!(!chunk.is_empty());
+            offset += chunk.len() as u64;
+            got.extend_from_slice(&chunk);
+            if offset == 256 * 1024 {
+                assert!(
+                    reader.state.lock().await.read_ahead.is_some(),
+                    "no read-ahead"
+                );
+            }
+        }
+        assert!(got == bytes);
+        assert!(
+            reader.read(offset, 10).await.unwrap().is_empty(),
+            "EOF reads are empty"
+        );
+    }
+
+    #[tokio::test]
+    async fn random_reads_at_odd_offsets() {
+        let (reader, bytes) = reader(3 * 1024 * 1024).await;
+        for (offset, len) in [
+            (1_000_003u64, 4096u64),
+            (7, 1),
+            (3 * 1024 * 1024 - 5, 100),
+            (2_222_222, 300_000),
+            (0, 1),
+        ] {
+            let got = reader.read(offset, len).await.unwrap();
+            let end = ((offset + len) as usize).min(bytes.len());
+            assert!(got[..] == bytes[offset as usize..end], "{offset}+{len}");
+        }
+        // A seek drops the read-ahead and resets the window.
+        let state = reader.state.lock().await;
+        assert_eq!(state.window, FIRST_WINDOW);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_is_skipped_without_budget() {
+        let store = MemoryStore::new();
+        let bytes = data(4 * 1024 * 1024);
+        let path = ObjectPath::parse("f").unwrap();
+        store
+            .put(&path, bytes.clone().into(), &PutOptions::default())
+            .await
+            .unwrap();
+        let budget = MemoryBudget::new(64 * 1024);
+        let _all = budget.try_acquire_owned(64 * 1024).unwrap();
+        let reader = FileReader::new(Arc::new(store), path, bytes.len() as u64, budget);
+        let mut offset = 0;
+        while offset < bytes.len() as u64 {
+            let chunk = reader.read(offset, 128 * 1024).await.unwrap();
+            assert!(chunk[..] == bytes[offset as usize..offset as usize + chunk.len()]);
+            offset += chunk.len() as u64;
+            assert!(reader.state.lock().await.read_ahead.is_none());
+        }
+    }
+}
