@@ -1,6 +1,7 @@
 //! The command line (SPEC §6): a thin layer that reads flags and environment once, calls the
 //! library, and turns its typed errors into messages and exit codes.
 
+mod cleanup;
 mod datastore;
 mod mount;
 mod run;
@@ -65,6 +66,13 @@ pub enum Command {
     Download(transfer::DownloadArgs),
     /// Mount a datastore path read-only, in the foreground until signalled or unmounted.
     Mount(mount::Args),
+    /// Remove dead dataref mounts (a Slurm epilog, a unit's ExecStartPre).
+    ///
+    /// A dataref mount is dead when the process that served it is gone, or when the kernel
+    /// answers ENOTCONN for it; it is removed with a lazy unmount. Live mounts (another running
+    /// job's) and other filesystems are never touched. Exits 0 when no dead mount is left, 74
+    /// when one could not be removed (unmounting needs root).
+    Cleanup,
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -99,6 +107,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Upload(args) => transfer::upload(&cli.config_dir, args),
         Command::Download(args) => transfer::download(&cli.config_dir, args),
         Command::Mount(args) => mount::run(&cli.config_dir, args),
+        Command::Cleanup => cleanup::run(&cli.config_dir),
         Command::Datastore(command) => datastore::run(&cli.config_dir, command),
     }
 }

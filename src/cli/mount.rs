@@ -44,7 +44,7 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
         ..FsOptions::default()
     };
     let config = MountConfig {
-        fsname: format!("dataref:mount.{}:{name}", std::process::id()),
+        fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("mount"), &name),
         allow_other: args.allow_other,
     };
     let runtime = super::runtime()?;

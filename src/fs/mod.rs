@@ -3,6 +3,7 @@
 //! `core` is the filesystem (namespace, attributes, reads) with no kernel involved; `reader`
 //! is the per-file read path with read-ahead; `fuse` is the thin adapter to the kernel.
 
+pub mod cleanup;
 pub mod core;
 pub mod fuse;
 pub mod mount;

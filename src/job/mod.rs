@@ -51,6 +51,19 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
         }
     };
     supervise::become_subreaper();
+    // A dataref killed earlier on this node may have left dead mounts (ENOTCONN) behind.
+    if nix::unistd::geteuid().is_root() {
+        let report = tokio::task::spawn_blocking(crate::fs::cleanup::cleanup_dead_mounts)
+            .await
+            .unwrap_or_default();
+        for mount in &report.removed {
+            eprintln!(
+                "dataref: removed a dead mount at {} ({})",
+                mount.mountpoint.display(),
+                mount.fsname
+            );
+        }
+    }
 
     let stores = match open_stores(plan) {
         Ok(stores) => stores,
@@ -281,7 +294,7 @@ async fn prepare(
             memory_budget_bytes: plan.memory_budget_bytes,
         };
         let config = MountConfig {
-            fsname: format!("dataref:run.{}:{}", std::process::id(), r.name),
+            fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("run"), &r.name),
             allow_other: false,
         };
         let store = stores[&r.datastore_name].clone();

@@ -1,0 +1,266 @@
+//! `mount` references in `dataref run`, and `dataref mount` with other users: real FUSE mounts
+//! (as root), through the binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cli::{run, run_in};
+use serde_json::json;
+
+fn mountinfo() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
+
+/// Mount points of dataref mounts whose fsname contains `needle`.
+fn dataref_mounts(needle: &str) -> Vec<String> {
+    mountinfo()
+        .lines()
+        .filter(|l| l.contains(" - fuse") && l.contains("dataref:") && l.contains(needle))
+        .map(|l| l.split(' ').nth(4).unwrap().to_owned())
+        .collect()
+}
+
+fn poll(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(store.join("data/sub")).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(store.join("data/a.txt"), "alpha\n").unwrap();
+    std::fs::write(store.join("data/sub/b.txt"), "beta\n").unwrap();
+    std::fs::write(store.join("model.pt"), "weights\n").unwrap();
+    std::fs::write(store.join("other.txt"), "not shown\n").unwrap();
+    (dir, store, work)
+}
+
+#[test]
+fn a_job_reads_its_mounts_through_the_variables() {
+    let (dir, store, work) = setup();
+    let manifest = json!({
+        "datastores": {"ds": {"kind": "local", "root": store}},
+        "data_references": {
+            "data": {"datastore": "ds", "path_on_datastore": "data"},
+            "model": {"datastore": "ds", "path_on_datastore": "model.pt", "mode": "MOUNT",
+                      "path_on_compute": "weights"},
+            "out": {"datastore": "ds", "path_on_datastore": "results", "mode": "upload",
+                    "path_on_compute": "outputs"}
+        },
+        "command": ["sh", "-c", r#"
+            set -e
+            mkdir -p outputs
+            grep " $AZUREML_DATAREFERENCE_data " /proc/self/mountinfo | grep -c 'dataref:' > outputs/mounted.txt
+            cat "$AZUREML_DATAREFERENCE_data/a.txt" "$AZUREML_DATAREFERENCE_data/sub/b.txt" > outputs/read.txt
+            cat "$AZUREML_DATAREFERENCE_model" > outputs/model.txt
+            ls "$(dirname "$AZUREML_DATAREFERENCE_model")" > outputs/single-dir.txt
+            if touch "$AZUREML_DATAREFERENCE_data/new" 2> outputs/touch.err; then echo writable; fi
+            echo "$AZUREML_DATAREFERENCE_data" > outputs/var.txt
+        "#]
+    });
+    std::fs::write(work.join("job.json"), manifest.to_string()).unwrap();
+    let config = dir.path().join("config");
+    let out = run_in(&work, &config, &["run", "--no-progress", "job.json"]);
+    out.expect_code(0);
+
+    let results = store.join("results");
+    let read = |name: &str| std::fs::read_to_string(results.join(name)).unwrap();
+    assert_eq!(read("mounted.txt"), "1\n");
+    assert_eq!(read("read.txt"), "alpha\nbeta\n");
+    assert_eq!(read("model.txt"), "weights\n");
+    assert_eq!(
+        read("single-dir.txt"),
+        "model.pt\n",
+        "a single-blob mount shows only it"
+    );
+    assert!(
+        read("touch.err").contains("Read-only file system"),
+        "{}",
+        read("touch.err")
+    );
+    // SPEC §3: the variable is root/<path_on_datastore>, the same as a download would use.
+    assert_eq!(
+        read("var.txt").trim(),
+        work.join("ds/data").to_str().unwrap()
+    );
+
+    // Everything unmounted after the job.
+    let leftover: Vec<String> = dataref_mounts("dataref:run.")
+        .into_iter()
+        .filter(|m| m.starts_with(dir.path().to_str().unwrap()))
+        .collect();
+    assert!(leftover.is_empty(), "mounts left behind: {leftover:?}");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join(".dataref/result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["references"]["data"]["status"], "done");
+    assert_eq!(result["references"]["model"]["status"], "done");
+}
+
+#[test]
+fn mounts_are_removed_after_preemption() {
+    let (dir, store, work) = setup();
+    let manifest = json!({
+        "datastores": {"ds": {"kind": "local", "root": store}},
+        "data_references": {"data": {"datastore": "ds", "path_on_datastore": "data"}},
+        "command": ["sh", "-c", "touch ready; trap 'exit 143' TERM; while :; do sleep 0.05; done"],
+        "grace_period_seconds": 5
+    });
+    std::fs::write(work.join("job.json"), manifest.to_string()).unwrap();
+    let mut child = common::cli::command()
+        .current_dir(&work)
+        .args([
+            "--config-dir",
+            dir.path().join("config").to_str().unwrap(),
+            "run",
+            "--no-progress",
+            "job.json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mountpoint = work.join("ds/data");
+    poll("the script to start", Duration::from_secs(20), || {
+        work.join("ready").exists()
+    });
+    assert!(mountinfo().contains(mountpoint.to_str().unwrap()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert!(
+        !mountinfo().contains(&format!(" {} ", mountpoint.display())),
+        "the mount outlived the preempted job"
+    );
+}
+
+/// Runs `dataref mount` in the background until the returned guard is dropped.
+struct ForegroundMount {
+    child: std::process::Child,
+    mountpoint: PathBuf,
+}
+
+impl Drop for ForegroundMount {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn foreground_mount(config: &Path, mountpoint: &Path, extra: &[&str]) -> ForegroundMount {
+    let mut args = vec![
+        "--config-dir",
+        config.to_str().unwrap(),
+        "mount",
+        "--datastore",
+        "ds",
+        "--path",
+        "data",
+    ];
+    args.extend_from_slice(extra);
+    args.push(mountpoint.to_str().unwrap());
+    let child = common::cli::command()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = ForegroundMount {
+        child,
+        mountpoint: mountpoint.to_path_buf(),
+    };
+    poll("the mount", Duration::from_secs(20), || {
+        mountinfo().contains(&format!(" {} ", mountpoint.display()))
+    });
+    guard
+}
+
+/// `nobody` runs `sh -c script`; returns (exit code, stderr).
+fn as_nobody(script: &str) -> (i32, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn other_users_read_only_with_allow_other() {
+    let (dir, store, _work) = setup();
+    let config = dir.path().join("config");
+    run(
+        &config,
+        &[
+            "datastore",
+            "register",
+            "local",
+            "--name",
+            "ds",
+            "--root",
+            store.to_str().unwrap(),
+        ],
+    )
+    .expect_code(0);
+    // The mount points live where `nobody` can reach them.
+    let base = tempfile::Builder::new()
+        .prefix("dataref-mnt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        base.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let shared = base.path().join("shared");
+    let mount = foreground_mount(&config, &shared, &["--allow-other"]);
+    let (code, err) = as_nobody(&format!(
+        "cat {}/a.txt {}/sub/b.txt > /dev/null",
+        shared.display(),
+        shared.display()
+    ));
+    assert_eq!(code, 0, "nobody cannot read an allow_other mount: {err}");
+    let (code, err) = as_nobody(&format!("touch {}/x", shared.display()));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Read-only") || err.contains("Permission denied"),
+        "{err}"
+    );
+    drop(mount);
+
+    let private = base.path().join("private");
+    let mount = foreground_mount(&config, &private, &[]);
+    let (code, _) = as_nobody(&format!("cat {}/a.txt", private.display()));
+    assert_ne!(
+        code, 0,
+        "a mount without allow_other must refuse other users"
+    );
+    drop(mount);
+}
