@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 use common::cli::{run, run_in};
 use serde_json::json;
 
+/// `dataref run` and `dataref cleanup` remove dead dataref mounts machine-wide: the tests of
+/// this file run one at a time so that one test's cleanup never takes another's dead mount.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn mountinfo() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
 }
@@ -46,6 +54,7 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 #[test]
 fn a_job_reads_its_mounts_through_the_variables() {
+    let _serial = serial();
     let (dir, store, work) = setup();
     let manifest = json!({
         "datastores": {"ds": {"kind": "local", "root": store}},
@@ -108,6 +117,7 @@ fn a_job_reads_its_mounts_through_the_variables() {
 
 #[test]
 fn mounts_are_removed_after_preemption() {
+    let _serial = serial();
     let (dir, store, work) = setup();
     let manifest = json!({
         "datastores": {"ds": {"kind": "local", "root": store}},
@@ -213,6 +223,7 @@ fn as_nobody(script: &str) -> (i32, String) {
 
 #[test]
 fn other_users_read_only_with_allow_other() {
+    let _serial = serial();
     let (dir, store, _work) = setup();
     let config = dir.path().join("config");
     run(
@@ -263,4 +274,88 @@ fn other_users_read_only_with_allow_other() {
         "a mount without allow_other must refuse other users"
     );
     drop(mount);
+}
+
+/// A job whose script waits for `release` in its working dir; returns (child, mountpoint).
+fn waiting_job(dir: &Path, store: &Path, name: &str) -> (std::process::Child, PathBuf, PathBuf) {
+    let work = dir.join(name);
+    std::fs::create_dir_all(&work).unwrap();
+    let manifest = json!({
+        "datastores": {"ds": {"kind": "local", "root": store}},
+        "data_references": {"data": {"datastore": "ds", "path_on_datastore": "data"}},
+        "command": ["sh", "-c", "cat \"$AZUREML_DATAREFERENCE_data/a.txt\" > seen; touch ready; \
+                     while [ ! -e release ]; do sleep 0.05; done; cat \"$AZUREML_DATAREFERENCE_data/a.txt\" > seen2"]
+    });
+    std::fs::write(work.join("job.json"), manifest.to_string()).unwrap();
+    let child = common::cli::command()
+        .current_dir(&work)
+        .args([
+            "--config-dir",
+            dir.join("config").to_str().unwrap(),
+            "run",
+            "--no-progress",
+            "job.json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    poll("the job's script", Duration::from_secs(20), || {
+        work.join("ready").exists()
+    });
+    (child, work.join("ds/data"), work)
+}
+
+#[test]
+fn cleanup_never_removes_live_jobs_mounts() {
+    let _serial = serial();
+    let (dir, store, _work) = setup();
+    let (mut first, first_mount, first_work) = waiting_job(dir.path(), &store, "one");
+    let (mut second, second_mount, second_work) = waiting_job(dir.path(), &store, "two");
+    let out = run(&dir.path().join("config"), &["cleanup"]);
+    out.expect_code(0);
+    for mountpoint in [&first_mount, &second_mount] {
+        assert!(
+            mountinfo().contains(&format!(" {} ", mountpoint.display())),
+            "cleanup removed a live job's mount: {}",
+            out.stdout
+        );
+    }
+    for work in [&first_work, &second_work] {
+        std::fs::write(work.join("release"), "").unwrap();
+    }
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+    for work in [&first_work, &second_work] {
+        assert_eq!(
+            std::fs::read_to_string(work.join("seen2")).unwrap(),
+            "alpha\n"
+        );
+    }
+}
+
+#[test]
+fn a_killed_agents_mount_is_usable_again_after_cleanup() {
+    let _serial = serial();
+    let (dir, store, _work) = setup();
+    let (mut agent, mountpoint, _work) = waiting_job(dir.path(), &store, "killed");
+    agent.kill().unwrap(); // SIGKILL: no unmount happens
+    agent.wait().unwrap();
+    // The mount is now dead: the kernel answers ENOTCONN.
+    poll("the mount to die", Duration::from_secs(10), || {
+        std::fs::read_dir(&mountpoint)
+            .err()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::ENOTCONN)
+    });
+    let out = run(&dir.path().join("config"), &["cleanup"]);
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains(mountpoint.to_str().unwrap()),
+        "{}",
+        out.stdout
+    );
+    assert!(!mountinfo().contains(&format!(" {} ", mountpoint.display())));
+    // A plain directory again: usable by the next job.
+    std::fs::write(mountpoint.join("probe"), "x").unwrap();
 }
