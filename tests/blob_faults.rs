@@ -15,33 +15,15 @@ use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
 use dataref::transfer::{self, Engine, UploadSource};
 use md5::Digest;
 
-static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    )
-}
-
-fn key_file(dir: &Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("account.key");
-    std::fs::write(&path, azurite::KEY).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 /// A container reached through a fresh proxy.
 async fn setup(dir: &Path) -> (FaultProxy, Arc<BlobStore>) {
     let proxy = FaultProxy::start(azurite::shared().port);
     let endpoint = proxy.endpoint();
     let location = AzureLocation {
         account_name: azurite::ACCOUNT.into(),
-        container: unique("faults"),
+        container: azurite::unique_container("faults"),
         endpoint: Some(endpoint.clone()),
-        credential: Credential::AccountKey(SecretRef::File(key_file(dir))),
+        credential: Credential::AccountKey(SecretRef::File(azurite::key_file(dir))),
     };
     let store = BlobStore::new(&location, &endpoint).unwrap();
     store.create_container().await.unwrap();

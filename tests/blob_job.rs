@@ -14,16 +14,6 @@ use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
 use md5::{Digest, Md5};
 use serde_json::json;
 
-static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    )
-}
-
 fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
@@ -87,8 +77,8 @@ fn a_job_with_two_blob_datastores_end_to_end() {
     let sas = azurite::account_sas(&azurite::expiry_in(3600));
     let sas_path = secret_file(&keys, "outputs.sas", &sas);
 
-    let inputs_name = unique("inputs");
-    let outputs_name = unique("outputs");
+    let inputs_name = azurite::unique_container("inputs");
+    let outputs_name = azurite::unique_container("outputs");
     let inputs = blob_store(
         &inputs_name,
         Credential::AccountKey(SecretRef::File(key_path.clone())),
@@ -193,7 +183,7 @@ fn register_with_create_and_the_upload_download_commands() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     let key = secret_file(dir.path(), "account.key", azurite::KEY);
-    let container = unique("cli");
+    let container = azurite::unique_container("cli");
     let endpoint = azurite::shared().endpoint();
     let out = run(
         &config,
@@ -300,7 +290,7 @@ fn a_killed_download_leaves_no_file_under_its_final_name() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key = secret_file(dir.path(), "account.key", azurite::KEY);
-    let container = unique("killed");
+    let container = azurite::unique_container("killed");
     let store = blob_store(
         &container,
         Credential::AccountKey(SecretRef::File(key.clone())),

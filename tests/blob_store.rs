@@ -8,32 +8,12 @@ use common::azurite;
 use dataref::datastore::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::blob::BlobStore;
 
-static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// A fresh container (names must be 3-63 lowercase characters).
-fn unique_container(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    )
-}
-
-/// An account-key file of mode 0600 in `dir`.
-fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("account.key");
-    std::fs::write(&path, azurite::KEY).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 async fn store(dir: &std::path::Path, endpoint: &str, container: &str) -> BlobStore {
     let location = AzureLocation {
         account_name: azurite::ACCOUNT.into(),
         container: container.into(),
         endpoint: Some(endpoint.into()),
-        credential: Credential::AccountKey(SecretRef::File(key_file(dir))),
+        credential: Credential::AccountKey(SecretRef::File(azurite::key_file(dir))),
     };
     let store = BlobStore::new(&location, endpoint)
         .unwrap()
@@ -46,7 +26,12 @@ async fn store(dir: &std::path::Path, endpoint: &str, container: &str) -> BlobSt
 async fn blob_store_conforms() {
     let azurite = azurite::shared();
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path(), &azurite.endpoint(), &unique_container("conf")).await;
+    let store = store(
+        dir.path(),
+        &azurite.endpoint(),
+        &azurite::unique_container("conf"),
+    )
+    .await;
     common::conformance::run_all(&store, "suite").await;
 }
 
@@ -54,7 +39,7 @@ async fn blob_store_conforms() {
 async fn create_container_is_idempotent_and_a_wrong_key_is_refused() {
     let azurite = azurite::shared();
     let dir = tempfile::tempdir().unwrap();
-    let name = unique_container("idem");
+    let name = azurite::unique_container("idem");
     let store = store(dir.path(), &azurite.endpoint(), &name).await;
     store.create_container().await.unwrap();
 

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
-use super::memory::{ListedItem, check_part, paginate};
+use super::support::{ListedItem, check_part, paginate, reject_root};
 use super::{
     ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, RefusedName,
     Result, Store, StoreError,
@@ -360,16 +360,6 @@ impl Store for LocalStore {
         })
         .await
     }
-}
-
-fn reject_root(path: &ObjectPath) -> Result<()> {
-    if path.is_root() {
-        return Err(StoreError::InvalidInput {
-            path: "/".into(),
-            reason: "an object needs a name".into(),
-        });
-    }
-    Ok(())
 }
 
 struct LocalUpload {

@@ -10,6 +10,7 @@ pub mod local;
 pub mod memory;
 pub mod path;
 pub mod retry;
+mod support;
 
 use std::fmt;
 use std::ops::Range;

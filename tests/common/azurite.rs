@@ -174,3 +174,22 @@ pub fn sas_signature(sas: &str) -> String {
         .unwrap()
         .into_owned()
 }
+
+/// A container name no other test of this run uses (3-63 lowercase characters).
+pub fn unique_container(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// The account key in a file of mode 0600 under `dir`.
+pub fn key_file(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("account.key");
+    std::fs::write(&path, KEY).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}

@@ -33,6 +33,7 @@ use super::auth::{ExtraHeaders, ExtraHeadersPolicy, SasPolicy, SecretSource, Sha
 use super::{from_azure, is_auth_failure};
 use crate::datastore::{AzureLocation, Credential};
 use crate::store::retry::RetryPolicy;
+use crate::store::support::reject_root;
 use crate::store::{
     ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, RefusedName,
     Result, Store, StoreError,
@@ -426,16 +427,6 @@ impl Store for BlobStore {
     }
 }
 
-fn reject_root(path: &ObjectPath) -> Result<()> {
-    if path.is_root() {
-        return Err(StoreError::InvalidInput {
-            path: "/".into(),
-            reason: "an object needs a name".into(),
-        });
-    }
-    Ok(())
-}
-
 /// A block id derived from the part index: deterministic and of equal length for every part,
 /// so an interrupted upload can be resumed against the uncommitted block list.
 pub fn block_id(index: u64) -> Vec<u8> {
@@ -456,7 +447,7 @@ struct BlockUpload {
 #[async_trait]
 impl PartUpload for BlockUpload {
     async fn put_part(&self, index: u64, offset: u64, data: Bytes) -> Result<()> {
-        crate::store::memory::check_part(&self.path, self.total_size, MAX_BLOCK, offset, &data)?;
+        crate::store::support::check_part(&self.path, self.total_size, MAX_BLOCK, offset, &data)?;
         let id = block_id(index);
         let md5 = Md5::digest(&data).to_vec();
         let block_blob = self.blob.block_blob_client();
