@@ -307,22 +307,33 @@ async fn fetch_into(
         check_size(item, written)?;
         hasher.finalize().into()
     } else {
+        // Parts complete out of order; a hashing thread follows the contiguous prefix of the
+        // file (re-read from the page cache) so that verification overlaps the download
+        // instead of following it.
+        let hashing = item.meta.content_md5.map(|_| InOrderHasher::start(partial));
         let written: u64 = futures::stream::iter(ranges)
             .map(|(_, offset, len)| {
-                fetch_range(engine, store, item, partial, offset, len, progress, None)
+                let hashing = hashing.as_ref();
+                async move {
+                    let n = fetch_range(engine, store, item, partial, offset, len, progress, None)
+                        .await?;
+                    if let Some(hashing) = hashing {
+                        hashing.done(offset, n);
+                    }
+                    Ok::<u64, FileError>(n)
+                }
             })
             .buffer_unordered(engine.part_concurrency.max(1))
             .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
             .await?;
         check_size(item, written)?;
-        if item.meta.content_md5.is_none() {
-            return Ok(());
+        match hashing {
+            None => return Ok(()),
+            Some(hashing) => hashing.finish().await.map_err(|message| FileError {
+                message,
+                local: true,
+            })?,
         }
-        // Parts arrived out of order: hash the finished file once, sequentially.
-        md5_of_file(partial).await.map_err(|message| FileError {
-            message,
-            local: true,
-        })?
     };
     if let Some(expected) = item.meta.content_md5 {
         if expected != digest {
@@ -473,28 +484,53 @@ async fn stream_range(
     Ok(())
 }
 
-pub(crate) async fn md5_of_file(path: &Path) -> Result<[u8; 16], String> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file =
-            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut hasher = Md5::new();
-        let mut buf = vec![0u8; 1024 * 1024];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            }
-        }
-        Ok(hasher.finalize().into())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hashes a file being written out of order, in order: completed ranges are reported with
+/// `done`, and a blocking thread hashes each as soon as everything before it is complete.
+struct InOrderHasher {
+    ranges: std::sync::mpsc::Sender<(u64, u64)>,
+    thread: tokio::task::JoinHandle<Result<[u8; 16], String>>,
+}
+
+impl InOrderHasher {
+    fn start(path: &Path) -> Self {
+        let (ranges, received) = std::sync::mpsc::channel::<(u64, u64)>();
+        let path = path.to_path_buf();
+        let thread = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file =
+                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut hasher = Md5::new();
+            let mut pending = std::collections::BTreeMap::new();
+            let mut next = 0u64;
+            let mut buf = vec![0u8; 1024 * 1024];
+            for (offset, len) in received {
+                pending.insert(offset, len);
+                while let Some(len) = pending.remove(&next) {
+                    let end = next + len;
+                    while next < end {
+                        let want = ((end - next) as usize).min(buf.len());
+                        file.read_exact_at(&mut buf[..want], next)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        hasher.update(&buf[..want]);
+                        next += want as u64;
+                    }
+                }
+            }
+            Ok(hasher.finalize().into())
+        });
+        Self { ranges, thread }
+    }
+
+    fn done(&self, offset: u64, len: u64) {
+        let _ = self.ranges.send((offset, len));
+    }
+
+    async fn finish(self) -> Result<[u8; 16], String> {
+        drop(self.ranges);
+        self.thread.await.map_err(|e| e.to_string())?
+    }
 }
