@@ -18,6 +18,9 @@ pub enum ExitCode {
     IoErr = 74,
     /// The script exited 0 but stage-out failed.
     TempFail = 75,
+    /// The daemon refused the request (not root, not in its allowed group, or a secret or path
+    /// the submitting user may not use).
+    NoPerm = 77,
 }
 
 impl ExitCode {

@@ -7,9 +7,14 @@
 //! - [`manifest`]: the model and its validation, producing a [`manifest::JobPlan`];
 //! - [`datastore`]: datastore definitions, secrets by reference, the registry;
 //! - [`store`]: the backend-agnostic storage trait and its backends;
+//! - [`transfer`]: the parallel, streamed download/upload engine;
+//! - [`fs`]: the read-only FUSE filesystem over any store;
+//! - [`job`]: one job from start to end (prepare → run → stage out);
+//! - [`daemon`]: service mode, its job queue and socket API;
 //! - [`cli`]: the command line, a thin layer over the above.
 
 pub mod cli;
+pub mod daemon;
 pub mod datastore;
 pub mod exit;
 pub mod fs;

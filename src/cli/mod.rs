@@ -2,6 +2,7 @@
 //! library, and turns its typed errors into messages and exit codes.
 
 mod cleanup;
+mod daemon;
 mod datastore;
 mod mount;
 mod run;
@@ -26,7 +27,8 @@ pub const DEFAULT_CONFIG_DIR: &str = "/etc/dataref";
 ///
 /// Exit codes: 0 success, 64 usage, 65 invalid manifest or datastore, 66 missing manifest or
 /// input, 69 storage or mount failure, 74 local I/O failure, 75 stage-out failure after a
-/// successful script; otherwise the script's own code, or 128+N for signal N.
+/// successful script, 77 refused by the daemon; otherwise the script's own code, or 128+N for
+/// signal N.
 #[derive(Debug, Parser)]
 #[command(name = "dataref", version, max_term_width = 100)]
 pub struct Cli {
@@ -73,6 +75,21 @@ pub enum Command {
     /// job's) and other filesystems are never touched. Exits 0 when no dead mount is left, 74
     /// when one could not be removed (unmounting needs root).
     Cleanup,
+    /// Run as a service: accept jobs on a Unix socket and run each as its submitter (SPEC §7).
+    ///
+    /// Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG. SIGTERM stops intake,
+    /// signals running scripts, waits their grace period, uploads their outputs and exits 0.
+    Daemon(daemon::DaemonArgs),
+    /// Submit a job to the daemon; prints its id (with --wait: follows its log and exits with
+    /// the job's exit code).
+    Submit(daemon::SubmitArgs),
+    /// Show the daemon's jobs, or one job.
+    Status(daemon::StatusArgs),
+    /// Cancel a job: a queued one at once, a running one like a preemption (SIGTERM, grace,
+    /// outputs uploaded).
+    Cancel(daemon::CancelArgs),
+    /// Print a job's log (--follow: until it ends).
+    Logs(daemon::LogsArgs),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -108,6 +125,11 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Download(args) => transfer::download(&cli.config_dir, args),
         Command::Mount(args) => mount::run(&cli.config_dir, args),
         Command::Cleanup => cleanup::run(&cli.config_dir),
+        Command::Daemon(args) => daemon::daemon(&cli.config_dir, args),
+        Command::Submit(args) => daemon::submit(args),
+        Command::Status(args) => daemon::status(args),
+        Command::Cancel(args) => daemon::cancel(args),
+        Command::Logs(args) => daemon::logs(args),
         Command::Datastore(command) => datastore::run(&cli.config_dir, command),
     }
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::exit::{ExitCode, Failure};
+use crate::job::identity::Identity;
 use crate::job::{self, RunOptions};
 use crate::transfer::ProgressMode;
 
@@ -14,6 +15,21 @@ pub struct Args {
     /// No progress display for transfers (the summary lines stay).
     #[arg(long)]
     pub no_progress: bool,
+    /// Resolve the manifest's relative paths against DIR [default: the manifest's directory].
+    #[arg(long, value_name = "DIR")]
+    pub base_dir: Option<PathBuf>,
+    /// Run the script as UID:GID[:GROUP,...] (needs root); dataref keeps root for mounts, and
+    /// what it creates for the script (upload folders, downloads) is given to that user.
+    #[arg(long, value_name = "UID:GID[:GROUPS]", value_parser = Identity::parse)]
+    pub run_as: Option<Identity>,
+    /// Start the script's environment empty (HOME, USER, LOGNAME, SHELL, PATH of its user, then
+    /// the manifest's `environment`) instead of inheriting dataref's.
+    #[arg(long)]
+    pub clean_env: bool,
+    /// Do not prepare or run anything: upload the outputs an interrupted run of this job left
+    /// behind (the daemon's recovery). Exits 0, or 75 when an upload failed.
+    #[arg(long)]
+    pub stage_out_only: bool,
     /// The job manifest.
     #[arg(value_name = "JOB.json")]
     pub manifest: PathBuf,
@@ -21,7 +37,21 @@ pub struct Args {
 
 pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
     let registry = super::load_registry(config_dir)?;
-    let plan = super::validate::load_plan(&args.manifest, &registry)?;
+    let base_dir = match &args.base_dir {
+        Some(dir) => Some(
+            std::path::absolute(dir)
+                .map_err(|e| Failure::new(ExitCode::Usage, format!("--base-dir: {e}")))?,
+        ),
+        None => None,
+    };
+    let plan =
+        super::validate::load_plan_with_base(&args.manifest, base_dir.as_deref(), &registry)?;
+    if args.run_as.is_some() && !nix::unistd::geteuid().is_root() {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            "--run-as needs root (dataref switches to that user for the script)",
+        ));
+    }
     let job_dir = match args.job_dir {
         Some(dir) => std::path::absolute(&dir)
             .map_err(|e| Failure::new(ExitCode::Usage, format!("--job-dir: {e}")))?,
@@ -34,6 +64,9 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
         } else {
             ProgressMode::Auto
         },
+        identity: args.run_as,
+        clean_env: args.clean_env,
+        stage_out_only: args.stage_out_only,
     };
     let runtime = super::runtime()?;
     // `block_on` runs the job on this (main) thread, which outlives the child: the child's

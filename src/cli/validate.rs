@@ -42,7 +42,16 @@ pub(crate) fn load_plan(
     path: &Path,
     registry: &crate::datastore::registry::Registry,
 ) -> Result<JobPlan, Failure> {
-    manifest::load(path, registry).map_err(|e| match e {
+    load_plan_with_base(path, None, registry)
+}
+
+/// `load_plan` with relative paths resolved against `base` (`run --base-dir`).
+pub(crate) fn load_plan_with_base(
+    path: &Path,
+    base: Option<&Path>,
+    registry: &crate::datastore::registry::Registry,
+) -> Result<JobPlan, Failure> {
+    manifest::load_with_base(path, base, registry).map_err(|e| match e {
         LoadError::Missing { path, source } => Failure::new(
             ExitCode::NoInput,
             format!("cannot read manifest {}: {source}", path.display()),

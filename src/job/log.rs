@@ -22,6 +22,17 @@ impl JobLog {
         })
     }
 
+    /// Opens the log for appending (a recovery run adds to the interrupted run's log).
+    pub fn append(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            file: Some(Arc::new(Mutex::new(file))),
+        })
+    }
+
     /// A log that only writes to stderr.
     pub fn stderr_only() -> Self {
         Self { file: None }

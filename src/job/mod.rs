@@ -4,6 +4,7 @@
 //! holds dataref's lines and the script's output. The exit code follows SPEC §5.
 
 pub mod env;
+pub mod identity;
 pub mod log;
 pub mod result;
 pub mod supervise;
@@ -20,8 +21,9 @@ use crate::fs::mount::{MountedPath, mount_reference};
 use crate::manifest::{JobPlan, Mode, UploadPolicy};
 use crate::store::{self, Store};
 use crate::transfer::{self, Engine, ProgressMode, TransferError, UploadSource};
+use identity::Identity;
 use log::JobLog;
-use result::{EndReason, JobResult, ReferenceOutcome, ReferenceStatus};
+use result::{EndReason, JobResult, Phase, ReferenceOutcome, ReferenceStatus};
 use supervise::{ChildSpec, JobSignals};
 
 /// The job directory's name under `working_dir` when none is given.
@@ -31,6 +33,13 @@ pub const DEFAULT_JOB_DIR: &str = ".dataref";
 pub struct RunOptions {
     pub job_dir: PathBuf,
     pub progress: ProgressMode,
+    /// Run the script as this user (root only); what dataref creates for it becomes theirs.
+    pub identity: Option<Identity>,
+    /// Start the script's environment empty (login variables of its user only) instead of
+    /// from dataref's own: the daemon's jobs must not inherit the daemon's environment.
+    pub clean_env: bool,
+    /// Only upload the outputs a previous, interrupted run left (daemon recovery).
+    pub stage_out_only: bool,
 }
 
 impl RunOptions {
@@ -80,7 +89,12 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
         );
         return ExitCode::IoErr.code();
     }
-    let log = match JobLog::create(&options.job_dir.join("job.log")) {
+    let log_path = options.job_dir.join("job.log");
+    let log = match if options.stage_out_only {
+        JobLog::append(&log_path)
+    } else {
+        JobLog::create(&log_path)
+    } {
         Ok(log) => log,
         Err(e) => {
             eprintln!("dataref: error: cannot create job.log: {e}");
@@ -94,11 +108,15 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
     let mut engine = engine;
     engine.reserved_free_disk_bytes = plan.mount.reserved_free_disk_bytes;
 
+    if options.stage_out_only {
+        return recover_outputs(plan, &stores, &engine, &log, result, &options.job_dir).await;
+    }
+
     // Phase 1: inputs, raced against termination signals. Mounts made so far stay in `mounts`
     // whatever happens, so that every exit path unmounts them.
     let mut mounts = Vec::new();
     let prepared = tokio::select! {
-        prepared = prepare(plan, &stores, &engine, &log, &mut result, &mut mounts) => prepared,
+        prepared = prepare(plan, options, &stores, &engine, &log, &mut result, &mut mounts) => prepared,
         sig = signals.recv() => Err(Prepare::Signalled(sig)),
     };
     if let Err(failure) = prepared {
@@ -122,7 +140,17 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
     }
 
     // Phase 2: the script.
-    let env = env::child_environment(plan, std::env::vars_os());
+    let base_env: Vec<(std::ffi::OsString, std::ffi::OsString)> = match &options.identity {
+        _ if !options.clean_env => std::env::vars_os().collect(),
+        Some(identity) => identity.login_environment(),
+        None => Identity {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            groups: Vec::new(),
+        }
+        .login_environment(),
+    };
+    let env = env::child_environment(plan, base_env);
     let argv: Vec<String> = plan
         .command
         .iter()
@@ -138,8 +166,14 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
         cwd: plan.working_dir.clone(),
         env,
         grace: plan.grace_period,
+        identity: options.identity.clone(),
     };
-    let supervised = match supervise::run_child(&spec, &mut signals, &log).await {
+    result.phase = Phase::Running;
+    let on_start = |pid| {
+        result.script_pid = Some(pid);
+        result.save(&options.job_dir, &log);
+    };
+    let supervised = match supervise::run_child(&spec, &mut signals, &log, on_start).await {
         Ok(supervised) => supervised,
         Err(e) => {
             // Not even started (no such program): outputs cannot exist; report like a shell.
@@ -166,6 +200,9 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
         UploadPolicy::Always => true,
         UploadPolicy::OnSuccess => !failed_on_its_own,
     };
+    result.script_pid = None;
+    result.phase = Phase::StagingOut;
+    result.save(&options.job_dir, &log);
     let stage_out_ok = if upload {
         stage_out(plan, &stores, &engine, &log, &mut result, &options.job_dir).await
     } else {
@@ -217,6 +254,7 @@ enum Prepare {
 /// Downloads inputs and creates the parents of upload sources.
 async fn prepare(
     plan: &JobPlan,
+    options: &RunOptions,
     stores: &BTreeMap<String, Arc<dyn Store>>,
     engine: &Engine,
     log: &JobLog,
@@ -225,7 +263,7 @@ async fn prepare(
 ) -> Result<(), Prepare> {
     for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
         if let Some(parent) = r.local.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            create_dirs_for(parent, options.identity.as_ref()).map_err(|e| {
                 log.line(&format!(
                     "{}: cannot create {}: {e}",
                     r.name,
@@ -251,6 +289,10 @@ async fn prepare(
         match outcome {
             Ok(report) => {
                 log.line(&format!("{}: downloaded {}", r.name, report.summary()));
+                if let Some(identity) = &options.identity {
+                    give_downloaded_tree(identity, &r.local, log)
+                        .map_err(|()| Prepare::Failed(ExitCode::IoErr))?;
+                }
                 let failed = !report.errors.is_empty();
                 // Only local I/O failures (the compute node's disk): 74; any store failure: 69.
                 let code = if report.errors.iter().all(|e| e.local) {
@@ -274,7 +316,8 @@ async fn prepare(
                 }
             }
             Err(TransferError::NothingMatched { .. }) if r.allow_empty => {
-                std::fs::create_dir_all(&r.local).map_err(|_| Prepare::Failed(ExitCode::IoErr))?;
+                create_dirs_for(&r.local, options.identity.as_ref())
+                    .map_err(|_| Prepare::Failed(ExitCode::IoErr))?;
                 log.line(&format!("{}: nothing to download (allow_empty)", r.name));
                 entry.status = ReferenceStatus::Done;
                 entry.duration_seconds = started.elapsed().as_secs_f64();
@@ -289,16 +332,20 @@ async fn prepare(
     }
     for r in plan.references.iter().filter(|r| r.mode == Mode::Mount) {
         let started = Instant::now();
-        let options = FsOptions {
+        let fs_options = FsOptions {
             attribute_ttl: plan.mount.attribute_ttl,
             memory_budget_bytes: plan.memory_budget_bytes,
         };
         let config = MountConfig {
             fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("run"), &r.name),
-            allow_other: false,
+            // A script running as someone else must be let in (files 0444, dirs 0555).
+            allow_other: options
+                .identity
+                .as_ref()
+                .is_some_and(Identity::is_other_than_self),
         };
         let store = stores[&r.datastore_name].clone();
-        match mount_reference(store, &r.path_on_datastore, &r.local, options, &config).await {
+        match mount_reference(store, &r.path_on_datastore, &r.local, fs_options, &config).await {
             Ok(mounted) => {
                 log.line(&format!(
                     "{}: mounted {}:{} at {} (read-only)",
@@ -322,6 +369,58 @@ async fn prepare(
         }
     }
     Ok(())
+}
+
+/// Creates `dir` and its missing parents; the ones created are given to `identity`.
+fn create_dirs_for(dir: &Path, identity: Option<&Identity>) -> std::io::Result<()> {
+    let Some(identity) = identity else {
+        return std::fs::create_dir_all(dir);
+    };
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| std::fs::symlink_metadata(a).is_err())
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing.into_iter().rev() {
+        identity.chown(created)?;
+    }
+    Ok(())
+}
+
+/// Downloads are written by dataref (root); the script must own what it received.
+fn give_downloaded_tree(identity: &Identity, local: &Path, log: &JobLog) -> Result<(), ()> {
+    identity.chown_tree(local).map_err(|e| {
+        log.line(&format!(
+            "cannot give {} to uid {}: {e}",
+            local.display(),
+            identity.uid
+        ));
+    })
+}
+
+/// `--stage-out-only`: the previous run was interrupted (its agent died); upload what its script
+/// left, as a preempted job's outputs would have been.
+async fn recover_outputs(
+    plan: &JobPlan,
+    stores: &BTreeMap<String, Arc<dyn Store>>,
+    engine: &Engine,
+    log: &JobLog,
+    mut result: JobResult,
+    job_dir: &Path,
+) -> i32 {
+    log.line("recovering: uploading the outputs of an interrupted run");
+    result.phase = Phase::StagingOut;
+    result.save(job_dir, log);
+    let ok = stage_out(plan, stores, engine, log, &mut result, job_dir).await;
+    for outcome in result.references.values_mut() {
+        if outcome.status == ReferenceStatus::Pending {
+            outcome.status = ReferenceStatus::NotRun;
+        }
+    }
+    let code = if ok { 0 } else { ExitCode::TempFail.code() };
+    result.end(EndReason::Interrupted, code);
+    result.save(job_dir, log);
+    code
 }
 
 fn exit_code_for(error: &TransferError) -> ExitCode {

@@ -36,6 +36,19 @@ pub enum EndReason {
     SignalBeforeStart,
     InputFailed,
     StageOutFailed,
+    /// The agent was stopped before the job ended (daemon restart); `--stage-out-only`
+    /// uploaded what the script had left.
+    Interrupted,
+}
+
+/// Where the job is now; saved at every change so that a supervisor (the daemon) can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Preparing,
+    Running,
+    StagingOut,
+    Finished,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,8 +120,11 @@ pub struct JobResult {
     pub job_dir: PathBuf,
     pub started_at: f64,
     pub finished_at: Option<f64>,
+    pub phase: Phase,
     pub end_reason: EndReason,
     pub exit_code: Option<i32>,
+    /// The script's pid (its process group) while it runs, for a supervisor's recovery.
+    pub script_pid: Option<u32>,
     pub child: Option<ChildResult>,
     pub references: BTreeMap<String, ReferenceOutcome>,
 }
@@ -155,14 +171,17 @@ impl JobResult {
             job_dir: job_dir.to_path_buf(),
             started_at: now(),
             finished_at: None,
+            phase: Phase::Preparing,
             end_reason: EndReason::Running,
             exit_code: None,
+            script_pid: None,
             child: None,
             references,
         }
     }
 
     pub fn end(&mut self, reason: EndReason, code: i32) {
+        self.phase = Phase::Finished;
         self.end_reason = reason;
         self.exit_code = Some(code);
         self.finished_at = Some(now());

@@ -69,6 +69,8 @@ pub struct ChildSpec {
     pub cwd: PathBuf,
     pub env: BTreeMap<OsString, OsString>,
     pub grace: Duration,
+    /// Run the script as this user instead of dataref's own (the daemon's jobs).
+    pub identity: Option<super::identity::Identity>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -103,6 +105,7 @@ pub async fn run_child(
     spec: &ChildSpec,
     signals: &mut JobSignals,
     log: &JobLog,
+    on_start: impl FnOnce(u32),
 ) -> std::io::Result<Supervised> {
     let (program, args) = spec
         .argv
@@ -122,10 +125,15 @@ pub async fn run_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: only async-signal-safe calls (prctl, getppid, signal, tcsetpgrp, getpid) run
-    // between fork and exec.
+    let identity = spec.identity.clone().map(|id| (id.uid, id.gid, id.groups));
+    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid, prctl, getppid, signal,
+    // tcsetpgrp, getpid) run between fork and exec.
     unsafe {
         command.pre_exec(move || {
+            // Before PDEATHSIG: changing the effective uid clears it.
+            if let Some((uid, gid, groups)) = &identity {
+                super::identity::Identity::switch_in_child(*uid, *gid, groups)?;
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -148,6 +156,7 @@ pub async fn run_child(
         terminal.give_to(group);
     }
     log.line(&format!("started {} (pid {pid})", spec.argv.join(" ")));
+    on_start(pid);
 
     let stdout = child
         .stdout

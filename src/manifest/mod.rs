@@ -52,6 +52,8 @@ pub struct JobPlan {
     pub grace_period: Duration,
     pub mount: MountSettings,
     pub memory_budget_bytes: u64,
+    /// Names of the datastores the manifest defines itself (the others come from the registry).
+    pub inline_datastores: Vec<String>,
     secret_env_vars: Vec<String>,
 }
 
@@ -94,6 +96,17 @@ pub enum LoadError {
 
 /// Reads and validates a manifest file. Touches nothing on disk.
 pub fn load(path: &Path, registry: &Registry) -> Result<JobPlan, LoadError> {
+    load_with_base(path, None, registry)
+}
+
+/// Like `load`, with relative paths resolved against `base` instead of the manifest's own
+/// directory (the daemon stores a submitted manifest in its state directory, away from the
+/// directory the client submitted it from).
+pub fn load_with_base(
+    path: &Path,
+    base: Option<&Path>,
+    registry: &Registry,
+) -> Result<JobPlan, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Missing {
         path: path.to_path_buf(),
         source,
@@ -103,39 +116,52 @@ pub fn load(path: &Path, registry: &Registry) -> Result<JobPlan, LoadError> {
         source,
     })?;
     let manifest_path = normalize_lexically(&absolute);
-    let base = manifest_path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let invalid = |issues: Vec<Issue>| LoadError::Invalid {
+    let base = match base {
+        Some(base) => base.to_path_buf(),
+        None => manifest_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/")),
+    };
+    parse_bytes(&bytes, &manifest_path, &base, registry).map_err(|issues| LoadError::Invalid {
         path: path.to_path_buf(),
         issues,
-    };
+    })
+}
+
+/// Validates a manifest's bytes (a file's, or a request body's). `manifest_path` is recorded
+/// in the plan; `base` is the directory relative paths resolve against.
+pub fn parse_bytes(
+    bytes: &[u8],
+    manifest_path: &Path,
+    base: &Path,
+    registry: &Registry,
+) -> Result<JobPlan, Vec<Issue>> {
     // A file that is not UTF-8 is there but not JSON: invalid (65), not missing (66).
-    let text = String::from_utf8(bytes).map_err(|e| {
-        invalid(vec![Issue {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        vec![Issue {
             path: String::new(),
             message: format!(
                 "invalid JSON: not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
+                e.valid_up_to()
             ),
-        }])
+        }]
     })?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| {
-        invalid(vec![Issue {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        vec![Issue {
             path: String::new(),
             message: format!(
                 "invalid JSON at line {}, column {}: {e}",
                 e.line(),
                 e.column()
             ),
-        }])
+        }]
     })?;
     let mut issues = Issues::default();
-    let plan = parse(&value, &manifest_path, &base, registry, &mut issues);
+    let plan = parse(&value, manifest_path, base, registry, &mut issues);
     match plan {
         Some(plan) if issues.is_empty() => Ok(plan),
-        _ => Err(invalid(issues.0)),
+        _ => Err(issues.0),
     }
 }
 
@@ -189,6 +215,7 @@ pub fn parse(
         grace_period,
         mount,
         memory_budget_bytes,
+        inline_datastores: inline.keys().cloned().collect(),
         secret_env_vars: collect_secret_env_vars(
             inline.values().chain(registry.datastores.values()),
         ),

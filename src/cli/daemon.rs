@@ -1,0 +1,301 @@
+//! `dataref daemon` and its clients `submit`, `status`, `cancel`, `logs` (SPEC §6–§7).
+
+use std::path::{Path, PathBuf};
+
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::daemon::client::{Client, ClientError, query_value};
+use crate::daemon::{self, Config, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use crate::exit::{ExitCode, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's socket.
+    #[arg(long, env = "DATAREF_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Job records, manifests, logs and results: <DIR>/jobs/<id>/.
+    #[arg(long, env = "DATAREF_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Jobs that run at once; the others wait in the queue.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_jobs: u32,
+    /// A group (name or gid) whose members may submit jobs; the socket is given to it.
+    #[arg(long, value_name = "GROUP")]
+    pub allow_group: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Follow the job's log and exit with its exit code.
+    #[arg(long)]
+    pub wait: bool,
+    /// The job manifest; its relative paths resolve against its own directory.
+    #[arg(value_name = "JOB.json")]
+    pub manifest: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Print JSON (the API's answer).
+    #[arg(long)]
+    pub json: bool,
+    /// One job; without it, every job you may see.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Keep printing until the job ends.
+    #[arg(long)]
+    pub follow: bool,
+    pub id: String,
+}
+
+pub fn daemon(config_dir: &Path, args: DaemonArgs) -> Result<i32, Failure> {
+    let allow_group = match &args.allow_group {
+        None => None,
+        Some(group) => Some(resolve_group(group)?),
+    };
+    let executable = std::env::current_exe().map_err(|e| {
+        Failure::new(
+            ExitCode::IoErr,
+            format!("cannot find dataref's own binary: {e}"),
+        )
+    })?;
+    let config = Config {
+        socket: absolute(&args.socket.socket, "--socket")?,
+        state_dir: absolute(&args.state_dir, "--state-dir")?,
+        max_jobs: args.max_jobs as usize,
+        allow_group,
+        config_dir: absolute(config_dir, "--config-dir")?,
+        executable,
+    };
+    let runtime = super::runtime()?;
+    runtime
+        .block_on(daemon::run(config))
+        .map_err(|e| Failure::new(ExitCode::IoErr, e.to_string()))?;
+    // SIGTERM after an orderly drain is a clean stop (systemd: Result=success).
+    Ok(0)
+}
+
+fn absolute(path: &Path, flag: &str) -> Result<PathBuf, Failure> {
+    std::path::absolute(path).map_err(|e| Failure::new(ExitCode::Usage, format!("{flag}: {e}")))
+}
+
+fn resolve_group(group: &str) -> Result<u32, Failure> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(Failure::new(
+            ExitCode::Usage,
+            format!("--allow-group: no group named {group:?}"),
+        )),
+    }
+}
+
+fn client_failure(e: ClientError) -> Failure {
+    Failure::new(ExitCode::Unavailable, e.to_string())
+}
+
+/// Turns an API error answer into a message and exit code.
+fn api_failure(status: StatusCode, body: &Value) -> Failure {
+    let mut message = body["error"]
+        .as_str()
+        .unwrap_or("request failed")
+        .to_owned();
+    if let Some(issues) = body["issues"].as_array() {
+        for issue in issues {
+            let path = issue["path"].as_str().unwrap_or("");
+            let text = issue["message"].as_str().unwrap_or("");
+            if path.is_empty() {
+                message.push_str(&format!("\n  {text}"));
+            } else {
+                message.push_str(&format!("\n  {path}: {text}"));
+            }
+        }
+    }
+    let code = match status {
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => ExitCode::DataErr,
+        StatusCode::NOT_FOUND => ExitCode::NoInput,
+        StatusCode::BAD_REQUEST => ExitCode::Usage,
+        StatusCode::FORBIDDEN => ExitCode::NoPerm,
+        _ => ExitCode::Unavailable,
+    };
+    Failure::new(code, message)
+}
+
+pub fn submit(args: SubmitArgs) -> Result<i32, Failure> {
+    let manifest = std::fs::read(&args.manifest).map_err(|e| {
+        Failure::new(
+            ExitCode::NoInput,
+            format!("cannot read manifest {}: {e}", args.manifest.display()),
+        )
+    })?;
+    let absolute = absolute(&args.manifest, "JOB.json")?;
+    let base = absolute.parent().unwrap_or(Path::new("/"));
+    let base = base.to_string_lossy();
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let client = Client::new(&args.socket.socket);
+        let path = format!("/v1/jobs?base_dir={}", query_value(&base));
+        let (status, body) = client
+            .json(Method::POST, &path, Some(manifest))
+            .await
+            .map_err(client_failure)?;
+        if status != StatusCode::CREATED {
+            return Err(api_failure(status, &body));
+        }
+        let id = body["id"].as_str().unwrap_or_default().to_owned();
+        if !args.wait {
+            println!("{id}");
+            return Ok(0);
+        }
+        eprintln!("dataref: submitted job {id}");
+        print_logs(&client, &id, true).await?;
+        let (status, record) = client
+            .json(Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await
+            .map_err(client_failure)?;
+        if status != StatusCode::OK {
+            return Err(api_failure(status, &record));
+        }
+        let state = record["state"].as_str().unwrap_or("unknown");
+        eprintln!("dataref: job {id} ended: {state}");
+        // The job's own code when it ran; 75 (try again) when it never finished running.
+        Ok(record["exit_code"]
+            .as_i64()
+            .map(|c| c as i32)
+            .unwrap_or(ExitCode::TempFail.code()))
+    })
+}
+
+async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), Failure> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let path = format!(
+        "/v1/jobs/{id}/logs{}",
+        if follow { "?follow=1" } else { "" }
+    );
+    let response = client
+        .request(Method::GET, &path, None)
+        .await
+        .map_err(client_failure)?;
+    if response.status() != StatusCode::OK {
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        return Err(api_failure(status, &body));
+    }
+    let mut body = response.into_body();
+    let mut stdout = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| client_failure(ClientError::Protocol(e.to_string())))?;
+        if let Some(data) = frame.data_ref() {
+            let _ = stdout.write_all(data);
+            let _ = stdout.flush();
+        }
+    }
+    Ok(())
+}
+
+pub fn status(args: StatusArgs) -> Result<i32, Failure> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let client = Client::new(&args.socket.socket);
+        let path = match &args.id {
+            Some(id) => format!("/v1/jobs/{id}"),
+            None => "/v1/jobs".to_owned(),
+        };
+        let (status, body) = client
+            .json(Method::GET, &path, None)
+            .await
+            .map_err(client_failure)?;
+        if status != StatusCode::OK {
+            return Err(api_failure(status, &body));
+        }
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body).expect("JSON encodes")
+            );
+            return Ok(0);
+        }
+        let jobs = match &args.id {
+            Some(_) => vec![body],
+            None => body["jobs"].as_array().cloned().unwrap_or_default(),
+        };
+        println!(
+            "{:<28} {:<12} {:>5} {:>6}  MESSAGE",
+            "ID", "STATE", "EXIT", "UID"
+        );
+        for job in jobs {
+            println!(
+                "{:<28} {:<12} {:>5} {:>6}  {}",
+                job["id"].as_str().unwrap_or(""),
+                job["state"].as_str().unwrap_or(""),
+                job["exit_code"]
+                    .as_i64()
+                    .map(|c| c.to_string())
+                    .unwrap_or("-".into()),
+                job["submitted_by"]["uid"]
+                    .as_u64()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                job["message"].as_str().unwrap_or(""),
+            );
+        }
+        Ok(0)
+    })
+}
+
+pub fn cancel(args: CancelArgs) -> Result<i32, Failure> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let client = Client::new(&args.socket.socket);
+        let (status, body) = client
+            .json(Method::POST, &format!("/v1/jobs/{}/cancel", args.id), None)
+            .await
+            .map_err(client_failure)?;
+        if status != StatusCode::OK {
+            return Err(api_failure(status, &body));
+        }
+        println!("{} {}", args.id, body["state"].as_str().unwrap_or(""));
+        Ok(0)
+    })
+}
+
+pub fn logs(args: LogsArgs) -> Result<i32, Failure> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let client = Client::new(&args.socket.socket);
+        print_logs(&client, &args.id, args.follow).await?;
+        Ok(0)
+    })
+}
