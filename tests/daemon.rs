@@ -700,3 +700,38 @@ fn a_burst_of_200_jobs_completes_within_max_jobs() {
         "RSS grew from {rss_start} to {rss_peak} KiB"
     );
 }
+
+/// Oversize, malformed and unknown requests get a 4xx and change nothing.
+#[test]
+fn malformed_and_oversize_requests_are_rejected_without_effect() {
+    let area = Area::new();
+    let _daemon = area.daemon(&[], &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = dataref::daemon::client::Client::new(&area.socket());
+    let post = |path: &str, body: Vec<u8>| {
+        runtime
+            .block_on(client.json(hyper::Method::POST, path, Some(body)))
+            .unwrap()
+    };
+    let (status, body) = post("/v1/jobs", vec![b' '; 2 * 1024 * 1024]);
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = post("/v1/jobs", b"{not json".to_vec());
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["issues"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON")
+    );
+    let (status, _) = post("/v1/jobs?base_dir=relative/dir", b"{}".to_vec());
+    assert_eq!(status, 400);
+    let (status, _) = post("/v1/nothing", b"{}".to_vec());
+    assert_eq!(status, 404);
+    let (status, _) = post("/v1/jobs/../../etc/cancel", Vec::new());
+    assert_eq!(status, 404);
+    let (status, _) = runtime
+        .block_on(client.json(hyper::Method::DELETE, "/v1/jobs", None))
+        .unwrap();
+    assert_eq!(status, 405);
+    assert!(area.job_dirs().is_empty(), "{:?}", area.job_dirs());
+}
