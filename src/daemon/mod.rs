@@ -549,3 +549,76 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&daemon.config.socket);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon(state_dir: &Path) -> Arc<Daemon> {
+        Daemon::new(
+            Config {
+                socket: state_dir.join("sock"),
+                state_dir: state_dir.to_path_buf(),
+                max_jobs: 1,
+                allow_group: None,
+                config_dir: state_dir.join("config"),
+                executable: PathBuf::from("/bin/false"),
+            },
+            Notifier::default(),
+        )
+    }
+
+    fn root_peer() -> Peer {
+        Peer {
+            pid: None,
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_running_job_shows_staging_out_while_its_runner_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = daemon(dir.path());
+        let id = daemon.enqueue(root_peer(), "/".into(), b"{}").unwrap();
+        daemon.jobs.lock().unwrap().get_mut(&id).unwrap().state = JobState::Running;
+        assert_eq!(daemon.view(&id).unwrap().state, JobState::Running);
+        let result = daemon.job_dir(&id).join("result.json");
+        std::fs::write(&result, r#"{"phase": "staging_out"}"#).unwrap();
+        assert_eq!(daemon.view(&id).unwrap().state, JobState::StagingOut);
+        std::fs::write(&result, r#"{"phase": "running"}"#).unwrap();
+        assert_eq!(daemon.view(&id).unwrap().state, JobState::Running);
+    }
+
+    #[test]
+    fn records_of_a_previous_daemon_are_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = daemon(dir.path());
+        let queued = first.enqueue(root_peer(), "/".into(), b"{}").unwrap();
+        let running = first.enqueue(root_peer(), "/".into(), b"{}").unwrap();
+        let mut record = first.view(&running).unwrap();
+        record.state = JobState::Running;
+        record.runner = Some(ProcessId {
+            pid: i32::MAX,
+            start_time: 1,
+        });
+        record.save(&first.job_dir(&running)).unwrap();
+
+        let second = daemon(dir.path());
+        let interrupted = second.recover_records();
+        assert_eq!(interrupted, vec![running.clone()]);
+        let record = second.view(&running).unwrap();
+        assert_eq!(record.state, JobState::Interrupted);
+        assert_eq!(record.recovery, Some(Recovery::Uploading));
+        assert_eq!(
+            JobRecord::load(&second.job_dir(&running)).unwrap().state,
+            JobState::Interrupted
+        );
+        assert_eq!(second.view(&queued).unwrap().state, JobState::Queued);
+        assert_eq!(
+            second.queue.lock().unwrap().iter().collect::<Vec<_>>(),
+            vec![&queued]
+        );
+    }
+}
