@@ -530,7 +530,9 @@ fn daemon_killed_mid_job_is_recovered_at_the_next_start() {
 /// does not own, and peers outside the allowed group are refused and audited.
 #[test]
 fn unprivileged_peers_run_as_themselves_and_cannot_borrow_roots_secrets() {
+    let _serial = serial();
     let area = Area::new();
+    cli::write_file(&area.path("store/in/a.txt"), "for-nobody", 0o600);
     let work = area.path("work");
     std::os::unix::fs::chown(&work, Some(NOBODY), Some(NOBODY)).unwrap();
     // The store is writable by root only: uploads are dataref's (root) work, not the script's.
@@ -543,13 +545,20 @@ fn unprivileged_peers_run_as_themselves_and_cannot_borrow_roots_secrets() {
         "job.json",
         json!({
             "data_references": {
+                "data": {"datastore": "store", "path_on_datastore": "in", "mode": "mount"},
+                "dl": {"datastore": "store", "path_on_datastore": "in", "mode": "download",
+                       "path_on_compute": "dl"},
                 "out": {"datastore": "store", "path_on_datastore": "who", "mode": "upload",
                         "path_on_compute": "made/by/dataref/outputs"}
             },
             // dataref creates made/by/dataref as root: the script can only write there if
-            // dataref gave those folders to it.
+            // dataref gave those folders to it. The source file is 0600 root: the script reads
+            // it through the mount (0444, allow_other) and owns its downloaded copy.
             "command": sh("mkdir made/by/dataref/outputs && cd made/by/dataref/outputs && \
-                           id -u > uid && echo \"$HOME $USER\" > env"),
+                           id -u > uid && echo \"$HOME $USER\" > env && \
+                           cat $AZUREML_DATAREFERENCE_data/a.txt > mounted && \
+                           stat -c %u $AZUREML_DATAREFERENCE_dl/a.txt > downloaded_owner && \
+                           echo changed >> $AZUREML_DATAREFERENCE_dl/a.txt"),
         }),
     );
     let out = area.client_as(
@@ -560,6 +569,11 @@ fn unprivileged_peers_run_as_themselves_and_cannot_borrow_roots_secrets() {
     out.expect_code(0);
     assert_eq!(read(&area.path("store/who/uid")).trim(), NOBODY.to_string());
     assert_eq!(read(&area.path("store/who/env")), "/nonexistent nobody\n");
+    assert_eq!(read(&area.path("store/who/mounted")), "for-nobody");
+    assert_eq!(
+        read(&area.path("store/who/downloaded_owner")).trim(),
+        NOBODY.to_string()
+    );
     for created in ["made", "made/by", "made/by/dataref"] {
         assert_eq!(
             std::fs::metadata(area.path("work").join(created))
