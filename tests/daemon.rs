@@ -749,3 +749,71 @@ fn malformed_and_oversize_requests_are_rejected_without_effect() {
     assert_eq!(status, 405);
     assert!(area.job_dirs().is_empty(), "{:?}", area.job_dirs());
 }
+
+/// 1,000 status requests a second for 10 s while jobs run: every one answered, RSS flat.
+#[test]
+fn a_thousand_status_requests_a_second_while_jobs_run() {
+    let area = Area::new();
+    let daemon = area.daemon(&["--max-jobs", "2"], &[]);
+    let manifest = area.manifest("sleepy.json", json!({"command": sh("sleep 120")}));
+    let ids = [area.submit(&manifest), area.submit(&manifest)];
+    for id in &ids {
+        area.wait_state(id, &["running"], Duration::from_secs(60));
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let socket = area.socket();
+    let rss_before = daemon.rss_kib();
+    let started = Instant::now();
+    let (answered, failures) = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        // 20 clients × 50 requests a second.
+        for n in 0..20 {
+            let socket = socket.clone();
+            let id = ids[n % 2].clone();
+            tasks.push(tokio::spawn(async move {
+                let client = dataref::daemon::client::Client::new(&socket);
+                let mut ticks = tokio::time::interval(Duration::from_millis(20));
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                for _ in 0..500 {
+                    ticks.tick().await;
+                    match client
+                        .json(hyper::Method::GET, &format!("/v1/jobs/{id}"), None)
+                        .await
+                    {
+                        Ok((status, body)) if status == 200 && body["state"] == "running" => {
+                            ok += 1
+                        }
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        let mut answered = 0;
+        let mut failures = Vec::new();
+        for task in tasks {
+            let (ok, failed) = task.await.unwrap();
+            answered += ok;
+            failures.extend(failed);
+        }
+        (answered, failures)
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let rss_after = daemon.rss_kib();
+    eprintln!(
+        "{answered} status requests in {elapsed:.1} s ({:.0}/s); daemon RSS {rss_before} → \
+         {rss_after} KiB",
+        answered as f64 / elapsed
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..1]
+    );
+    assert_eq!(answered, 10_000);
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
