@@ -68,6 +68,24 @@ impl Area {
         cli::write_manifest(&self.path("work").join(name), &manifest)
     }
 
+    /// A job that runs until signalled, then writes `word` to `outputs/term.txt` (uploaded to
+    /// `store/results/`) and exits 0. It writes `outputs/started.txt` when it starts.
+    fn trapping_job(&self, word: &str) -> PathBuf {
+        self.manifest(
+            "long.json",
+            json!({
+                "data_references": {
+                    "out": {"datastore": "store", "path_on_datastore": "results",
+                            "mode": "upload", "path_on_compute": "outputs"}
+                },
+                "command": sh(&format!(
+                    "mkdir -p outputs; trap 'echo {word} > outputs/term.txt; exit 0' TERM; \
+                     echo started > outputs/started.txt; while true; do sleep 0.1; done"
+                )),
+            }),
+        )
+    }
+
     fn daemon(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut command = cli::command();
         command
@@ -399,18 +417,7 @@ fn cancel_stops_a_running_job_like_a_preemption_and_outputs_are_uploaded() {
     let _serial = serial();
     let area = Area::new();
     let _daemon = area.daemon(&["--max-jobs", "1"], &[]);
-    let manifest = area.manifest(
-        "long.json",
-        json!({
-            "data_references": {
-                "out": {"datastore": "store", "path_on_datastore": "results", "mode": "upload",
-                        "path_on_compute": "outputs"}
-            },
-            "command": sh("mkdir -p outputs; trap 'echo got-term > outputs/term.txt; exit 0' TERM; \
-                           echo started > outputs/started.txt; \
-                           while true; do sleep 0.1; done"),
-        }),
-    );
+    let manifest = area.trapping_job("got-term");
     let first = area.submit(&manifest);
     let second = area.submit(&manifest);
     area.wait_state(&first, &["running"], Duration::from_secs(60));
@@ -437,18 +444,7 @@ fn sigterm_drains_running_jobs_uploads_and_exits_0() {
     let _serial = serial();
     let area = Area::new();
     let mut daemon = area.daemon(&[], &[]);
-    let manifest = area.manifest(
-        "long.json",
-        json!({
-            "data_references": {
-                "out": {"datastore": "store", "path_on_datastore": "results", "mode": "upload",
-                        "path_on_compute": "outputs"}
-            },
-            "command": sh("mkdir -p outputs; trap 'echo drained > outputs/term.txt; exit 0' TERM; \
-                           echo started > outputs/started.txt; \
-                           while true; do sleep 0.1; done"),
-        }),
-    );
+    let manifest = area.trapping_job("drained");
     let id = area.submit(&manifest);
     poll("the script to start", Duration::from_secs(60), || {
         area.path("work/outputs/started.txt").exists()
