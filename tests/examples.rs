@@ -1,4 +1,5 @@
-//! Every example shipped in examples/ is executed here, on a copy (the repository stays clean).
+//! The quickstart example and the config sample, run on a copy (the repository stays clean).
+//! The scheduler examples run in tests/slurm.rs and tests/kubernetes_example.rs.
 
 mod common;
 
