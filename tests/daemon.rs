@@ -290,17 +290,40 @@ fn sd_notify_ready_after_the_socket_accepts_then_watchdog_and_stopping() {
         }
     }
     assert!((4..=9).contains(&pings), "{pings} watchdog pings in 1.2 s");
+
+    // A job that takes 1.5 s to stop keeps the daemon draining: the pings must go on.
+    let manifest = area.manifest(
+        "slow-stop.json",
+        json!({"command": sh("trap 'sleep 1.5; exit 0' TERM; touch started; \
+                              while true; do sleep 0.1; done")}),
+    );
+    area.submit(&manifest);
+    poll("the job to start", Duration::from_secs(60), || {
+        area.path("work/started").exists()
+    });
     daemon.signal(Signal::SIGTERM);
-    let mut after = Vec::new();
-    loop {
-        let message = recv();
-        after.push(message.clone());
-        if message == "STOPPING=1" {
-            break;
+    while recv() != "STOPPING=1" {}
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut pings_while_draining = 0;
+    let status = loop {
+        if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
         }
-    }
-    let status = daemon.wait(Duration::from_secs(30));
+        let mut buf = [0u8; 256];
+        if let Ok(n) = notify.recv(&mut buf) {
+            if &buf[..n] == b"WATCHDOG=1" {
+                pings_while_draining += 1;
+            }
+        }
+    };
+    daemon.child = None;
     assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
+    assert!(
+        pings_while_draining >= 4,
+        "{pings_while_draining} watchdog pings while draining for 1.5 s"
+    );
 }
 
 #[test]
