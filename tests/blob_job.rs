@@ -297,11 +297,15 @@ fn a_killed_download_leaves_no_file_under_its_final_name() {
     );
     runtime.block_on(async {
         store.create_container().await.unwrap();
+        // Two files of one part (fetched into memory, written at the end) and two of two
+        // parts (written into a temporary file as they arrive).
         for i in 0..4 {
+            let mib: usize = if i < 2 { 3 } else { 9 };
+            let size = mib * 1024 * 1024;
             store
                 .put(
                     &p(&format!("d/f{i}.bin")),
-                    pattern(3 * 1024 * 1024, i).into(),
+                    pattern(size, i).into(),
                     &PutOptions::default(),
                 )
                 .await
@@ -310,7 +314,7 @@ fn a_killed_download_leaves_no_file_under_its_final_name() {
     });
     // Every body arrives in part, then hangs: dataref is killed mid-file.
     let proxy = FaultProxy::start(azurite::shared().port);
-    for _ in 0..4 {
+    for _ in 0..6 {
         proxy.push(Rule {
             method: Some("GET"),
             ranged_only: true,
@@ -359,6 +363,7 @@ fn a_killed_download_leaves_no_file_under_its_final_name() {
             && files(&target)
                 .iter()
                 .any(|f| f.contains(".dataref-partial."))
+            && proxy.fired().len() == 6
     };
     while !partial_exists() {
         assert!(

@@ -522,3 +522,200 @@ async fn a_range_broken_mid_body_resumes_from_the_missing_byte() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_small_file_broken_mid_body_resumes_from_the_missing_byte() {
+    let inner = MemoryStore::new();
+    let data = pattern(10_000, 9); // one part: fetched into memory, written once
+    put(&inner, "small.bin", &data).await;
+    let store = Arc::new(FlakyStore {
+        inner,
+        failures: 1.into(),
+        ranges: Default::default(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    engine.retry.initial_backoff = std::time::Duration::from_millis(1);
+    let report = transfer::download(
+        &engine,
+        store.clone(),
+        &p("small.bin"),
+        &dir.path().join("small.bin"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(std::fs::read(dir.path().join("small.bin")).unwrap(), data);
+    assert_eq!(
+        *store.ranges.lock().unwrap(),
+        vec![0..10_000, 5_000..10_000]
+    );
+    assert_eq!(tree(dir.path()), vec!["small.bin"], "no partial file left");
+}
+
+/// What a `SlowStore` saw, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeEvent {
+    Requested(u64),
+    Completed(u64),
+}
+
+/// Delegates to a memory store; every ranged read waits a little before its body, and records
+/// when it was requested and when its body ended.
+#[derive(Debug)]
+struct SlowStore {
+    inner: MemoryStore,
+    events: Arc<std::sync::Mutex<Vec<RangeEvent>>>,
+}
+
+#[async_trait::async_trait]
+impl Store for SlowStore {
+    fn describe(&self) -> String {
+        "slow".into()
+    }
+    fn max_part_size(&self) -> u64 {
+        self.inner.max_part_size()
+    }
+    async fn list(
+        &self,
+        request: &dataref::store::ListRequest,
+    ) -> dataref::store::Result<dataref::store::ListPage> {
+        self.inner.list(request).await
+    }
+    async fn head(&self, path: &ObjectPath) -> dataref::store::Result<dataref::store::ObjectMeta> {
+        self.inner.head(path).await
+    }
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        range: std::ops::Range<u64>,
+    ) -> dataref::store::Result<dataref::store::ByteStream> {
+        use futures::StreamExt;
+        let start = range.start;
+        self.events
+            .lock()
+            .unwrap()
+            .push(RangeEvent::Requested(start));
+        let data = read_to_bytes(&self.inner, path).await?;
+        let slice = data.slice(range.start as usize..range.end.min(data.len() as u64) as usize);
+        let events = self.events.clone();
+        let body = futures::stream::unfold(Some(slice), move |next| {
+            let events = events.clone();
+            async move {
+                match next {
+                    Some(slice) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        Some((Ok(slice), None))
+                    }
+                    None => {
+                        events.lock().unwrap().push(RangeEvent::Completed(start));
+                        None
+                    }
+                }
+            }
+        });
+        Ok(body.boxed())
+    }
+    async fn put(
+        &self,
+        path: &ObjectPath,
+        data: Bytes,
+        o: &PutOptions,
+    ) -> dataref::store::Result<()> {
+        self.inner.put(path, data, o).await
+    }
+    async fn start_upload(
+        &self,
+        path: &ObjectPath,
+        size: u64,
+    ) -> dataref::store::Result<Box<dyn dataref::store::PartUpload>> {
+        self.inner.start_upload(path, size).await
+    }
+    async fn delete(&self, path: &ObjectPath) -> dataref::store::Result<()> {
+        self.inner.delete(path).await
+    }
+}
+
+/// A download whose MD5 is verified requests its parts lowest offset first and at most
+/// `hash_window` parts ahead of the hashing (which needs every byte before a part): part `i` is
+/// requested only once parts `0..=i - window` have arrived. Without an MD5 the window does not
+/// apply.
+#[tokio::test]
+async fn hashed_download_requests_parts_in_order_within_the_window() {
+    let part = 64 * 1024u64;
+    let parts = 16u64;
+    let window = 2u64;
+    let data = pattern((part * parts) as usize, 3);
+    let mut engine = engine();
+    engine.part_concurrency = 8;
+    engine.hash_window = window as usize;
+
+    // With an MD5.
+    let inner = MemoryStore::new();
+    put(&inner, "big.bin", &data).await;
+    let store = Arc::new(SlowStore {
+        inner,
+        events: Default::default(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("big.bin");
+    let report = transfer::download(&engine, store.clone(), &p("big.bin"), &target, false)
+        .await
+        .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+    let events = store.events.lock().unwrap().clone();
+    let requested: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            RangeEvent::Requested(offset) => Some(*offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        requested,
+        (0..parts).map(|i| i * part).collect::<Vec<_>>(),
+        "parts requested in offset order"
+    );
+    for (at, event) in events.iter().enumerate() {
+        let RangeEvent::Requested(offset) = *event else {
+            continue;
+        };
+        let index = offset / part;
+        for earlier in 0..(index + 1).saturating_sub(window) {
+            assert!(
+                events[..at].contains(&RangeEvent::Completed(earlier * part)),
+                "part {index} was requested before part {earlier} had arrived: {events:?}"
+            );
+        }
+    }
+
+    // Without an MD5 (nothing to hash in order): parts go out as fast as the concurrency
+    // allows, more than the window at once.
+    let inner = MemoryStore::new();
+    inner
+        .put(
+            &p("raw.bin"),
+            Bytes::from(data.clone()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let store = Arc::new(SlowStore {
+        inner,
+        events: Default::default(),
+    });
+    let target = dir.path().join("raw.bin");
+    let report = transfer::download(&engine, store.clone(), &p("raw.bin"), &target, false)
+        .await
+        .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+    let events = store.events.lock().unwrap().clone();
+    let before_first_completion = events
+        .iter()
+        .take_while(|e| matches!(e, RangeEvent::Requested(_)))
+        .count();
+    assert_eq!(before_first_completion, 8, "{events:?}");
+}

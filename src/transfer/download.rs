@@ -1,14 +1,14 @@
 //! Downloads: a prefix (directory-aware) or a single object into a local directory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
@@ -96,13 +96,16 @@ pub async fn download(
     let needed: u64 = todo.iter().map(|i| i.meta.size).sum();
     check_free_space(local, needed, engine.reserved_free_disk_bytes)?;
 
+    let failed_dirs = create_parents(&todo).await;
     let progress = Progress::start(engine.progress, "download", todo.len() as u64, needed);
     let results: Vec<(ObjectPath, Result<u64, FileError>)> = futures::stream::iter(todo)
         .map(|item| {
             let store = store.clone();
             let progress = progress.clone();
+            let failed_dirs = &failed_dirs;
             async move {
-                let result = download_file(engine, store.as_ref(), &item, &progress).await;
+                let result =
+                    download_file(engine, store.as_ref(), &item, failed_dirs, &progress).await;
                 progress.file_done();
                 (item.meta.path, result)
             }
@@ -213,28 +216,108 @@ impl FileError {
     }
 }
 
+/// Creates the parent directory of every planned file, once per directory (not once per
+/// file). Returns the directories that could not be created, with the reason: their files fail.
+async fn create_parents(todo: &[Planned]) -> HashMap<PathBuf, String> {
+    let mut dirs: Vec<PathBuf> = todo
+        .iter()
+        .filter_map(|item| item.dest.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let created = tokio::task::spawn_blocking(move || {
+        let mut failed = HashMap::new();
+        for dir in dirs {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                failed.insert(dir, e.to_string());
+            }
+        }
+        failed
+    })
+    .await;
+    created.unwrap_or_else(|e| {
+        // The thread panicked: every file fails rather than landing in an unchecked place.
+        todo.iter()
+            .filter_map(|item| item.dest.parent())
+            .map(|dir| (dir.to_path_buf(), e.to_string()))
+            .collect()
+    })
+}
+
 /// Downloads one object to a temporary name, verifies it, and renames it into place.
 async fn download_file(
     engine: &Engine,
     store: &dyn Store,
     item: &Planned,
+    failed_dirs: &HashMap<PathBuf, String>,
     progress: &Progress,
 ) -> Result<u64, FileError> {
     if let Some(parent) = item.dest.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| FileError::local(parent, e))?;
+        if let Some(error) = failed_dirs.get(parent) {
+            return Err(FileError::local(parent, error));
+        }
+    }
+    if item.meta.size <= engine.part_size {
+        return download_small(engine, store, item, progress).await;
     }
     // The guard removes the temporary file however this ends: error, or the future being
     // dropped because the job was cancelled.
     let mut partial = PartialFile::new(partial_name(&item.dest));
-    partial.create(item.meta.size).await?;
-    fetch_into(engine, store, item, &partial.path, progress).await?;
+    let file = partial.create(item.meta.size).await?;
+    fetch_parts(engine, store, item, Arc::new(file), &partial.path, progress).await?;
     tokio::fs::rename(&partial.path, &item.dest)
         .await
         .map_err(|e| FileError::local(&item.dest, e))?;
     partial.renamed = true;
     Ok(item.meta.size)
+}
+
+/// A file of at most one part: one GET into memory (within the budget), verified there, then
+/// written and renamed into place by one blocking call. A file that fails verification is
+/// never created.
+async fn download_small(
+    engine: &Engine,
+    store: &dyn Store,
+    item: &Planned,
+    progress: &Progress,
+) -> Result<u64, FileError> {
+    let size = item.meta.size;
+    let _permit = engine.budget.acquire(size).await;
+    let partial = partial_name(&item.dest);
+    let mut data = Vec::with_capacity(size as usize);
+    let mut hasher = item.meta.content_md5.map(|_| Md5::new());
+    let written = fetch_range(
+        engine,
+        store,
+        item,
+        &mut Sink::Memory(&mut data),
+        &partial,
+        0,
+        size,
+        progress,
+        hasher.as_mut(),
+    )
+    .await?;
+    check_size(item, written)?;
+    if let Some(hasher) = hasher {
+        verify(item, hasher.finalize().into())?;
+    }
+    let dest = item.dest.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let written = std::fs::File::create(&partial).and_then(|mut f| f.write_all(&data));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&partial);
+            return Err(FileError::local(&partial, e));
+        }
+        std::fs::rename(&partial, &dest).map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            FileError::local(&dest, e)
+        })
+    })
+    .await
+    .map_err(|e| FileError::local(&item.dest, e))??;
+    Ok(size)
 }
 
 /// A temporary download file, deleted on drop unless it was renamed into place.
@@ -256,11 +339,14 @@ impl PartialFile {
     }
 
     /// Creates the file at its full size, so ranges can land at their offsets in any order.
-    async fn create(&self, size: u64) -> Result<(), FileError> {
+    async fn create(&self, size: u64) -> Result<std::fs::File, FileError> {
         let path = self.path.clone();
         let abandoned = self.abandoned.clone();
         tokio::task::spawn_blocking(move || {
-            let created = std::fs::File::create(&path).and_then(|file| file.set_len(size));
+            let created = std::fs::File::create(&path).and_then(|file| {
+                file.set_len(size)?;
+                Ok(file)
+            });
             // Either this sees the flag, or the guard's drop comes later and sees the file.
             if abandoned.load(Ordering::SeqCst) {
                 let _ = std::fs::remove_file(&path);
@@ -281,60 +367,73 @@ impl Drop for PartialFile {
     }
 }
 
-async fn fetch_into(
+/// Fetches a file of several parts into `file` (created at its full size), parts in parallel.
+/// With an MD5 to verify, a hashing thread follows the contiguous prefix of the file, and parts
+/// are requested lowest offset first, at most `hash_window` parts ahead of the hash cursor:
+/// hashing overlaps the network instead of waiting for the lowest of many parts in flight.
+async fn fetch_parts(
     engine: &Engine,
     store: &dyn Store,
     item: &Planned,
+    file: Arc<std::fs::File>,
     partial: &Path,
     progress: &Progress,
 ) -> Result<(), FileError> {
-    let size = item.meta.size;
-    let ranges = parts(size, engine.part_size);
-    let digest = if ranges.len() <= 1 {
-        // One stream: hash while writing.
-        let mut hasher = Md5::new();
-        let written = fetch_range(
-            engine,
-            store,
-            item,
-            partial,
-            0,
-            size,
-            progress,
-            Some(&mut hasher),
-        )
-        .await?;
-        check_size(item, written)?;
-        hasher.finalize().into()
-    } else {
-        // Parts complete out of order; a hashing thread follows the contiguous prefix of the
-        // file (re-read from the page cache) so that verification overlaps the download
-        // instead of following it.
-        let hashing = item.meta.content_md5.map(|_| InOrderHasher::start(partial));
-        let written: u64 = futures::stream::iter(ranges)
-            .map(|(_, offset, len)| {
-                let hashing = hashing.as_ref();
-                async move {
-                    let n = fetch_range(engine, store, item, partial, offset, len, progress, None)
-                        .await?;
-                    if let Some(hashing) = hashing {
-                        hashing.done(offset, n);
-                    }
-                    Ok::<u64, FileError>(n)
+    let part_size = engine.part_size.max(1);
+    let ranges = parts(item.meta.size, part_size);
+    let hashing = item.meta.content_md5.map(|_| InOrderHasher::start(partial));
+    let window = engine.hash_window.max(1) as u64 * part_size;
+    // With hashing, parts take turns: part `i` is requested right after part `i - 1`, never
+    // before (two parts released by the same hashing step would otherwise race).
+    let (turn, turns) = tokio::sync::watch::channel(0u64);
+    let written: u64 = futures::stream::iter(ranges)
+        .map(|(index, offset, len)| {
+            let hashing = hashing.as_ref();
+            let file = file.clone();
+            let (turn, mut turns) = (&turn, turns.clone());
+            async move {
+                if let Some(hashing) = hashing {
+                    let _ = turns.wait_for(|next| *next >= index).await;
+                    hashing
+                        .hashed_up_to((offset + part_size).saturating_sub(window))
+                        .await;
                 }
-            })
-            .buffer_unordered(engine.part_concurrency.max(1))
-            .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
-            .await?;
-        check_size(item, written)?;
-        match hashing {
-            None => return Ok(()),
-            Some(hashing) => hashing.finish().await.map_err(|message| FileError {
-                message,
-                local: true,
-            })?,
-        }
-    };
+                let _permit = engine.budget.acquire(len.min(part_size)).await;
+                turn.send_replace(index + 1);
+                let mut writer = FileWriter::new(file, offset);
+                let n = fetch_range(
+                    engine,
+                    store,
+                    item,
+                    &mut Sink::File(&mut writer),
+                    partial,
+                    offset,
+                    len,
+                    progress,
+                    None,
+                )
+                .await?;
+                if let Some(hashing) = hashing {
+                    hashing.done(offset, n);
+                }
+                Ok::<u64, FileError>(n)
+            }
+        })
+        .buffer_unordered(engine.part_concurrency.max(1))
+        .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+        .await?;
+    check_size(item, written)?;
+    if let Some(hashing) = hashing {
+        let digest = hashing.finish().await.map_err(|message| FileError {
+            message,
+            local: true,
+        })?;
+        verify(item, digest)?;
+    }
+    Ok(())
+}
+
+fn verify(item: &Planned, digest: [u8; 16]) -> Result<(), FileError> {
     if let Some(expected) = item.meta.content_md5 {
         if expected != digest {
             return Err(FileError::store(format!(
@@ -358,28 +457,121 @@ fn check_size(item: &Planned, written: u64) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Streams bytes `offset..offset+len` into the file at the same offset. A stream that breaks
-/// mid-body (reset, timeout, 5xx) is resumed from the first missing byte under the engine's
-/// retry policy: only this range's remainder is fetched again. Memory held: one budget share
-/// for the range while it streams.
+/// Where the bytes of a range go.
+enum Sink<'a> {
+    /// A whole small file, appended in memory.
+    Memory(&'a mut Vec<u8>),
+    /// A part of a large file, written at its offset.
+    File(&'a mut FileWriter),
+}
+
+impl Sink<'_> {
+    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        match self {
+            Sink::Memory(data) => {
+                data.extend_from_slice(&chunk);
+                Ok(())
+            }
+            Sink::File(writer) => writer.write(chunk).await,
+        }
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Memory(_) => Ok(()),
+            Sink::File(writer) => writer.finish().await,
+        }
+    }
+}
+
+/// Bytes a `FileWriter` collects before handing them to a blocking thread.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// Writes a range's chunks at their offsets in batches of about 1 MiB on a blocking thread,
+/// one batch being written while the next fills. (`tokio::fs::File` would copy every network
+/// chunk, of a few KiB, and hand each to a blocking thread of its own.) Holds at most two
+/// batches: well within the part's share of the budget.
+struct FileWriter {
+    file: Arc<std::fs::File>,
+    /// Where the next batch goes.
+    offset: u64,
+    batch: Vec<Bytes>,
+    batched: usize,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl FileWriter {
+    fn new(file: Arc<std::fs::File>, offset: u64) -> Self {
+        Self {
+            file,
+            offset,
+            batch: Vec::new(),
+            batched: 0,
+            writing: None,
+        }
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.batched += chunk.len();
+        self.batch.push(chunk);
+        if self.batched >= WRITE_BATCH {
+            self.submit().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the previous batch, then starts writing the current one.
+    async fn submit(&mut self) -> std::io::Result<()> {
+        self.wait().await?;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let mut at = self.offset;
+        self.offset += self.batched as u64;
+        self.batched = 0;
+        let file = self.file.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            for chunk in batch {
+                file.write_all_at(&chunk, at)?;
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> std::io::Result<()> {
+        if let Some(writing) = self.writing.take() {
+            writing.await.map_err(std::io::Error::other)??;
+        }
+        Ok(())
+    }
+
+    /// Everything written so far is in the file.
+    async fn finish(&mut self) -> std::io::Result<()> {
+        self.submit().await?;
+        self.wait().await
+    }
+}
+
+/// Streams bytes `offset..offset+len` into `sink`. A stream that breaks mid-body (reset,
+/// timeout, 5xx) is resumed from the first missing byte under the engine's retry policy: only
+/// this range's remainder is fetched again. The caller holds the range's budget share.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_range(
     engine: &Engine,
     store: &dyn Store,
     item: &Planned,
-    partial: &Path,
+    sink: &mut Sink<'_>,
+    local_path: &Path,
     offset: u64,
     len: u64,
     progress: &Progress,
     mut hasher: Option<&mut Md5>,
 ) -> Result<u64, FileError> {
-    let _permit = engine.budget.acquire(len.min(engine.part_size)).await;
-    let local_error = |e: std::io::Error| FileError::local(partial, e);
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(partial)
-        .await
-        .map_err(local_error)?;
+    let local_error = |e: std::io::Error| FileError::local(local_path, e);
     let mut written = 0u64;
     let started = std::time::Instant::now();
     let mut attempts = 0;
@@ -389,7 +581,7 @@ async fn fetch_range(
             store,
             engine.stall_timeout,
             item,
-            &mut file,
+            sink,
             offset + written..offset + len,
             &mut written,
             progress,
@@ -414,7 +606,7 @@ async fn fetch_range(
             }
         }
     }
-    file.flush().await.map_err(local_error)?;
+    sink.finish().await.map_err(local_error)?;
     Ok(written)
 }
 
@@ -424,22 +616,20 @@ enum RangeError {
     TooLong,
 }
 
-/// One attempt at `range`, appending to `written` as bytes land.
+/// One attempt at `range`, appending to `written` as bytes land. The sink's position follows
+/// `written`: a resumed attempt continues where the broken one stopped.
 #[allow(clippy::too_many_arguments)]
 async fn stream_range(
     store: &dyn Store,
     stall_timeout: std::time::Duration,
     item: &Planned,
-    file: &mut tokio::fs::File,
+    sink: &mut Sink<'_>,
     range: std::ops::Range<u64>,
     written: &mut u64,
     progress: &Progress,
     mut hasher: Option<&mut Md5>,
 ) -> Result<(), RangeError> {
     let wanted = range.end - range.start;
-    file.seek(std::io::SeekFrom::Start(range.start))
-        .await
-        .map_err(RangeError::Local)?;
     let stalled = |what: &str| {
         RangeError::Store(StoreError::Network {
             message: format!(
@@ -461,16 +651,17 @@ async fn stream_range(
         let Some(chunk) = next.map_err(RangeError::Store)? else {
             break;
         };
-        if received + chunk.len() as u64 > wanted {
+        let n = chunk.len() as u64;
+        if received + n > wanted {
             return Err(RangeError::TooLong);
         }
-        file.write_all(&chunk).await.map_err(RangeError::Local)?;
         if let Some(hasher) = hasher.as_deref_mut() {
             hasher.update(&chunk);
         }
-        received += chunk.len() as u64;
-        *written += chunk.len() as u64;
-        progress.add_bytes(chunk.len() as u64);
+        sink.write(chunk).await.map_err(RangeError::Local)?;
+        received += n;
+        *written += n;
+        progress.add_bytes(n);
     }
     if received < wanted {
         // A body that ends early without an error is a truncated response: resume it.
@@ -489,15 +680,18 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Hashes a file being written out of order, in order: completed ranges are reported with
-/// `done`, and a blocking thread hashes each as soon as everything before it is complete.
+/// `done`, and a blocking thread hashes each as soon as everything before it is complete
+/// (re-reading it from the page cache). How far it got is published for `hashed_up_to`.
 struct InOrderHasher {
     ranges: std::sync::mpsc::Sender<(u64, u64)>,
+    hashed: tokio::sync::watch::Receiver<u64>,
     thread: tokio::task::JoinHandle<Result<[u8; 16], String>>,
 }
 
 impl InOrderHasher {
     fn start(path: &Path) -> Self {
         let (ranges, received) = std::sync::mpsc::channel::<(u64, u64)>();
+        let (progress, hashed) = tokio::sync::watch::channel(0u64);
         let path = path.to_path_buf();
         let thread = tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
@@ -518,15 +712,32 @@ impl InOrderHasher {
                         hasher.update(&buf[..want]);
                         next += want as u64;
                     }
+                    progress.send_replace(next);
                 }
             }
             Ok(hasher.finalize().into())
         });
-        Self { ranges, thread }
+        Self {
+            ranges,
+            hashed,
+            thread,
+        }
     }
 
     fn done(&self, offset: u64, len: u64) {
         let _ = self.ranges.send((offset, len));
+    }
+
+    /// Waits until the first `offset` bytes are hashed (or hashing stopped: `finish` says why).
+    async fn hashed_up_to(&self, offset: u64) {
+        if offset == 0 {
+            return;
+        }
+        let _ = self
+            .hashed
+            .clone()
+            .wait_for(|hashed| *hashed >= offset)
+            .await;
     }
 
     async fn finish(self) -> Result<[u8; 16], String> {

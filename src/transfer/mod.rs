@@ -76,6 +76,10 @@ pub struct Engine {
     pub file_concurrency: usize,
     /// Parts of one file transferred at once.
     pub part_concurrency: usize,
+    /// For a download whose MD5 is verified: how many parts may be fetched ahead of the part
+    /// being hashed. Parts are requested lowest offset first, so hashing (sequential, one core)
+    /// follows the network closely instead of waiting for the slowest of many parts.
+    pub hash_window: usize,
     pub progress: ProgressMode,
     /// Downloads refuse to eat into this much free disk space.
     pub reserved_free_disk_bytes: u64,
@@ -96,6 +100,7 @@ impl Engine {
             part_size: DEFAULT_PART_SIZE,
             file_concurrency: 32,
             part_concurrency: parts_in_budget.clamp(1, 16),
+            hash_window: 4,
             progress: ProgressMode::Off,
             reserved_free_disk_bytes: crate::manifest::MountSettings::default()
                 .reserved_free_disk_bytes,

@@ -244,8 +244,8 @@ async fn upload_file(
     if item.size <= part_size {
         // Small file: one request.
         let _permit = engine.budget.acquire(item.size).await;
-        let data = read_at(&file, &item.source, 0, item.size).await?;
-        let md5: [u8; 16] = Md5::digest(&data).into();
+        let (data, hasher) = read_at(&file, &item.source, 0, item.size, Md5::new()).await?;
+        let md5: [u8; 16] = hasher.finalize().into();
         store
             .put(
                 &item.dest,
@@ -264,20 +264,27 @@ async fn upload_file(
         .start_upload(&item.dest, item.size)
         .await
         .map_err(|e| e.to_string())?;
-    // Parts are read in order (the MD5 needs every byte in sequence) and sent concurrently.
-    let mut hasher = Md5::new();
+    // Parts are read in order (the MD5 needs every byte in sequence, and is computed by the
+    // blocking call that reads them, while the bytes are hot in the cache) and sent
+    // concurrently.
+    let mut hasher = Some(Md5::new());
     let mut in_flight = FuturesUnordered::new();
     let mut failure = None;
     for (index, offset, len) in parts(item.size, part_size) {
         let permit = engine.budget.acquire(len).await;
-        let data = match read_at(&file, &item.source, offset, len).await {
-            Ok(data) => data,
+        let running = hasher
+            .take()
+            .expect("the hasher comes back with every read");
+        let data = match read_at(&file, &item.source, offset, len, running).await {
+            Ok((data, running)) => {
+                hasher = Some(running);
+                data
+            }
             Err(e) => {
                 failure = Some(e);
                 break;
             }
         };
-        hasher.update(&data);
         let upload = &upload;
         in_flight.push(async move {
             let result = upload.put_part(index, offset, data).await;
@@ -304,7 +311,10 @@ async fn upload_file(
         let _ = upload.abort().await;
         return Err(error);
     }
-    let md5: [u8; 16] = hasher.finalize().into();
+    let md5: [u8; 16] = hasher
+        .expect("the hasher comes back with every read")
+        .finalize()
+        .into();
     upload
         .complete(Some(md5))
         .await
@@ -326,13 +336,15 @@ where
     }
 }
 
-/// Reads exactly `len` bytes at `offset`; a short read means the file changed under us.
+/// Reads exactly `len` bytes at `offset` and adds them to `hasher`, on a blocking thread; a
+/// short read means the file changed under us.
 async fn read_at(
     file: &Arc<std::fs::File>,
     path: &Path,
     offset: u64,
     len: u64,
-) -> Result<Bytes, String> {
+    mut hasher: Md5,
+) -> Result<(Bytes, Md5), String> {
     let file = file.clone();
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -353,7 +365,8 @@ async fn read_at(
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             }
         }
-        Ok(Bytes::from(buf))
+        hasher.update(&buf);
+        Ok((Bytes::from(buf), hasher))
     })
     .await
     .map_err(|e| e.to_string())?

@@ -58,7 +58,12 @@ pub fn start_new(location: Option<&std::path::Path>) -> (std::process::Child, u1
     let mut command = Command::new(&bin);
     command
         .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-        .args(["--skipApiVersionCheck", "--loose", "--silent"])
+        .args([
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
+            "--disableTelemetry",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     match location {

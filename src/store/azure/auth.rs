@@ -81,47 +81,50 @@ pub fn hmac_sha256_b64(key: &[u8], data: &str) -> String {
 
 /// The SharedKey string-to-sign for Blob and File (service versions 2015-02-21 and later).
 pub fn string_to_sign(account: &str, request: &Request) -> String {
-    let headers = request.headers();
-    let get = |name: &'static str| {
-        headers
-            .get_optional_str(&HeaderName::from_static(name))
-            .unwrap_or("")
-            .to_owned()
-    };
-    // The SDK sets Content-Length only for some bodies; the transport adds it later for others.
-    let mut content_length = get("content-length");
-    if content_length.is_empty() {
-        if let Some(len) = request.body().len() {
-            content_length = len.to_string();
+    // The standard headers, in string-to-sign order. One pass over the request's headers fills
+    // them and collects the `x-ms-*` ones: a lookup per name would build an SDK error (with a
+    // backtrace when RUST_BACKTRACE is set) for every absent header, on every request.
+    const STANDARD: [HeaderName; 11] = [
+        HeaderName::from_static("content-encoding"),
+        HeaderName::from_static("content-language"),
+        HeaderName::from_static("content-length"),
+        HeaderName::from_static("content-md5"),
+        HeaderName::from_static("content-type"),
+        HeaderName::from_static("date"),
+        HeaderName::from_static("if-modified-since"),
+        HeaderName::from_static("if-match"),
+        HeaderName::from_static("if-none-match"),
+        HeaderName::from_static("if-unmodified-since"),
+        HeaderName::from_static("range"),
+    ];
+    const CONTENT_LENGTH: usize = 2;
+    let mut standard = [""; 11];
+    let mut ms_headers: Vec<(&str, &str)> = Vec::with_capacity(8);
+    for (name, value) in request.headers().iter() {
+        if name.as_str().starts_with("x-ms-") {
+            ms_headers.push((name.as_str(), value.as_str().trim()));
+        } else if let Some(i) = STANDARD.iter().position(|s| s == name) {
+            standard[i] = value.as_str();
         }
     }
-    if content_length == "0" {
-        content_length.clear();
+    // The SDK sets Content-Length only for some bodies; the transport adds it later for others.
+    let body_length;
+    if standard[CONTENT_LENGTH].is_empty() {
+        if let Some(len) = request.body().len() {
+            body_length = len.to_string();
+            standard[CONTENT_LENGTH] = &body_length;
+        }
+    }
+    if standard[CONTENT_LENGTH] == "0" {
+        standard[CONTENT_LENGTH] = "";
     }
     let mut out = String::with_capacity(512);
     out.push_str(request.method().as_str());
     out.push('\n');
-    for value in [
-        get("content-encoding"),
-        get("content-language"),
-        content_length,
-        get("content-md5"),
-        get("content-type"),
-        get("date"),
-        get("if-modified-since"),
-        get("if-match"),
-        get("if-none-match"),
-        get("if-unmodified-since"),
-        get("range"),
-    ] {
-        out.push_str(&value);
+    for value in standard {
+        out.push_str(value);
         out.push('\n');
     }
-    let mut ms_headers: Vec<(&str, &str)> = headers
-        .iter()
-        .filter(|(k, _)| k.as_str().starts_with("x-ms-"))
-        .map(|(k, v)| (k.as_str(), v.as_str().trim()))
-        .collect();
     ms_headers.sort();
     for (name, value) in ms_headers {
         out.push_str(name);
