@@ -343,10 +343,20 @@ fn create_container(spec: &DatastoreSpec) -> Result<(), Failure> {
                     ))
                 })
         }
-        _ => Err(unavailable(format!(
-            "--create-if-not-exists: creating a {} is not available in this build yet; \
-             nothing was registered",
-            spec.kind()
-        ))),
+        DatastoreSpec::AzureFile(location) => {
+            let url = spec.service_url().expect("Azure kinds have a service URL");
+            let store = crate::store::azure::file::FileStore::new(location, &url)
+                .map_err(|e| unavailable(e.to_string()))?;
+            super::runtime()?
+                .block_on(store.create_share())
+                .map_err(|e| {
+                    unavailable(format!(
+                        "--create-if-not-exists: cannot create share {:?}: {e}; nothing was \
+                     registered",
+                        location.container
+                    ))
+                })
+        }
+        DatastoreSpec::Local { .. } => Ok(()),
     }
 }

@@ -235,9 +235,11 @@ pub fn open(spec: &crate::datastore::DatastoreSpec) -> Result<std::sync::Arc<dyn
                 location, &url,
             )?))
         }
-        DatastoreSpec::AzureFile(_) => Err(StoreError::Service {
-            context: spec.kind().to_owned(),
-            message: "this backend is not available in this build yet".into(),
-        }),
+        DatastoreSpec::AzureFile(location) => {
+            let url = spec.service_url().expect("Azure kinds have a service URL");
+            Ok(std::sync::Arc::new(azure::file::FileStore::new(
+                location, &url,
+            )?))
+        }
     }
 }

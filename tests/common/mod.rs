@@ -5,3 +5,4 @@ pub mod azurite;
 pub mod cli;
 pub mod conformance;
 pub mod fault_proxy;
+pub mod filerest;

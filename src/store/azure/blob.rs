@@ -69,7 +69,7 @@ struct Inner {
 
 /// One HTTP client for every pipeline: a shared connection pool, our timeouts, and no
 /// transparent decompression (it would break ranged reads).
-fn http_client() -> Arc<reqwest::Client> {
+pub(super) fn http_client() -> Arc<reqwest::Client> {
     static CLIENT: std::sync::OnceLock<Arc<reqwest::Client>> = std::sync::OnceLock::new();
     CLIENT
         .get_or_init(|| {

@@ -1,8 +1,9 @@
-//! Azure Storage backends: Blob containers (and, later, File shares), sharing authentication,
-//! error mapping and the retry policy.
+//! Azure Storage backends: Blob containers and File shares, sharing authentication, error
+//! mapping and the retry policy.
 
 pub mod auth;
 pub mod blob;
+pub mod file;
 
 use std::time::Duration;
 

@@ -1,0 +1,178 @@
+//! A strict, in-memory Azure Files (FileREST) server for the tests: no Azure Files emulator
+//! exists, so this one was written from the public REST reference. It verifies every
+//! signature itself (its own canonicalisation, never the crate's), and answers with the
+//! documented status codes and `<Error><Code>` bodies. See README.md beside this file.
+//!
+//! It listens on 127.0.0.1 (path-style, like Azurite: `http://127.0.0.1:PORT/ACCOUNT/SHARE/...`)
+//! and runs on its own thread and runtime, so it serves sync tests, async tests and the
+//! `dataref` binary alike, and dies with the test process.
+
+pub mod auth;
+mod http;
+mod ops;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+pub use http::HttpRequest;
+
+/// The account every server instance serves.
+pub const ACCOUNT: &str = "filetestacct";
+/// The initial account key (a test value, not a secret).
+pub const KEY: &str = "ZmlsZXJlc3QtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZg==";
+
+/// What the tests can observe and change while the server runs.
+pub struct Shared {
+    pub(crate) account: String,
+    key: Mutex<Vec<u8>>,
+    /// The largest listing page the server hands out, whatever `maxresults` asks.
+    max_page: AtomicUsize,
+    pub(crate) state: Mutex<ops::State>,
+    /// Largest Put Range body accepted so far (to show the client never sends more than 4 MiB).
+    pub largest_range: AtomicUsize,
+    /// Requests refused for authentication or authorisation.
+    pub auth_failures: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn key(&self) -> Vec<u8> {
+        self.key.lock().unwrap().clone()
+    }
+
+    pub(crate) fn max_page(&self) -> usize {
+        self.max_page.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+pub struct FileRest {
+    pub port: u16,
+    pub shared: Arc<Shared>,
+}
+
+impl FileRest {
+    /// Starts a server with no shares and a listing page of at most `max_page` entries.
+    pub fn start(max_page: usize) -> Self {
+        let shared = Arc::new(Shared {
+            account: ACCOUNT.to_owned(),
+            key: Mutex::new(B64.decode(KEY).unwrap()),
+            max_page: AtomicUsize::new(max_page.max(1)),
+            state: Mutex::new(ops::State::default()),
+            largest_range: AtomicUsize::new(0),
+            auth_failures: AtomicUsize::new(0),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = shared.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .await
+                    .unwrap();
+                tx.send(listener.local_addr().unwrap().port()).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        http::serve(stream, move |request| ops::handle(&server, request)).await
+                    });
+                }
+            });
+        });
+        Self {
+            port: rx.recv().expect("the FileREST server starts"),
+            shared,
+        }
+    }
+
+    /// The service URL, e.g. `http://127.0.0.1:41234/filetestacct`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+
+    /// Replaces the account key (a rotation): requests signed with the old one fail from now.
+    pub fn rotate_key(&self, key_b64: &str) {
+        *self.shared.key.lock().unwrap() = B64.decode(key_b64).unwrap();
+    }
+
+    /// Creates a share directly (test setup).
+    pub fn create_share(&self, share: &str) {
+        self.shared.state.lock().unwrap().create_share(share);
+    }
+
+    /// Every file of a share with its content, for checks that bypass the client.
+    pub fn files(&self, share: &str) -> Vec<(String, Vec<u8>)> {
+        self.shared.state.lock().unwrap().files(share)
+    }
+
+    /// Every directory of a share (`a`, `a/b`, ...).
+    pub fn directories(&self, share: &str) -> Vec<String> {
+        self.shared.state.lock().unwrap().directories(share)
+    }
+
+    /// A service SAS for `share` (signed resource `s`), with permissions `sp` (e.g. `rcwdl`)
+    /// and expiry `se` (`2035-01-01T00:00:00Z` form), signed with the current key.
+    pub fn share_sas(&self, share: &str, sp: &str, se: &str) -> String {
+        let version = "2022-11-02";
+        let resource = format!("/file/{ACCOUNT}/{share}");
+        let string_to_sign =
+            auth::service_sas_string_to_sign(sp, "", se, &resource, "", "", "", version);
+        let signature = auth::hmac_b64(&self.shared.key(), &string_to_sign);
+        let encode = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        format!(
+            "sv={version}&sr=s&sp={sp}&se={}&sig={}",
+            encode(se),
+            encode(&signature)
+        )
+    }
+}
+
+/// A secret file of mode 0600 under `dir`.
+pub fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    // Replace the file (a new inode), as a rotation by a secret manager does.
+    let temp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temp, value).unwrap();
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&temp, &path).unwrap();
+    path
+}
+
+/// A share name no other test of this run uses.
+pub fn unique_share(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// An RFC 3339 time `seconds` from now (negative: in the past), the SAS `se` format.
+pub fn sas_time(seconds: i64) -> String {
+    let at =
+        azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::seconds(seconds);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
