@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use common::filerest::{self, FileRest, HttpRequest, auth};
+use common::filerest::http::HttpRequest;
+use common::filerest::{self, FileRest, auth};
 use dataref::datastore::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::file::{FileStore, MAX_RANGE, is_temp_name};
 use dataref::store::{ListRequest, ObjectPath, PutOptions, Store, StoreError, list_all};

@@ -8,7 +8,7 @@
 //! `dataref` binary alike, and dies with the test process.
 
 pub mod auth;
-mod http;
+pub mod http;
 mod ops;
 
 use std::net::SocketAddr;
@@ -18,8 +18,6 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-
-pub use http::HttpRequest;
 
 /// The account every server instance serves.
 pub const ACCOUNT: &str = "filetestacct";

@@ -322,7 +322,7 @@ fn check_names(segments: &[String]) -> Result<(), ApiError> {
 
 /// Validates the SMB property headers of Create File/Directory (`create`) or Set Properties.
 fn check_smb(request: &HttpRequest, version: &str, create: bool) -> Result<(), ApiError> {
-    let required = create && version >= SMB_REQUIRED_FROM && version < SMB_DEFAULTED_FROM;
+    let required = create && (SMB_REQUIRED_FROM..SMB_DEFAULTED_FROM).contains(&version);
     let check = |name: &str, valid: &dyn Fn(&str) -> bool| -> Result<(), ApiError> {
         match request.header(name) {
             None if required => Err(missing_header(name)),
