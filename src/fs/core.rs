@@ -317,12 +317,34 @@ impl FsCore {
     }
 
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
-        let entries = self.readdir(parent).await?;
-        let entry = entries
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or(FsError::NotFound)?;
-        self.getattr(entry.ino).await
+        // A fresh listing is searched in place (sorted by name): `ls -l` of a wide folder
+        // does one lookup per entry, and copying the listing each time made that quadratic.
+        let ino = match self.cached_child(parent, name) {
+            Some(found) => found,
+            None => {
+                let entries = self.readdir(parent).await?;
+                entries
+                    .binary_search_by(|e| e.name.as_str().cmp(name))
+                    .ok()
+                    .map(|i| entries[i].ino)
+            }
+        };
+        self.getattr(ino.ok_or(FsError::NotFound)?).await
+    }
+
+    /// `Some(child)` when `parent` has a listing younger than the TTL; `None` otherwise.
+    fn cached_child(&self, parent: u64, name: &str) -> Option<Option<u64>> {
+        let inodes = self.inodes.lock().unwrap();
+        let (at, entries) = inodes.nodes.get(&parent)?.listing.as_ref()?;
+        if at.elapsed() >= self.options.attribute_ttl {
+            return None;
+        }
+        Some(
+            entries
+                .binary_search_by(|e| e.name.as_str().cmp(name))
+                .ok()
+                .map(|i| entries[i].ino),
+        )
     }
 
     pub async fn open(&self, ino: u64) -> Result<u64, FsError> {
