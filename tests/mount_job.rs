@@ -74,6 +74,7 @@ fn a_job_reads_its_mounts_through_the_variables() {
             ls "$(dirname "$AZUREML_DATAREFERENCE_model")" > outputs/single-dir.txt
             if touch "$AZUREML_DATAREFERENCE_data/new" 2> outputs/touch.err; then echo writable; fi
             echo "$AZUREML_DATAREFERENCE_data" > outputs/var.txt
+            ls -A .dataref/cache/data > outputs/cache.txt
         "#]
     });
     std::fs::write(work.join("job.json"), manifest.to_string()).unwrap();
@@ -101,6 +102,19 @@ fn a_job_reads_its_mounts_through_the_variables() {
         read("var.txt").trim(),
         work.join("ds/data").to_str().unwrap()
     );
+
+    // The default disk cache lives in the job directory while the job runs, and goes with it.
+    assert!(
+        read("cache.txt").contains(".dataref-cache.lock"),
+        "{}",
+        read("cache.txt")
+    );
+    assert!(
+        !work.join(".dataref/cache/data").exists(),
+        "cache left behind"
+    );
+    let log = std::fs::read_to_string(work.join(".dataref/job.log")).unwrap();
+    assert!(log.contains("data: disk cache at"), "{log}");
 
     // Everything unmounted after the job.
     let leftover: Vec<String> = dataref_mounts("dataref:run.")

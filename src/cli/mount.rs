@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::exit::{ExitCode, Failure};
+use crate::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE};
 use crate::fs::core::FsOptions;
 use crate::fs::fuse::MountConfig;
 use crate::fs::mount::mount_into;
@@ -25,6 +26,16 @@ pub struct Args {
     /// Let other users read the mount (allow_other, default_permissions).
     #[arg(long)]
     pub allow_other: bool,
+    /// Keep fetched blocks in this directory (created for the mount, deleted at unmount; a
+    /// non-empty directory dataref did not create is refused) [default: no disk cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Cap on the disk cache, e.g. 20GiB; 0 turns it off [default: no cap, only the floor].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "cache_dir")]
+    pub cache_size: Option<u64>,
+    /// Free space the disk cache never eats into, e.g. 10GB.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "150MiB")]
+    pub reserved_free_disk: u64,
     /// An existing (or creatable) empty directory.
     pub mountpoint: PathBuf,
 }
@@ -39,8 +50,19 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
             format!("{}: {e}", args.mountpoint.display()),
         )
     })?;
+    let cache = args
+        .cache_dir
+        .as_deref()
+        .filter(|_| args.cache_size != Some(0))
+        .map(|dir| CacheOptions {
+            dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()),
+            max_bytes: args.cache_size,
+            reserved_free_bytes: args.reserved_free_disk,
+            block_size: DEFAULT_BLOCK_SIZE,
+        });
     let options = FsOptions {
         attribute_ttl: Duration::from_secs(args.attribute_ttl),
+        cache,
         ..FsOptions::default()
     };
     let config = MountConfig {
@@ -77,6 +99,10 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
             .map_err(|e| Failure::new(ExitCode::IoErr, format!("unmount: {e}")))?;
         Ok(0)
     })
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    crate::manifest::parse_size(text)
 }
 
 /// Whether `path` is a mount point in this mount namespace.

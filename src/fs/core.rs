@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+use super::cache::{CacheOptions, DiskCache, ObjectId};
 use super::reader::FileReader;
 use crate::store::{ObjectPath, Store, StoreError, list_all};
 use crate::transfer::MemoryBudget;
@@ -80,6 +81,8 @@ struct Node {
     kind: Kind,
     size: u64,
     mtime: SystemTime,
+    /// Names this version of a file's content (for the disk cache).
+    id: Option<ObjectId>,
     /// Directories: the children, when listed, and when.
     listing: Option<(Instant, Vec<DirEntry>)>,
 }
@@ -93,12 +96,20 @@ struct Inodes {
 
 impl Inodes {
     /// The inode for a path of a kind, created on first sight; attributes refreshed.
-    fn upsert(&mut self, path: ObjectPath, kind: Kind, size: u64, mtime: SystemTime) -> u64 {
+    fn upsert(
+        &mut self,
+        path: ObjectPath,
+        kind: Kind,
+        size: u64,
+        mtime: SystemTime,
+        id: Option<ObjectId>,
+    ) -> u64 {
         let key = (path.clone(), kind == Kind::Directory);
         if let Some(&ino) = self.by_path.get(&key) {
             let node = self.nodes.get_mut(&ino).expect("indexed nodes exist");
             node.size = size;
             node.mtime = mtime;
+            node.id = id;
             return ino;
         }
         self.next += 1;
@@ -111,6 +122,7 @@ impl Inodes {
                 kind,
                 size,
                 mtime,
+                id,
                 listing: None,
             },
         );
@@ -124,6 +136,8 @@ pub struct FsOptions {
     pub attribute_ttl: Duration,
     /// Bytes of read-ahead memory across all open files.
     pub memory_budget_bytes: u64,
+    /// The on-disk block cache; `None` = reads are served from storage (and memory) only.
+    pub cache: Option<CacheOptions>,
 }
 
 impl Default for FsOptions {
@@ -131,6 +145,7 @@ impl Default for FsOptions {
         Self {
             attribute_ttl: Duration::from_secs(60),
             memory_budget_bytes: 256 * 1024 * 1024,
+            cache: None,
         }
     }
 }
@@ -145,6 +160,7 @@ pub struct FsCore {
     handles: Mutex<HashMap<u64, Arc<FileReader>>>,
     next_handle: AtomicU64,
     budget: MemoryBudget,
+    cache: Option<Arc<DiskCache>>,
     mounted_at: SystemTime,
 }
 
@@ -168,6 +184,7 @@ impl FsCore {
                 kind: Kind::Directory,
                 size: 0,
                 mtime: now,
+                id: None,
                 listing: None,
             },
         );
@@ -181,6 +198,7 @@ impl FsCore {
             inodes: Mutex::new(inodes),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            cache: None,
             mounted_at: now,
         }
     }
@@ -189,6 +207,16 @@ impl FsCore {
     pub fn single_file(mut self, name: &str) -> Self {
         self.only = Some(name.to_owned());
         self
+    }
+
+    /// Serves reads through `cache`.
+    pub fn with_cache(mut self, cache: Arc<DiskCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<DiskCache>> {
+        self.cache.as_ref()
     }
 
     pub fn attribute_ttl(&self) -> Duration {
@@ -248,7 +276,7 @@ impl FsCore {
             if self.hidden(ino, &name) || !dir_names.insert(name.clone()) {
                 continue;
             }
-            let child = inodes.upsert(dir, Kind::Directory, 0, self.mounted_at);
+            let child = inodes.upsert(dir, Kind::Directory, 0, self.mounted_at, None);
             entries.push(DirEntry {
                 ino: child,
                 name,
@@ -264,7 +292,13 @@ impl FsCore {
                 continue;
             }
             let mtime = object.last_modified.unwrap_or(self.mounted_at);
-            let child = inodes.upsert(object.path, Kind::File, object.size, mtime);
+            let id = ObjectId::new(
+                &object.path,
+                object.size,
+                object.last_modified,
+                object.content_md5,
+            );
+            let child = inodes.upsert(object.path, Kind::File, object.size, mtime, Some(id));
             entries.push(DirEntry {
                 ino: child,
                 name,
@@ -283,12 +317,34 @@ impl FsCore {
     }
 
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
-        let entries = self.readdir(parent).await?;
-        let entry = entries
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or(FsError::NotFound)?;
-        self.getattr(entry.ino).await
+        // A fresh listing is searched in place (sorted by name): `ls -l` of a wide folder
+        // does one lookup per entry, and copying the listing each time made that quadratic.
+        let ino = match self.cached_child(parent, name) {
+            Some(found) => found,
+            None => {
+                let entries = self.readdir(parent).await?;
+                entries
+                    .binary_search_by(|e| e.name.as_str().cmp(name))
+                    .ok()
+                    .map(|i| entries[i].ino)
+            }
+        };
+        self.getattr(ino.ok_or(FsError::NotFound)?).await
+    }
+
+    /// `Some(child)` when `parent` has a listing younger than the TTL; `None` otherwise.
+    fn cached_child(&self, parent: u64, name: &str) -> Option<Option<u64>> {
+        let inodes = self.inodes.lock().unwrap();
+        let (at, entries) = inodes.nodes.get(&parent)?.listing.as_ref()?;
+        if at.elapsed() >= self.options.attribute_ttl {
+            return None;
+        }
+        Some(
+            entries
+                .binary_search_by(|e| e.name.as_str().cmp(name))
+                .ok()
+                .map(|i| entries[i].ino),
+        )
     }
 
     pub async fn open(&self, ino: u64) -> Result<u64, FsError> {
@@ -296,12 +352,15 @@ impl FsCore {
         if node.kind == Kind::Directory {
             return Err(FsError::IsADirectory);
         }
-        let reader = FileReader::new(
+        let mut reader = FileReader::new(
             self.store.clone(),
             node.path,
             node.size,
             self.budget.clone(),
         );
+        if let (Some(cache), Some(id)) = (&self.cache, node.id) {
+            reader = reader.with_cache(cache.clone(), id);
+        }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()

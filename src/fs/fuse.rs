@@ -14,7 +14,14 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
 };
 
+use super::cache::DiskCache;
 use super::core::{Attr, FsCore, Kind};
+
+/// The largest read request we ask the kernel for. The kernel splits reads into requests of at
+/// most `max_pages` pages (256 = 1 MiB unless an admin raised `fuse.max_pages_limit`), and
+/// fewer, larger requests mean fewer round trips through /dev/fuse: 1 MiB is also the disk
+/// cache's block size, so a request touches one cache file.
+const MAX_REQUEST: u32 = 1024 * 1024;
 
 /// How a filesystem is mounted.
 #[derive(Debug, Clone)]
@@ -74,8 +81,18 @@ impl Adapter {
 
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // Larger kernel read-ahead means fewer, larger reads; the kernel caps what it grants.
-        let _ = config.set_max_readahead(1024 * 1024);
+        // Kernel read-ahead up to 1 MiB: the kernel offers its block-device default (128 KiB
+        // here) as the most it grants, so take the largest allowed. `max_pages` (the request
+        // size limit) follows max(max_write, max_readahead): nothing is ever written, but
+        // max_write states the 1 MiB request size we want.
+        if let Err(granted) = config.set_max_readahead(MAX_REQUEST) {
+            let _ = config.set_max_readahead(granted);
+        }
+        let _ = config.set_max_write(MAX_REQUEST);
+        // Read-ahead requests are "background" requests: the default 16 in flight throttles
+        // eight parallel readers; 64 as mountpoint-s3.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
         Ok(())
     }
 
@@ -253,6 +270,7 @@ impl Adapter {
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
+    cache: Option<Arc<DiskCache>>,
 }
 
 impl Mounted {
@@ -260,12 +278,21 @@ impl Mounted {
         &self.mountpoint
     }
 
-    /// Unmounts and waits for the session to end.
+    /// The mount's disk cache, if it has one.
+    pub fn cache(&self) -> Option<&Arc<DiskCache>> {
+        self.cache.as_ref()
+    }
+
+    /// Unmounts, waits for the session to end, and deletes the disk cache.
     pub fn unmount(mut self) -> io::Result<()> {
-        match self.session.take() {
+        let unmounted = match self.session.take() {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
+        };
+        if let Some(cache) = self.cache.take() {
+            cache.close();
         }
+        unmounted
     }
 }
 
@@ -273,6 +300,9 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
             let _ = session.umount_and_join();
+        }
+        if let Some(cache) = self.cache.take() {
+            cache.close();
         }
     }
 }
@@ -303,6 +333,7 @@ pub fn mount(
     config: &MountConfig,
     runtime: tokio::runtime::Handle,
 ) -> io::Result<Mounted> {
+    let cache = core.cache().cloned();
     let adapter = Adapter {
         core,
         runtime,
@@ -316,6 +347,8 @@ pub fn mount(
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::NoAtime,
+        // Caps each read request at what `init` negotiates (see MAX_REQUEST).
+        MountOption::CUSTOM(format!("max_read={MAX_REQUEST}")),
     ];
     if config.allow_other {
         options.push(MountOption::DefaultPermissions);
@@ -351,5 +384,6 @@ pub fn mount(
     Ok(Mounted {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
+        cache,
     })
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::cache::DiskCache;
 use super::core::{FsCore, FsOptions};
 use super::fuse::{MountConfig, Mounted, mount};
 use crate::store::{ListRequest, ObjectPath, Store, StoreError};
@@ -84,9 +85,21 @@ async fn mount_at(
         path: mountpoint.to_path_buf(),
         source: e,
     })?;
+    let cache_options = options.cache.clone();
     let mut core = FsCore::new(store, root, options);
     if let Some(name) = &single {
         core = core.single_file(name);
+    }
+    // A cache that cannot be set up costs speed, not the mount.
+    if let Some(cache_options) = cache_options {
+        let dir = cache_options.dir.clone();
+        match tokio::task::spawn_blocking(move || DiskCache::open(cache_options)).await {
+            Ok(Ok(cache)) => core = core.with_cache(cache),
+            Ok(Err(e)) => tracing::warn!(error = %e, "mounting without a disk cache"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "mounting without a disk cache")
+            }
+        }
     }
     let runtime = tokio::runtime::Handle::current();
     let config = config.clone();

@@ -7,6 +7,11 @@
 //! (at least 256 KiB), so random small reads do not pull whole windows. Read-ahead memory is
 //! taken from the mount's byte budget and skipped when the budget is exhausted: the read still
 //! works, only without read-ahead.
+//!
+//! With a disk cache (`fs::cache`), every fetch goes through `Source::fetch`: cached blocks are
+//! read from disk, the rest is fetched from storage in one GET per run of missing blocks and
+//! queued for the cache. Fetches then end on block boundaries, so that consecutive windows start
+//! on one and no block is fetched twice.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use futures::TryStreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
+use super::cache::{DiskCache, ObjectId};
 use crate::store::retry::RetryPolicy;
 use crate::store::{ObjectPath, Store, StoreError};
 use crate::transfer::MemoryBudget;
@@ -36,6 +42,75 @@ impl Buffer {
     }
 }
 
+/// Where an open file's bytes come from: storage, through the disk cache when there is one.
+#[derive(Clone)]
+struct Source {
+    store: Arc<dyn Store>,
+    path: ObjectPath,
+    size: u64,
+    cache: Option<(Arc<DiskCache>, ObjectId)>,
+}
+
+impl Source {
+    /// Fetches end on a multiple of this (or at the end of the object).
+    fn alignment(&self) -> u64 {
+        self.cache.as_ref().map_or(1, |(c, _)| c.block_size())
+    }
+
+    /// Exactly the bytes `range` (within the object).
+    async fn fetch(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let Some((cache, id)) = &self.cache else {
+            return fetch(self.store.clone(), self.path.clone(), range).await;
+        };
+        let block = cache.block_size();
+        let blocks = range.start / block..range.end.div_ceil(block);
+        let aligned_start = blocks.start * block;
+        let present = cache.present(*id, blocks.clone());
+        let mut parts = Vec::new();
+        let mut first = blocks.start;
+        while first < blocks.end {
+            let hit = present[(first - blocks.start) as usize];
+            let mut end = first + 1;
+            while end < blocks.end && present[(end - blocks.start) as usize] == hit {
+                end += 1;
+            }
+            let run = first * block..(end * block).min(self.size);
+            let cached = match hit {
+                true => cache.read(*id, first..end, run.end - run.start).await,
+                false => None,
+            };
+            let data = match cached {
+                Some(data) => data,
+                None => {
+                    let data = fetch(self.store.clone(), self.path.clone(), run).await?;
+                    cache.record_misses(end - first);
+                    cache.insert(*id, first, data.clone());
+                    data
+                }
+            };
+            parts.push(data);
+            first = end;
+        }
+        let whole = match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => {
+                let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for part in parts {
+                    out.extend_from_slice(&part);
+                }
+                out.freeze()
+            }
+        };
+        let from = (range.start - aligned_start) as usize;
+        Ok(whole.slice(from..from + (range.end - range.start) as usize))
+    }
+}
+
+/// `end` rounded up to a multiple of `align`, within `size`.
+fn align_end(end: u64, align: u64, size: u64) -> u64 {
+    end.div_ceil(align).saturating_mul(align).min(size)
+}
+
 struct ReadAhead {
     start: u64,
     task: JoinHandle<Result<Bytes, StoreError>>,
@@ -52,8 +127,7 @@ struct State {
 }
 
 pub struct FileReader {
-    store: Arc<dyn Store>,
-    path: ObjectPath,
+    source: Source,
     size: u64,
     budget: MemoryBudget,
     state: tokio::sync::Mutex<State>,
@@ -100,8 +174,12 @@ async fn fetch(
 impl FileReader {
     pub fn new(store: Arc<dyn Store>, path: ObjectPath, size: u64, budget: MemoryBudget) -> Self {
         Self {
-            store,
-            path,
+            source: Source {
+                store,
+                path,
+                size,
+                cache: None,
+            },
             size,
             budget,
             state: tokio::sync::Mutex::new(State {
@@ -109,6 +187,12 @@ impl FileReader {
                 ..Default::default()
             }),
         }
+    }
+
+    /// Reads through `cache`; `id` names this version of the object.
+    pub fn with_cache(mut self, cache: Arc<DiskCache>, id: ObjectId) -> Self {
+        self.source.cache = Some((cache, id));
+        self
     }
 
     /// Bytes `offset..offset+len`, fewer only at the end of the file.
@@ -161,8 +245,8 @@ impl FileReader {
             } else {
                 (end - pos).max(MIN_RANDOM_FETCH)
             };
-            let range = pos..(pos + want).min(self.size);
-            let data = fetch(self.store.clone(), self.path.clone(), range).await?;
+            let range = pos..align_end(pos + want, self.source.alignment(), self.size);
+            let data = self.source.fetch(range).await?;
             state.buffer = Some(Buffer {
                 start: pos,
                 data,
@@ -180,13 +264,10 @@ impl FileReader {
                 .unwrap_or(end);
             if ahead < self.size {
                 state.window = (state.window * 2).min(MAX_WINDOW);
-                let len = state.window.min(self.size - ahead);
-                if let Some(permit) = self.budget.try_acquire_owned(len) {
-                    let task = tokio::spawn(fetch(
-                        self.store.clone(),
-                        self.path.clone(),
-                        ahead..ahead + len,
-                    ));
+                let until = align_end(ahead + state.window, self.source.alignment(), self.size);
+                if let Some(permit) = self.budget.try_acquire_owned(until - ahead) {
+                    let source = self.source.clone();
+                    let task = tokio::spawn(async move { source.fetch(ahead..until).await });
                     state.read_ahead = Some(ReadAhead {
                         start: ahead,
                         task,

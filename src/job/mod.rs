@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::exit::ExitCode;
+use crate::fs::cache::{CacheOptions, DiskCache};
 use crate::fs::core::FsOptions;
 use crate::fs::fuse::MountConfig;
 use crate::fs::mount::{MountedPath, mount_reference};
@@ -332,9 +333,13 @@ async fn prepare(
     }
     for r in plan.references.iter().filter(|r| r.mode == Mode::Mount) {
         let started = Instant::now();
+        // SPEC §5: the default cache lives in the job directory (one folder per reference).
+        let cache =
+            CacheOptions::from_settings(&plan.mount, &options.job_dir.join("cache"), &r.name);
         let fs_options = FsOptions {
             attribute_ttl: plan.mount.attribute_ttl,
             memory_budget_bytes: plan.memory_budget_bytes,
+            cache: cache.clone(),
         };
         let config = MountConfig {
             fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("run"), &r.name),
@@ -354,6 +359,15 @@ async fn prepare(
                     r.path_on_datastore,
                     r.local.display()
                 ));
+                match (mounted.mount.cache(), &cache) {
+                    (Some(c), _) => log.line(&format!("{}: {}", r.name, describe_cache(c))),
+                    (None, Some(wanted)) => log.line(&format!(
+                        "{}: warning: no disk cache (could not use {}; see the log above)",
+                        r.name,
+                        wanted.dir.display()
+                    )),
+                    (None, None) => log.line(&format!("{}: disk cache off", r.name)),
+                }
                 let entry = result.outcome(&r.name);
                 entry.status = ReferenceStatus::Done;
                 entry.duration_seconds = started.elapsed().as_secs_f64();
@@ -523,6 +537,18 @@ impl JobResult {
             }
         }
     }
+}
+
+fn describe_cache(cache: &DiskCache) -> String {
+    let cap = match cache.max_bytes() {
+        Some(bytes) => format!("at most {bytes} bytes"),
+        None => "no size cap".to_owned(),
+    };
+    format!(
+        "disk cache at {} ({cap}, keeping {} bytes free; removed at unmount)",
+        cache.dir().display(),
+        cache.reserved_free_bytes()
+    )
 }
 
 /// Unmounts every mount of the job (after stage-out, or when the job stops early).

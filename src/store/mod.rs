@@ -6,6 +6,7 @@
 //! listing is always *under* a directory (`prefix/`), so `a/b` never matches `a/b_v2.csv`.
 
 pub mod azure;
+pub mod counting;
 pub mod local;
 pub mod memory;
 pub mod path;

@@ -1,0 +1,217 @@
+//! The disk cache through real FUSE mounts (as root): a second read of a file is served from
+//! the cache without a request to storage, the cache directory is gone after unmount, and on a
+//! small real filesystem (tmpfs) the cache never eats into the reserved free space.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dataref::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE, LOCK_FILE};
+use dataref::fs::core::FsOptions;
+use dataref::fs::fuse::MountConfig;
+use dataref::fs::mount::{MountedPath, mount_into};
+use dataref::store::counting::CountingStore;
+use dataref::store::memory::MemoryStore;
+use dataref::store::{ObjectPath, PutOptions, Store};
+
+const MIB: u64 = 1024 * 1024;
+
+fn p(name: &str) -> ObjectPath {
+    ObjectPath::parse(name).unwrap()
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+fn config(job: &str) -> MountConfig {
+    MountConfig {
+        fsname: format!("dataref:test-{job}.{}:data", std::process::id()),
+        allow_other: false,
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// A counted in-memory store holding `data/big.bin`.
+async fn store_with(len: usize) -> (Arc<CountingStore>, Vec<u8>) {
+    let memory = MemoryStore::new();
+    let bytes = pattern(len, 3);
+    memory
+        .put(
+            &p("data/big.bin"),
+            Bytes::from(bytes.clone()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    (Arc::new(CountingStore::new(Arc::new(memory))), bytes)
+}
+
+async fn mount(store: Arc<CountingStore>, mountpoint: &Path, cache: CacheOptions) -> MountedPath {
+    let options = FsOptions {
+        cache: Some(cache),
+        ..FsOptions::default()
+    };
+    mount_into(store, &p("data"), mountpoint, options, &config("cache"))
+        .await
+        .unwrap()
+}
+
+/// Reads the file in 1 MiB reads, comparing, then drops its pages from the kernel's cache so
+/// that the next read reaches the filesystem again.
+fn read_and_compare(path: PathBuf, expected: Arc<Vec<u8>>) {
+    use std::io::Read;
+    let mut file = std::fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut offset = 0;
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            buf[..n] == expected[offset..offset + n],
+            "differs at {offset}"
+        );
+        offset += n;
+    }
+    assert_eq!(offset, expected.len());
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+}
+
+fn block_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'))
+        .collect()
+}
+
+fn is_mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn second_read_through_the_mount_comes_from_the_disk_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 24 * MIB as usize + 5;
+    let (store, bytes) = store_with(len).await;
+    let bytes = Arc::new(bytes);
+    let mountpoint = dir.path().join("mnt");
+    let cache_dir = dir.path().join("job/cache/data");
+    let cache = CacheOptions {
+        dir: cache_dir.clone(),
+        max_bytes: None,
+        reserved_free_bytes: 0,
+        block_size: DEFAULT_BLOCK_SIZE,
+    };
+    let mounted = mount(store.clone(), &mountpoint, cache).await;
+    let file = mountpoint.join("big.bin");
+
+    blocking({
+        let (file, bytes) = (file.clone(), bytes.clone());
+        move || read_and_compare(file, bytes)
+    })
+    .await;
+    let disk = mounted.mount.cache().unwrap().clone();
+    disk.wait_idle().await;
+    assert_eq!(block_files(&cache_dir).len(), 25, "every block is on disk");
+    let gets = store.gets();
+    assert!(gets > 0);
+
+    blocking({
+        let (file, bytes) = (file.clone(), bytes.clone());
+        move || read_and_compare(file, bytes)
+    })
+    .await;
+    assert_eq!(store.gets(), gets, "the second pass reached the store");
+    assert!(disk.stats().hits >= 25, "{:?}", disk.stats());
+
+    blocking(move || mounted.mount.unmount().unwrap()).await;
+    assert!(!is_mounted(&mountpoint));
+    assert!(!cache_dir.exists(), "the cache outlived the mount");
+    assert!(
+        cache_dir.parent().unwrap().exists(),
+        "only the mount's own folder goes"
+    );
+}
+
+/// A tmpfs mounted for the test; unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        use nix::mount::{MsFlags, mount};
+        std::fs::create_dir_all(at).unwrap();
+        mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mounting a tmpfs (needs root)");
+        Self(at.to_path_buf())
+    }
+
+    fn free(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        stat.blocks_available() as u64 * stat.fragment_size() as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cache_on_a_small_disk_keeps_the_reserved_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&dir.path().join("small-disk"), "16m");
+    let floor = 8 * MIB;
+    let len = 32 * MIB as usize;
+    let (store, bytes) = store_with(len).await;
+    let bytes = Arc::new(bytes);
+    let mountpoint = dir.path().join("mnt");
+    let cache_dir = tmpfs.0.join("cache");
+    let cache = CacheOptions {
+        dir: cache_dir.clone(),
+        max_bytes: None,
+        reserved_free_bytes: floor,
+        block_size: DEFAULT_BLOCK_SIZE,
+    };
+    let mounted = mount(store.clone(), &mountpoint, cache).await;
+    let disk = mounted.mount.cache().unwrap().clone();
+    for _ in 0..2 {
+        blocking({
+            let (file, bytes) = (mountpoint.join("big.bin"), bytes.clone());
+            move || read_and_compare(file, bytes)
+        })
+        .await;
+        disk.wait_idle().await;
+        assert!(
+            tmpfs.free() >= floor,
+            "free {} < floor {floor}",
+            tmpfs.free()
+        );
+    }
+    let stats = disk.stats();
+    // Some blocks were cached (the disk had room for about 8 MiB), most skipped or evicted.
+    assert!(stats.blocks > 0 && stats.bytes <= 8 * MIB, "{stats:?}");
+    assert!(stats.evicted + stats.skipped > 0, "{stats:?}");
+    assert!(cache_dir.join(LOCK_FILE).exists());
+    blocking(move || mounted.mount.unmount().unwrap()).await;
+    assert!(!cache_dir.exists());
+}
