@@ -203,6 +203,17 @@ pub async fn run_child(
         (None, Some(signal)) => ChildExit::Signal(signal),
         _ => ChildExit::Code(255),
     };
+    // A scheduler may signal every process of the job at once (Slurm's scancel does): the
+    // script can die of that SIGTERM a moment before dataref's own copy is delivered. A script
+    // ended by a termination signal that dataref then receives too was preempted, not failed.
+    if forwarded.is_none() && ended_by_termination_signal(exit) {
+        if let Ok(sig) = tokio::time::timeout(Duration::from_millis(500), signals.recv()).await {
+            log.line(&format!(
+                "received {sig} as the script ended; treating it as preempted"
+            ));
+            forwarded = Some(sig);
+        }
+    }
 
     // The script is gone: nothing it started may outlive the job.
     let _ = killpg(group, Signal::SIGKILL);
@@ -225,6 +236,15 @@ pub async fn run_child(
         forwarded,
         killed_after_grace,
     })
+}
+
+/// Exit by SIGTERM, SIGINT or SIGHUP, directly or as a shell's 128+N.
+fn ended_by_termination_signal(exit: ChildExit) -> bool {
+    let terminating = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    match exit {
+        ChildExit::Signal(signal) => terminating.contains(&signal),
+        ChildExit::Code(code) => terminating.iter().any(|s| code == 128 + s),
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
