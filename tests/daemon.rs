@@ -86,7 +86,8 @@ impl Area {
         )
     }
 
-    fn daemon(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    /// `dataref daemon` on this area's socket and state, without systemd's variables.
+    fn daemon_command(&self, extra: &[&str]) -> std::process::Command {
         let mut command = cli::command();
         command
             .arg("--config-dir")
@@ -102,6 +103,11 @@ impl Area {
             .env_remove("WATCHDOG_PID")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.path("daemon.stderr")).unwrap());
+        command
+    }
+
+    fn daemon(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut command = self.daemon_command(extra);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -245,20 +251,10 @@ fn sd_notify_ready_after_the_socket_accepts_then_watchdog_and_stopping() {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut command = cli::command();
+    let mut command = area.daemon_command(&[]);
     command
-        .arg("--config-dir")
-        .arg(area.path("config"))
-        .arg("daemon")
-        .arg("--socket")
-        .arg(area.socket())
-        .arg("--state-dir")
-        .arg(area.path("state"))
         .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "400000")
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .env("WATCHDOG_USEC", "400000");
     let mut daemon = Daemon {
         child: Some(command.spawn().unwrap()),
     };
