@@ -417,6 +417,71 @@ fn script_failure_passes_its_code_and_uploads_by_default() {
     assert_eq!(result["references"]["out"]["status"], "done");
 }
 
+// 4b. SIGTERM during stage-out (the script has ended): the uploads finish, the signal is logged
+// and recorded, and the job keeps the outcome it had (here: success, exit 0).
+#[test]
+fn sigterm_during_stage_out_lets_the_uploads_finish() {
+    let job = Job::new();
+    // A sparse 1 GiB output: cheap to create, and seconds to read and hash, so the signal
+    // lands while the upload is in flight.
+    let manifest = job.manifest(json!({
+        "data_references": {"out": upload_ref("results", "outputs")},
+        "command": sh("mkdir -p outputs && truncate -s 1G outputs/model.bin"),
+    }));
+    let mut child = job.spawn(&manifest);
+    poll_until("the staging_out phase", Duration::from_secs(10), || {
+        fs::read_to_string(job.job_dir().join("result.json"))
+            .is_ok_and(|text| text.contains("\"staging_out\""))
+    });
+    signal(&child, Signal::SIGTERM);
+    let code = job.code(&mut child);
+    job.expect_code(code, 0);
+
+    let uploaded = fs::metadata(job.store.join("results/model.bin")).unwrap();
+    assert_eq!(uploaded.len(), 1 << 30);
+    assert_eq!(tree(&job.store), ["results/", "results/model.bin"]);
+    let result = job.result();
+    assert_eq!(result["end_reason"], "succeeded", "{result:#}");
+    assert_eq!(result["signals_during_stage_out"], json!(["SIGTERM"]));
+    assert_eq!(result["references"]["out"]["status"], "done");
+    assert_eq!(result["references"]["out"]["bytes"], 1u64 << 30);
+    assert!(
+        job.log()
+            .contains("received SIGTERM during stage-out; finishing it first"),
+        "{}",
+        job.describe()
+    );
+}
+
+// 4c. A scheduler that signals every process of the job at once (Slurm's scancel): the script
+// dies of its own SIGTERM a moment before dataref's copy arrives. That is a preemption, not a
+// failure: `on_success` still uploads, and the result says preempted.
+#[test]
+fn script_and_agent_signalled_together_count_as_preempted() {
+    let job = Job::new();
+    let manifest = job.manifest(json!({
+        "data_references": {"out": upload_ref("results", "outputs")},
+        "upload_policy": "on_success",
+        "command": sh("mkdir -p outputs; echo saved > outputs/o.txt; touch ready; sleep 30"),
+    }));
+    let mut child = job.spawn(&manifest);
+    poll_until("the script's ready marker", Duration::from_secs(10), || {
+        job.work.join("ready").exists()
+    });
+    let group = job.result()["script_pid"]
+        .as_i64()
+        .expect("script_pid while running");
+    // The script's whole group first (it has no trap: sh dies of the signal), then dataref.
+    nix::sys::signal::killpg(Pid::from_raw(group as i32), Signal::SIGTERM).unwrap();
+    signal(&child, Signal::SIGTERM);
+    let code = job.code(&mut child);
+    job.expect_code(code, 143);
+    let result = job.result();
+    assert_eq!(result["end_reason"], "preempted", "{result:#}");
+    assert_eq!(result["references"]["out"]["status"], "done");
+    assert_eq!(read(&job.store.join("results/o.txt")), "saved\n");
+}
+
 // 5b. `on_success` uploads nothing when the script failed on its own.
 #[test]
 fn on_success_policy_skips_upload_after_failure() {

@@ -205,7 +205,11 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
     result.phase = Phase::StagingOut;
     result.save(&options.job_dir, &log);
     let stage_out_ok = if upload {
-        stage_out(plan, &stores, &engine, &log, &mut result, &options.job_dir).await
+        let staging = stage_out(plan, &stores, &engine, &log, &mut result, &options.job_dir);
+        let (ok, received) =
+            supervise::finish_despite_signals(staging, &mut signals, &log, "stage-out").await;
+        result.signals_during_stage_out = received.iter().map(|s| s.as_str().to_owned()).collect();
+        ok
     } else {
         for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
             log.line(&format!(

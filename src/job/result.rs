@@ -126,6 +126,9 @@ pub struct JobResult {
     /// The script's pid (its process group) while it runs, for a supervisor's recovery.
     pub script_pid: Option<u32>,
     pub child: Option<ChildResult>,
+    /// Termination signals that arrived after the script ended: logged, and stage-out finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signals_during_stage_out: Vec<String>,
     pub references: BTreeMap<String, ReferenceOutcome>,
 }
 
@@ -176,6 +179,7 @@ impl JobResult {
             exit_code: None,
             script_pid: None,
             child: None,
+            signals_during_stage_out: Vec::new(),
             references,
         }
     }

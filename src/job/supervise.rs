@@ -54,6 +54,29 @@ impl JobSignals {
     }
 }
 
+/// Drives `work` to its end while termination signals are only logged and collected: once the
+/// script has ended, uploading its outputs is all a preempted job still needs, so a SIGTERM then
+/// must not cut it short. The scheduler's SIGKILL bounds the time; the upload journal resumes
+/// what that cuts.
+pub async fn finish_despite_signals<T>(
+    work: impl std::future::Future<Output = T>,
+    signals: &mut JobSignals,
+    log: &JobLog,
+    phase: &str,
+) -> (T, Vec<Signal>) {
+    let mut received = Vec::new();
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return (output, received),
+            sig = signals.recv() => {
+                log.line(&format!("received {sig} during {phase}; finishing it first"));
+                received.push(sig);
+            }
+        }
+    }
+}
+
 /// Makes dataref the reaper of its orphaned descendants.
 pub fn become_subreaper() {
     // SAFETY: prctl with integer arguments only.
