@@ -408,6 +408,52 @@ async fn hostile_local_names_are_refused_and_never_escape() {
     );
 }
 
+/// A symlink inside the download target (planted by the script's user, or left by an earlier
+/// job) is never followed: a blob under its name fails with a clear error, and nothing lands
+/// where the link points, for small and multi-part files alike.
+#[tokio::test]
+async fn symlinked_directories_inside_the_target_are_not_followed() {
+    let store = MemoryStore::new();
+    put(&store, "in/ok.txt", b"ok").await;
+    put(&store, "in/etc/passwd", b"small").await;
+    put(&store, "in/etc/deep/big.bin", &vec![7u8; 300 * 1024]).await;
+    let outer = tempfile::tempdir().unwrap();
+    let victim = outer.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let target = outer.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&victim, target.join("etc")).unwrap();
+
+    for overwrite in [false, true] {
+        let report = transfer::download(
+            &engine(),
+            Arc::new(store.clone()),
+            &p("in"),
+            &target,
+            overwrite,
+        )
+        .await
+        .unwrap();
+        let mut failed: Vec<&str> = report.errors.iter().map(|e| e.path.as_str()).collect();
+        failed.sort();
+        assert_eq!(failed, ["in/etc/deep/big.bin", "in/etc/passwd"]);
+        for error in &report.errors {
+            assert!(
+                error.local && error.error.contains("is a symbolic link; not followed"),
+                "{error:?}"
+            );
+        }
+        assert!(tree(&victim).is_empty(), "written through the link");
+        assert!(
+            std::fs::symlink_metadata(target.join("etc"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+    assert_eq!(std::fs::read(target.join("ok.txt")).unwrap(), b"ok");
+}
+
 /// Delegates to a memory store, but the first `failures` streams break after half their bytes;
 /// records every range requested.
 #[derive(Debug)]

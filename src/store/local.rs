@@ -193,6 +193,20 @@ pub(crate) fn partial_name(final_path: &Path) -> PathBuf {
     final_path.with_file_name(format!(".{stem}{PARTIAL_MARKER}{unique}"))
 }
 
+/// Creates the temporary file for an in-progress write. Whatever already sits at that name (a
+/// partial left by a killed process that had the same pid, or a symlink planted there) is
+/// removed, never followed; `create_new` (O_EXCL) refuses anything that reappears meanwhile.
+pub(crate) fn create_partial(path: &Path) -> std::io::Result<fs::File> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
 fn create_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| StoreError::io(parent.display(), e))?;
@@ -302,7 +316,7 @@ impl Store for LocalStore {
             check_not_directory(&local)?;
             let partial = partial_name(&local);
             let written = (|| {
-                let mut file = fs::File::create(&partial)?;
+                let mut file = create_partial(&partial)?;
                 file.write_all(&data)?;
                 file.sync_all()?;
                 fs::rename(&partial, &local)
@@ -329,7 +343,7 @@ impl Store for LocalStore {
             create_parent(&local)?;
             check_not_directory(&local)?;
             let partial = partial_name(&local);
-            let file = fs::File::create(&partial).map_err(|e| StoreError::io(&path, e))?;
+            let file = create_partial(&partial).map_err(|e| StoreError::io(&path, e))?;
             // Declaring the size up front lets parts land at their offsets in any order.
             file.set_len(total_size)
                 .map_err(|e| StoreError::io(&path, e))?;
@@ -425,5 +439,27 @@ impl PartUpload for LocalUpload {
             Err(e) => Err(StoreError::io(&self.path, e)),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A symlink waiting at a temporary name is replaced, never written through.
+    #[test]
+    fn create_partial_never_follows_what_sits_at_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let partial = dir.path().join(".x.dataref-partial.1-0");
+        std::os::unix::fs::symlink(&victim, &partial).unwrap();
+        create_partial(&partial)
+            .unwrap()
+            .write_all(b"new data")
+            .unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(fs::symlink_metadata(&partial).unwrap().is_file());
+        assert_eq!(fs::read_to_string(&partial).unwrap(), "new data");
     }
 }

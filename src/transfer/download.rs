@@ -12,7 +12,7 @@ use md5::{Digest, Md5};
 
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
-use crate::store::local::partial_name;
+use crate::store::local::{create_partial, partial_name};
 use crate::store::{ObjectMeta, ObjectPath, Store, StoreError, list_all};
 
 /// One object to fetch and where it goes.
@@ -96,7 +96,7 @@ pub async fn download(
     let needed: u64 = todo.iter().map(|i| i.meta.size).sum();
     check_free_space(local, needed, engine.reserved_free_disk_bytes)?;
 
-    let failed_dirs = create_parents(&todo).await;
+    let failed_dirs = create_parents(local, &todo).await;
     let progress = Progress::start(engine.progress, "download", todo.len() as u64, needed);
     let results: Vec<(ObjectPath, Result<u64, FileError>)> = futures::stream::iter(todo)
         .map(|item| {
@@ -218,17 +218,18 @@ impl FileError {
 
 /// Creates the parent directory of every planned file, once per directory (not once per
 /// file). Returns the directories that could not be created, with the reason: their files fail.
-async fn create_parents(todo: &[Planned]) -> HashMap<PathBuf, String> {
+async fn create_parents(local: &Path, todo: &[Planned]) -> HashMap<PathBuf, String> {
     let mut dirs: Vec<PathBuf> = todo
         .iter()
         .filter_map(|item| item.dest.parent().map(Path::to_path_buf))
         .collect();
     dirs.sort();
     dirs.dedup();
+    let local = local.to_path_buf();
     let created = tokio::task::spawn_blocking(move || {
         let mut failed = HashMap::new();
         for dir in dirs {
-            if let Err(e) = std::fs::create_dir_all(&dir) {
+            if let Err(e) = create_dir_inside(&local, &dir) {
                 failed.insert(dir, e.to_string());
             }
         }
@@ -242,6 +243,40 @@ async fn create_parents(todo: &[Planned]) -> HashMap<PathBuf, String> {
             .map(|dir| (dir.to_path_buf(), e.to_string()))
             .collect()
     })
+}
+
+/// Creates `dir` below the download root `local` one level at a time, never through a symlink:
+/// a link planted inside the target (`a -> /etc`) must not carry a blob named `a/cron.d/x` out
+/// of it. `local` itself is the user's choice and may be a link.
+fn create_dir_inside(local: &Path, dir: &Path) -> std::io::Result<()> {
+    let Ok(relative) = dir.strip_prefix(local) else {
+        // A single object's parent: the user named that place.
+        return std::fs::create_dir_all(dir);
+    };
+    std::fs::create_dir_all(local)?;
+    let mut current = local.to_path_buf();
+    for component in relative.components() {
+        current.push(component);
+        if let Err(e) = std::fs::create_dir(&current)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(e);
+        }
+        let meta = std::fs::symlink_metadata(&current)?;
+        if meta.file_type().is_symlink() {
+            return Err(std::io::Error::other(format!(
+                "{} is a symbolic link; not followed",
+                current.display()
+            )));
+        }
+        if !meta.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", current.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Downloads one object to a temporary name, verifies it, and renames it into place.
@@ -305,7 +340,7 @@ async fn download_small(
     let dest = item.dest.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let written = std::fs::File::create(&partial).and_then(|mut f| f.write_all(&data));
+        let written = create_partial(&partial).and_then(|mut f| f.write_all(&data));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&partial);
             return Err(FileError::local(&partial, e));
@@ -343,7 +378,7 @@ impl PartialFile {
         let path = self.path.clone();
         let abandoned = self.abandoned.clone();
         tokio::task::spawn_blocking(move || {
-            let created = std::fs::File::create(&path).and_then(|file| {
+            let created = create_partial(&path).and_then(|file| {
                 file.set_len(size)?;
                 Ok(file)
             });
