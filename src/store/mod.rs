@@ -203,8 +203,28 @@ pub async fn list_all(store: &dyn Store, dir: &ObjectPath, delimited: bool) -> R
     };
     loop {
         let page = store.list(&request).await?;
-        all.objects.extend(page.objects);
-        all.directories.extend(page.directories);
+        // A backend's answer is checked, not trusted: an entry outside the listed folder (or,
+        // delimited, deeper than one level) would let a mounted directory contain itself.
+        let inside = |path: &ObjectPath| match delimited {
+            true => path.parent().as_ref() == Some(dir),
+            false => path.starts_with(dir) && path != dir,
+        };
+        let outside = |path: &ObjectPath| RefusedName {
+            name: path.to_string(),
+            reason: format!("is not inside the listed folder {dir}"),
+        };
+        for object in page.objects {
+            match inside(&object.path) {
+                true => all.objects.push(object),
+                false => all.refused.push(outside(&object.path)),
+            }
+        }
+        for directory in page.directories {
+            match inside(&directory) {
+                true => all.directories.push(directory),
+                false => all.refused.push(outside(&directory)),
+            }
+        }
         all.refused.extend(page.refused);
         match page.continuation {
             Some(token) => request.continuation = Some(token),
@@ -242,5 +262,84 @@ pub fn open(spec: &crate::datastore::DatastoreSpec) -> Result<std::sync::Arc<dyn
                 location, &url,
             )?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that answers every listing with the listed folder itself, its grandchild and
+    /// a stranger: what a name like `a//` once made the Blob backend do.
+    #[derive(Debug)]
+    struct Misbehaving;
+
+    #[async_trait::async_trait]
+    impl Store for Misbehaving {
+        fn describe(&self) -> String {
+            "misbehaving".into()
+        }
+        fn max_part_size(&self) -> u64 {
+            1
+        }
+        async fn list(&self, request: &ListRequest) -> Result<ListPage> {
+            assert_eq!(request.dir.as_str(), "a", "the test lists the folder a");
+            let path = |s: &str| ObjectPath::parse(s).unwrap();
+            let meta = |s: &str| ObjectMeta {
+                path: path(s),
+                size: 1,
+                last_modified: None,
+                content_md5: None,
+            };
+            Ok(ListPage {
+                objects: vec![meta("a/ok.txt"), meta("a"), meta("a/b/deep.txt"), meta("z")],
+                directories: vec![path("a"), path("a/sub"), path("a/b/c"), path("q")],
+                refused: Vec::new(),
+                continuation: None,
+            })
+        }
+        async fn head(&self, _: &ObjectPath) -> Result<ObjectMeta> {
+            unreachable!("not listed")
+        }
+        async fn get_range(&self, _: &ObjectPath, _: Range<u64>) -> Result<ByteStream> {
+            unreachable!("not listed")
+        }
+        async fn put(&self, _: &ObjectPath, _: Bytes, _: &PutOptions) -> Result<()> {
+            unreachable!("not listed")
+        }
+        async fn start_upload(&self, _: &ObjectPath, _: u64) -> Result<Box<dyn PartUpload>> {
+            unreachable!("not listed")
+        }
+        async fn delete(&self, _: &ObjectPath) -> Result<()> {
+            unreachable!("not listed")
+        }
+    }
+
+    fn names(page: &ListPage) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+        let objects = page.objects.iter().map(|o| o.path.as_str()).collect();
+        let dirs = page.directories.iter().map(|d| d.as_str()).collect();
+        let mut refused: Vec<&str> = page.refused.iter().map(|r| r.name.as_str()).collect();
+        refused.sort();
+        (objects, dirs, refused)
+    }
+
+    #[tokio::test]
+    async fn list_all_keeps_only_entries_inside_the_listed_folder() {
+        let a = ObjectPath::parse("a").unwrap();
+        let delimited = list_all(&Misbehaving, &a, true).await.unwrap();
+        assert_eq!(
+            names(&delimited),
+            (
+                vec!["a/ok.txt"],
+                vec!["a/sub"],
+                vec!["a", "a", "a/b/c", "a/b/deep.txt", "q", "z"]
+            )
+        );
+        let recursive = list_all(&Misbehaving, &a, false).await.unwrap();
+        assert_eq!(
+            names(&recursive).0,
+            vec!["a/ok.txt", "a/b/deep.txt"],
+            "a recursive listing keeps every descendant"
+        );
     }
 }

@@ -299,7 +299,8 @@ impl Store for BlobStore {
             }
         }
         for prefix in raw.prefixes {
-            let name = prefix.trim_end_matches('/');
+            // Only the delimiter comes off: `a//` is the folder `a/` (refused), never `a`.
+            let name = prefix.strip_suffix('/').unwrap_or(&prefix);
             match ObjectPath::parse(name) {
                 Ok(path) if !path.is_root() => page.directories.push(path),
                 Ok(_) => {}
