@@ -70,38 +70,40 @@ pub(crate) struct Start {
 #[derive(Debug)]
 pub struct UploadJournal {
     path: PathBuf,
-    file: Arc<Mutex<File>>,
+    /// Opened (and created) by the first record: a job that journals nothing leaves no file.
+    file: Arc<Mutex<Option<File>>>,
     /// Uploads an earlier run started and neither committed nor closed with its reference's
     /// `done`, by object name (the last `start` of an object wins).
     unfinished: HashMap<String, Start>,
 }
 
 impl UploadJournal {
-    /// Reads `<job_dir>/uploads.journal` (creating it) and keeps it open for appending.
+    /// Reads `<job_dir>/uploads.journal`, if there is one.
     pub fn open(job_dir: &Path) -> Result<Self, JournalError> {
         let path = job_dir.join(JOURNAL_FILE);
         let failed = |source| JournalError {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(failed)?;
         let mut text = Vec::new();
-        file.read_to_end(&mut text).map_err(failed)?;
-        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if complete < text.len() {
-            // A torn last line (dataref died mid-write): cut it, or the next record would be
-            // glued to it and lost too.
-            file.set_len(complete as u64).map_err(failed)?;
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(mut file) => {
+                file.read_to_end(&mut text).map_err(failed)?;
+                let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                if complete < text.len() {
+                    // A torn last line (dataref died mid-write): cut it, or the next record
+                    // would be glued to it and lost too.
+                    file.set_len(complete as u64).map_err(failed)?;
+                    text.truncate(complete);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(e)),
         }
         Ok(Self {
-            unfinished: unfinished_uploads(&text[..complete], &path),
+            unfinished: unfinished_uploads(&text, &path),
             path,
-            file: Arc::new(Mutex::new(file)),
+            file: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -122,8 +124,13 @@ impl UploadJournal {
         .expect("journal records always serialize");
         line.push(b'\n');
         let file = self.file.clone();
+        let path = self.path.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut file = file.lock().unwrap();
+            let file = match &mut *file {
+                Some(file) => file,
+                empty => empty.insert(OpenOptions::new().append(true).create(true).open(&path)?),
+            };
             file.write_all(&line).and_then(|()| file.sync_data())
         })
         .await
@@ -278,13 +285,14 @@ mod tests {
     async fn a_torn_last_line_is_ignored_and_cut_before_the_next_record() {
         let dir = tempfile::tempdir().unwrap();
         let journal = UploadJournal::open(dir.path()).unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        assert!(!path.exists(), "created before its first record");
         let start = start_of(&journal, "runs/1/model.bin", 7);
         let model = journal.for_reference("model");
         model.started(start.clone()).await.unwrap();
         model.staged(&object("runs/1/model.bin"), 0).await.unwrap();
         drop(journal);
         // dataref died while writing `committed`.
-        let path = dir.path().join(JOURNAL_FILE);
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(br#"{"v":1,"op":"committed","obj"#).unwrap();
         drop(file);
