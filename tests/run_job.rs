@@ -931,3 +931,22 @@ fn a_terminal_is_handed_to_the_script() {
     );
     assert_eq!(read(&job.work.join("stdin.txt")), "tty\n");
 }
+
+// 11. An upload journal that cannot be opened costs only resumability, not the outputs.
+#[test]
+fn an_unusable_upload_journal_does_not_stop_the_upload() {
+    let job = Job::new();
+    fs::create_dir_all(job.job_dir().join("uploads.journal")).unwrap();
+    let manifest = job.manifest(json!({
+        "data_references": {"model": upload_ref("models/v1", "model.bin")},
+        "command": sh("echo weights > model.bin"),
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 0);
+    assert_eq!(read(&job.store.join("models/v1/model.bin")), "weights\n");
+    let log = read(&job.job_dir().join("job.log"));
+    assert!(
+        log.contains("uploads.journal") && log.contains("cannot be resumed"),
+        "{log}"
+    );
+}

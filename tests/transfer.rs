@@ -765,3 +765,131 @@ async fn hashed_download_requests_parts_in_order_within_the_window() {
         .count();
     assert_eq!(before_first_completion, 8, "{events:?}");
 }
+
+/// The records of `<job_dir>/uploads.journal`, as JSON.
+fn journal_records(job_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(job_dir.join(transfer::journal::JOURNAL_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ops(records: &[serde_json::Value]) -> Vec<&str> {
+    records.iter().map(|r| r["op"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_journaled_upload_records_each_step() {
+    let job_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let big = pattern(200 * 1024, 1); // four parts of 64 KiB
+    std::fs::write(src.path().join("big.bin"), &big).unwrap();
+    std::fs::write(
+        src.path().join("small.txt"),
+        b"one request, nothing to resume",
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let journal = transfer::UploadJournal::open(job_dir.path()).unwrap();
+    let report = transfer::upload_journaled(
+        &engine(),
+        store.clone(),
+        &UploadSource::Directory(src.path().to_path_buf()),
+        &p("out"),
+        false,
+        &[],
+        Some(journal.for_reference("model")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 2);
+    assert_eq!(report.parts_resumed, 0);
+
+    let records = journal_records(job_dir.path());
+    assert_eq!(
+        ops(&records),
+        [
+            "start",
+            "staged",
+            "staged",
+            "staged",
+            "staged",
+            "committed",
+            "done"
+        ]
+    );
+    let start = &records[0];
+    assert_eq!(start["v"], 1);
+    assert_eq!(start["ref"], "model");
+    assert_eq!(start["object"], "out/big.bin");
+    assert_eq!(start["size"], big.len());
+    assert_eq!(start["part_size"], 64 * 1024);
+    assert_eq!(start["parts"], 4);
+    let mut staged: Vec<u64> = records[1..5]
+        .iter()
+        .map(|r| r["part"].as_u64().unwrap())
+        .collect();
+    staged.sort();
+    assert_eq!(staged, [0, 1, 2, 3]);
+    use base64::Engine as _;
+    let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&big));
+    assert_eq!(records[5]["md5"], md5.as_str());
+    assert_eq!(records[6]["ref"], "model");
+}
+
+#[tokio::test]
+async fn an_unfinished_upload_on_a_store_that_cannot_resume_is_sent_whole() {
+    use std::os::unix::fs::MetadataExt;
+    let job_dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let source = src.path().join("big.bin");
+    let big = pattern(200 * 1024, 2);
+    std::fs::write(&source, &big).unwrap();
+    let meta = std::fs::metadata(&source).unwrap();
+    // What a killed run left: its start, and nothing after.
+    let start = serde_json::json!({
+        "v": 1, "op": "start", "ref": "model", "object": "out/big.bin", "source": source,
+        "size": big.len(), "mtime_ns": meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        "part_size": 64 * 1024, "parts": 4
+    });
+    std::fs::write(
+        job_dir.path().join(transfer::journal::JOURNAL_FILE),
+        format!("{start}\n"),
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let journal = transfer::UploadJournal::open(job_dir.path()).unwrap();
+    let report = transfer::upload_journaled(
+        &engine(),
+        store.clone(),
+        &UploadSource::Files(vec![source]),
+        &p("out"),
+        false,
+        &[],
+        Some(journal.for_reference("model")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files, 1);
+    assert_eq!(report.parts_resumed, 0);
+    assert_eq!(
+        read_to_bytes(store.as_ref(), &p("out/big.bin"))
+            .await
+            .unwrap(),
+        big
+    );
+    // Taken as a resume (no second start), which this store answers with a fresh upload.
+    assert_eq!(
+        ops(&journal_records(job_dir.path())),
+        [
+            "start",
+            "staged",
+            "staged",
+            "staged",
+            "staged",
+            "committed",
+            "done"
+        ]
+    );
+}

@@ -106,7 +106,9 @@ fn transfer_failure(e: TransferError) -> Failure {
             ExitCode::NoInput
         }
         TransferError::Store(_) => ExitCode::Unavailable,
-        TransferError::Local { .. } | TransferError::DiskFull { .. } => ExitCode::IoErr,
+        TransferError::Local { .. }
+        | TransferError::DiskFull { .. }
+        | TransferError::Journal(_) => ExitCode::IoErr,
     };
     Failure::new(code, e.to_string())
 }

@@ -21,7 +21,7 @@ use crate::fs::fuse::MountConfig;
 use crate::fs::mount::{MountedPath, mount_reference};
 use crate::manifest::{JobPlan, Mode, UploadPolicy};
 use crate::store::{self, Store};
-use crate::transfer::{self, Engine, ProgressMode, TransferError, UploadSource};
+use crate::transfer::{self, Engine, ProgressMode, TransferError, UploadJournal, UploadSource};
 use identity::Identity;
 use log::JobLog;
 use result::{EndReason, JobResult, Phase, ReferenceOutcome, ReferenceStatus};
@@ -447,7 +447,9 @@ fn exit_code_for(error: &TransferError) -> ExitCode {
             ExitCode::NoInput
         }
         TransferError::Store(_) => ExitCode::Unavailable,
-        TransferError::Local { .. } | TransferError::DiskFull { .. } => ExitCode::IoErr,
+        TransferError::Local { .. }
+        | TransferError::DiskFull { .. }
+        | TransferError::Journal(_) => ExitCode::IoErr,
     }
 }
 
@@ -462,6 +464,16 @@ async fn stage_out(
     job_dir: &Path,
 ) -> bool {
     let mut ok = true;
+    // Without its journal an upload still works; it only cannot be resumed after a crash.
+    let journal = match UploadJournal::open(job_dir) {
+        Ok(journal) => Some(journal),
+        Err(e) => {
+            log.line(&format!(
+                "warning: {e}; uploads cut short now cannot be resumed"
+            ));
+            None
+        }
+    };
     for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
         let started = Instant::now();
         let source = match std::fs::metadata(&r.local) {
@@ -485,13 +497,14 @@ async fn stage_out(
         ));
         let exclude = vec![job_dir.to_path_buf()];
         let store = stores[&r.datastore_name].clone();
-        let outcome = transfer::upload(
+        let outcome = transfer::upload_journaled(
             engine,
             store,
             &source,
             &r.path_on_datastore,
             r.overwrite,
             &exclude,
+            journal.as_ref().map(|j| j.for_reference(&r.name)),
         )
         .await;
         let entry = result.outcome(&r.name);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::{
     ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, Result,
-    Store,
+    ResumedUpload, Store,
 };
 
 #[derive(Debug)]
@@ -74,6 +74,15 @@ impl Store for CountingStore {
         total_size: u64,
     ) -> Result<Box<dyn PartUpload>> {
         self.inner.start_upload(path, total_size).await
+    }
+
+    async fn resume_upload(
+        &self,
+        path: &ObjectPath,
+        total_size: u64,
+        part_size: u64,
+    ) -> Result<ResumedUpload> {
+        self.inner.resume_upload(path, total_size, part_size).await
     }
 
     async fn delete(&self, path: &ObjectPath) -> Result<()> {

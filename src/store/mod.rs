@@ -13,6 +13,7 @@ pub mod path;
 pub mod retry;
 mod support;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::time::SystemTime;
@@ -174,8 +175,32 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn start_upload(&self, path: &ObjectPath, total_size: u64)
     -> Result<Box<dyn PartUpload>>;
 
+    /// Continues a multi-part write of `path` that an earlier, interrupted process began with
+    /// the same `total_size` and `part_size` and never completed. Parts the backend still holds
+    /// with the length that layout gives them are reported as `staged`: `complete` counts them
+    /// as written, so they need not be sent again. Backends that cannot see an earlier
+    /// attempt's parts start afresh, which is always correct, only slower.
+    async fn resume_upload(
+        &self,
+        path: &ObjectPath,
+        total_size: u64,
+        _part_size: u64,
+    ) -> Result<ResumedUpload> {
+        Ok(ResumedUpload {
+            upload: self.start_upload(path, total_size).await?,
+            staged: BTreeSet::new(),
+        })
+    }
+
     /// Deletes one object; `NotFound` when it does not exist.
     async fn delete(&self, path: &ObjectPath) -> Result<()>;
+}
+
+/// A multi-part write picked up again (`Store::resume_upload`).
+pub struct ResumedUpload {
+    pub upload: Box<dyn PartUpload>,
+    /// Indices of the parts already on the service.
+    pub staged: BTreeSet<u64>,
 }
 
 /// An in-progress multi-part write. Parts may be written concurrently and in any order.

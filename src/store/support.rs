@@ -74,6 +74,13 @@ pub(crate) fn check_part(
     Ok(())
 }
 
+/// The length of part `index` when `total_size` bytes are cut into parts of `part_size`;
+/// `None` past the end.
+pub(crate) fn part_len(total_size: u64, part_size: u64, index: u64) -> Option<u64> {
+    let offset = index.checked_mul(part_size)?;
+    (offset < total_size).then(|| part_size.min(total_size - offset))
+}
+
 /// Writes need a name: the root of a store is a directory.
 pub(crate) fn reject_root(path: &ObjectPath) -> Result<()> {
     if path.is_root() {

@@ -10,6 +10,7 @@
 //!   file does not hide the state of the others.
 
 mod download;
+pub mod journal;
 pub mod progress;
 mod upload;
 
@@ -20,8 +21,9 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use download::download;
+pub use journal::{JournalError, ReferenceJournal, UploadJournal};
 pub use progress::ProgressMode;
-pub use upload::{UploadSource, upload};
+pub use upload::{UploadSource, upload, upload_journaled};
 
 use crate::store::StoreError;
 
@@ -155,6 +157,8 @@ pub struct TransferReport {
     pub bytes: u64,
     pub skipped: Vec<Skipped>,
     pub errors: Vec<FileFailure>,
+    /// Parts an interrupted earlier run had already staged, not sent again.
+    pub parts_resumed: u64,
     #[serde(serialize_with = "as_seconds")]
     pub duration: Duration,
 }
@@ -175,6 +179,13 @@ impl TransferReport {
             secs,
             progress::human_bytes((self.bytes as f64 / secs) as u64)
         );
+        if self.parts_resumed > 0 {
+            line.push_str(&format!(
+                ", resumed ({} part{} already staged)",
+                self.parts_resumed,
+                if self.parts_resumed == 1 { "" } else { "s" }
+            ));
+        }
         if !self.skipped.is_empty() {
             line.push_str(&format!(", {} skipped", self.skipped.len()));
         }
@@ -210,6 +221,8 @@ pub enum TransferError {
     },
     #[error("{path}: not found")]
     SourceMissing { path: PathBuf },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 impl TransferError {

@@ -1,5 +1,6 @@
 //! Uploads: a directory's contents, or a list of files, under a prefix of a store.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +10,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use md5::{Digest, Md5};
 
+use super::journal::ReferenceJournal;
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
 use crate::store::{ObjectPath, PutOptions, Store, StoreError};
@@ -39,6 +41,20 @@ pub async fn upload(
     overwrite: bool,
     exclude: &[PathBuf],
 ) -> Result<TransferReport, TransferError> {
+    upload_journaled(engine, store, source, prefix, overwrite, exclude, None).await
+}
+
+/// `upload`, recording multi-part uploads in a job's journal and finishing those an earlier,
+/// interrupted run left unfinished (only the parts the store does not hold yet are sent).
+pub async fn upload_journaled(
+    engine: &Engine,
+    store: Arc<dyn Store>,
+    source: &UploadSource,
+    prefix: &ObjectPath,
+    overwrite: bool,
+    exclude: &[PathBuf],
+    journal: Option<ReferenceJournal<'_>>,
+) -> Result<TransferReport, TransferError> {
     let started = Instant::now();
     let mut report = TransferReport::default();
     let planned = {
@@ -60,7 +76,7 @@ pub async fn upload(
             let progress = progress.clone();
             async move {
                 let outcome =
-                    upload_file(engine, store.as_ref(), &item, overwrite, &progress).await;
+                    upload_file(engine, store.as_ref(), &item, overwrite, &progress, journal).await;
                 match outcome {
                     Ok(Outcome::Skipped) => progress.forget_file(item.size),
                     _ => progress.file_done(),
@@ -74,9 +90,13 @@ pub async fn upload(
     progress.finish();
     for (dest, result) in results {
         match result {
-            Ok(Outcome::Uploaded(bytes)) => {
+            Ok(Outcome::Uploaded {
+                bytes,
+                parts_resumed,
+            }) => {
                 report.files += 1;
                 report.bytes += bytes;
+                report.parts_resumed += parts_resumed;
             }
             Ok(Outcome::Skipped) => report.skipped.push(Skipped {
                 path: dest.to_string(),
@@ -92,6 +112,11 @@ pub async fn upload(
     }
     report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     report.errors.sort_by(|a, b| a.path.cmp(&b.path));
+    if let Some(journal) = journal
+        && report.errors.is_empty()
+    {
+        journal.done().await?;
+    }
     report.duration = started.elapsed();
     Ok(report)
 }
@@ -219,7 +244,7 @@ fn walk(
 }
 
 enum Outcome {
-    Uploaded(u64),
+    Uploaded { bytes: u64, parts_resumed: u64 },
     Skipped,
 }
 
@@ -229,6 +254,7 @@ async fn upload_file(
     item: &Planned,
     overwrite: bool,
     progress: &Progress,
+    journal: Option<ReferenceJournal<'_>>,
 ) -> Result<Outcome, String> {
     if !overwrite {
         match store.head(&item.dest).await {
@@ -238,11 +264,11 @@ async fn upload_file(
         }
     }
     let part_size = engine.part_size.min(store.max_part_size()).max(1);
-    let file = std::fs::File::open(&item.source)
-        .map(Arc::new)
-        .map_err(|e| format!("{}: {e}", item.source.display()))?;
+    let local_error = |e: std::io::Error| format!("{}: {e}", item.source.display());
+    let file = std::fs::File::open(&item.source).map_err(local_error)?;
     if item.size <= part_size {
         // Small file: one request.
+        let file = Arc::new(file);
         let _permit = engine.budget.acquire(item.size).await;
         let (data, hasher) = read_at(&file, &item.source, 0, item.size, Md5::new()).await?;
         let md5: [u8; 16] = hasher.finalize().into();
@@ -257,16 +283,50 @@ async fn upload_file(
             .await
             .map_err(|e| e.to_string())?;
         progress.add_bytes(item.size);
-        return Ok(Outcome::Uploaded(item.size));
+        return Ok(Outcome::Uploaded {
+            bytes: item.size,
+            parts_resumed: 0,
+        });
     }
 
-    let upload = store
-        .start_upload(&item.dest, item.size)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (upload, staged) = match journal {
+        Some(journal) => {
+            use std::os::unix::fs::MetadataExt;
+            let meta = file.metadata().map_err(local_error)?;
+            let mtime_ns = meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec());
+            let start = journal.start(&item.dest, &item.source, item.size, mtime_ns, part_size);
+            if journal.is_unfinished(&start) {
+                let resumed = store
+                    .resume_upload(&item.dest, item.size, part_size)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (resumed.upload, resumed.staged)
+            } else {
+                // A changed source (or a new upload) starts over: the earlier blocks are never
+                // committed, and re-staging a part under the same id replaces its block.
+                journal.started(start).await.map_err(|e| e.to_string())?;
+                let upload = store
+                    .start_upload(&item.dest, item.size)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (upload, BTreeSet::new())
+            }
+        }
+        None => {
+            let upload = store
+                .start_upload(&item.dest, item.size)
+                .await
+                .map_err(|e| e.to_string())?;
+            (upload, BTreeSet::new())
+        }
+    };
+    let file = Arc::new(file);
     // Parts are read in order (the MD5 needs every byte in sequence, and is computed by the
     // blocking call that reads them, while the bytes are hot in the cache) and sent
-    // concurrently.
+    // concurrently. Parts already staged are read for the MD5 only.
     let mut hasher = Some(Md5::new());
     let mut in_flight = FuturesUnordered::new();
     let mut failure = None;
@@ -285,11 +345,23 @@ async fn upload_file(
                 break;
             }
         };
+        if staged.contains(&index) {
+            progress.add_bytes(len);
+            continue;
+        }
         let upload = &upload;
+        let dest = &item.dest;
         in_flight.push(async move {
             let result = upload.put_part(index, offset, data).await;
             drop(permit);
-            result.map(|()| len)
+            result.map_err(|e| e.to_string())?;
+            if let Some(journal) = journal {
+                journal
+                    .staged(dest, index)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(len)
         });
         while in_flight.len() >= engine.part_concurrency.max(1) {
             if let Err(e) = settle(&mut in_flight, progress).await {
@@ -319,19 +391,28 @@ async fn upload_file(
         .complete(Some(md5))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Outcome::Uploaded(item.size))
+    if let Some(journal) = journal {
+        journal
+            .committed(&item.dest, md5)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(Outcome::Uploaded {
+        bytes: item.size,
+        parts_resumed: staged.len() as u64,
+    })
 }
 
 async fn settle<F>(in_flight: &mut FuturesUnordered<F>, progress: &Progress) -> Result<(), String>
 where
-    F: std::future::Future<Output = Result<u64, StoreError>>,
+    F: std::future::Future<Output = Result<u64, String>>,
 {
     match in_flight.next().await {
         Some(Ok(len)) => {
             progress.add_bytes(len);
             Ok(())
         }
-        Some(Err(e)) => Err(e.to_string()),
+        Some(Err(e)) => Err(e),
         None => Ok(()),
     }
 }

@@ -8,6 +8,10 @@
 //! - let the response through for N bytes, then close cleanly (a truncated body);
 //! - stall the response for a while before its first byte.
 //!
+//! It also records the request line of every request it forwarded, and can hold requests of
+//! one kind forever after letting a number of them through (a service that stopped answering
+//! at a known point).
+//!
 //! The proxy runs on its own thread and runtime, so it outlives any test's runtime.
 
 use std::collections::VecDeque;
@@ -36,10 +40,19 @@ pub struct Rule {
     pub fault: Fault,
 }
 
+/// Lets `pass` more requests that `matches` through, then holds every later one.
+struct Hold {
+    matches: fn(&str) -> bool,
+    pass: usize,
+}
+
 #[derive(Default)]
 struct State {
     rules: VecDeque<Rule>,
     fired: Vec<Fault>,
+    /// Request lines (`PUT /account/container/blob?comp=block&... HTTP/1.1`) forwarded so far.
+    forwarded: Vec<String>,
+    hold: Option<Hold>,
 }
 
 #[derive(Clone)]
@@ -95,6 +108,16 @@ impl FaultProxy {
 
     pub fn pending(&self) -> usize {
         self.state.lock().unwrap().rules.len()
+    }
+
+    /// Request lines forwarded to the service so far.
+    pub fn forwarded(&self) -> Vec<String> {
+        self.state.lock().unwrap().forwarded.clone()
+    }
+
+    /// Forwards the next `pass` requests whose request line `matches`, and never any later one.
+    pub fn hold_after(&self, pass: usize, matches: fn(&str) -> bool) {
+        self.state.lock().unwrap().hold = Some(Hold { matches, pass });
     }
 }
 
@@ -196,6 +219,25 @@ async fn relay(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
                         _ => Action::Pass,
                     };
                 }
+            }
+            let request_line = head.lines().next().unwrap_or("").to_owned();
+            let held = {
+                let mut state = state.lock().unwrap();
+                let held = match &mut state.hold {
+                    Some(hold) if (hold.matches)(&request_line) => {
+                        let held = hold.pass == 0;
+                        hold.pass = hold.pass.saturating_sub(1);
+                        held
+                    }
+                    _ => false,
+                };
+                if !held {
+                    state.forwarded.push(request_line);
+                }
+                held
+            };
+            if held {
+                std::future::pending::<()>().await;
             }
             if server_write.write_all(&buf[..end + 4]).await.is_err() {
                 break 'outer;

@@ -20,7 +20,7 @@ use azure_core::http::{
 };
 use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobClientUploadOptions,
-    BlockBlobClientCommitBlockListOptions, BlockLookupList,
+    BlockBlobClientCommitBlockListOptions, BlockListType, BlockLookupList,
 };
 use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
 use base64::Engine as _;
@@ -33,10 +33,10 @@ use super::auth::{ExtraHeaders, ExtraHeadersPolicy, SasPolicy, SecretSource, Sha
 use super::{from_azure, is_auth_failure};
 use crate::datastore::{AzureLocation, Credential};
 use crate::store::retry::RetryPolicy;
-use crate::store::support::reject_root;
+use crate::store::support::{part_len, reject_root};
 use crate::store::{
     ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, RefusedName,
-    Result, Store, StoreError,
+    Result, ResumedUpload, Store, StoreError,
 };
 
 /// Block blobs accept blocks up to 4000 MiB; our parts are far smaller.
@@ -419,6 +419,56 @@ impl Store for BlobStore {
         }))
     }
 
+    /// The blocks an interrupted upload staged survive on the service (uncommitted, for a
+    /// week): Get Block List `blocklisttype=uncommitted` says which parts need not be sent.
+    async fn resume_upload(
+        &self,
+        path: &ObjectPath,
+        total_size: u64,
+        part_size: u64,
+    ) -> Result<ResumedUpload> {
+        reject_root(path)?;
+        let blob = self.inner.blob(path);
+        let block_blob = blob.block_blob_client();
+        let context = path.to_string();
+        let listed = match self
+            .inner
+            .call(&context, || {
+                block_blob.get_block_list(BlockListType::Uncommitted, None)
+            })
+            .await
+        {
+            Ok(response) => response
+                .into_model()
+                .map_err(|e| from_azure(&context, e))?
+                .uncommitted_blocks
+                .unwrap_or_default(),
+            // Neither a blob nor staged blocks under that name.
+            Err(StoreError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        // A block of another layout (or a stray id) is not ours to reuse: its part is re-sent,
+        // and Put Block with the same id replaces it.
+        let staged: BTreeMap<u64, u64> = listed
+            .iter()
+            .filter_map(|block| {
+                let index = part_index(block.name.as_deref()?)?;
+                let size = u64::try_from(block.size?).ok()?;
+                (part_len(total_size, part_size, index) == Some(size)).then_some((index, size))
+            })
+            .collect();
+        Ok(ResumedUpload {
+            staged: staged.keys().copied().collect(),
+            upload: Box::new(BlockUpload {
+                blob,
+                inner: self.inner.clone(),
+                path: path.clone(),
+                total_size,
+                staged: std::sync::Mutex::new(staged),
+            }),
+        })
+    }
+
     async fn delete(&self, path: &ObjectPath) -> Result<()> {
         let blob = self.inner.blob(path);
         self.inner
@@ -432,6 +482,13 @@ impl Store for BlobStore {
 /// so an interrupted upload can be resumed against the uncommitted block list.
 pub fn block_id(index: u64) -> Vec<u8> {
     format!("dataref-{index:012}").into_bytes()
+}
+
+/// The part index of one of our block ids (`block_id`'s inverse).
+fn part_index(id: &[u8]) -> Option<u64> {
+    let digits = std::str::from_utf8(id).ok()?.strip_prefix("dataref-")?;
+    let index = digits.parse().ok()?;
+    (block_id(index) == id).then_some(index)
 }
 
 /// Put Block per part, Put Block List at the end: nothing is visible under the name before the
@@ -643,5 +700,29 @@ mod listing {
             }
             page
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_ids_map_back_to_their_part() {
+        for index in [0, 17, 999_999_999_999] {
+            assert_eq!(part_index(&block_id(index)), Some(index));
+        }
+        // Another tool's blocks, or ids of another width, are not parts of ours.
+        assert_eq!(part_index(b"dataref-17"), None);
+        assert_eq!(part_index(b"dataref-+00000000017"), None);
+        assert_eq!(part_index(b"block-000000000017"), None);
+    }
+
+    #[test]
+    fn part_lengths_follow_the_layout() {
+        assert_eq!(part_len(20, 8, 0), Some(8));
+        assert_eq!(part_len(20, 8, 2), Some(4));
+        assert_eq!(part_len(20, 8, 3), None);
+        assert_eq!(part_len(20, 8, u64::MAX), None);
     }
 }
