@@ -541,6 +541,54 @@ fn daemon_killed_mid_job_is_recovered_at_the_next_start() {
     assert_eq!(names, ["copy.txt", "pid"]);
 }
 
+/// A job's user cannot make the root agent upload what they may not read: an output path they
+/// turned into a symlink (`outputs -> a root-only folder`) is not followed; the reference fails
+/// and says why.
+#[test]
+fn a_users_symlinked_output_is_not_followed_by_the_root_agent() {
+    let _serial = serial();
+    let area = Area::new();
+    let work = area.path("work");
+    std::os::unix::fs::chown(&work, Some(NOBODY), Some(NOBODY)).unwrap();
+    cli::write_file(&area.path("private/shadow"), "root-only", 0o600);
+    std::fs::set_permissions(area.path("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let _daemon = area.daemon(&["--allow-group", &NOBODY.to_string()], &[]);
+    let manifest = area.manifest(
+        "job.json",
+        json!({
+            "data_references": {
+                "out": {"datastore": "store", "path_on_datastore": "stolen", "mode": "upload",
+                        "path_on_compute": "outputs"}
+            },
+            "command": sh(&format!("ln -s {} outputs", area.path("private").display())),
+        }),
+    );
+    let out = area.client_as(
+        NOBODY,
+        NOBODY,
+        &["submit", "--wait", manifest.to_str().unwrap()],
+    );
+    out.expect_code(75);
+    assert!(
+        !area.path("store/stolen").exists(),
+        "the root-only folder was uploaded"
+    );
+    let id = area.job_dirs().pop().expect("a job directory");
+    let result: Value =
+        serde_json::from_str(&read(&area.path("state/jobs").join(id).join("result.json"))).unwrap();
+    assert_eq!(
+        result["references"]["out"]["status"], "failed",
+        "{result:#}"
+    );
+    assert!(
+        result["references"]["out"]["errors"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is a symbolic link owned by the job's user; not followed"),
+        "{result:#}"
+    );
+}
+
 /// A job submitted by an unprivileged user runs as that user; it may not use a secret file it
 /// does not own, and peers outside the allowed group are refused and audited.
 #[test]

@@ -4,7 +4,8 @@
 //! to the identity so the script can use it as its own.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use nix::unistd::{Uid, User};
 
@@ -17,6 +18,23 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The first component of `path` that is a symbolic link owned by this user. A root agent
+    /// reading the user's outputs must not follow one: `outputs -> /etc` would upload what
+    /// the user cannot read. Links owned by root (an admin's `/home -> /data/home`) are trusted.
+    pub fn own_symlink_on(&self, path: &Path) -> Option<PathBuf> {
+        let mut current = PathBuf::new();
+        for component in path.components() {
+            current.push(component);
+            if let Ok(meta) = std::fs::symlink_metadata(&current)
+                && meta.file_type().is_symlink()
+                && meta.uid() == self.uid
+            {
+                return Some(current);
+            }
+        }
+        None
+    }
+
     /// Parses `UID:GID[:G1,G2,...]` (the form `dataref run --run-as` takes).
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut parts = text.splitn(3, ':');

@@ -110,7 +110,16 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
     engine.reserved_free_disk_bytes = plan.mount.reserved_free_disk_bytes;
 
     if options.stage_out_only {
-        return recover_outputs(plan, &stores, &engine, &log, result, &options.job_dir).await;
+        return recover_outputs(
+            plan,
+            &stores,
+            &engine,
+            &log,
+            result,
+            &options.job_dir,
+            options.identity.as_ref(),
+        )
+        .await;
     }
 
     // Phase 1: inputs, raced against termination signals. Mounts made so far stay in `mounts`
@@ -205,7 +214,15 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
     result.phase = Phase::StagingOut;
     result.save(&options.job_dir, &log);
     let stage_out_ok = if upload {
-        let staging = stage_out(plan, &stores, &engine, &log, &mut result, &options.job_dir);
+        let staging = stage_out(
+            plan,
+            &stores,
+            &engine,
+            &log,
+            &mut result,
+            &options.job_dir,
+            options.identity.as_ref(),
+        );
         let (ok, received) =
             supervise::finish_despite_signals(staging, &mut signals, &log, "stage-out").await;
         result.signals_during_stage_out = received.iter().map(|s| s.as_str().to_owned()).collect();
@@ -425,11 +442,12 @@ async fn recover_outputs(
     log: &JobLog,
     mut result: JobResult,
     job_dir: &Path,
+    identity: Option<&Identity>,
 ) -> i32 {
     log.line("recovering: uploading the outputs of an interrupted run");
     result.phase = Phase::StagingOut;
     result.save(job_dir, log);
-    let ok = stage_out(plan, stores, engine, log, &mut result, job_dir).await;
+    let ok = stage_out(plan, stores, engine, log, &mut result, job_dir, identity).await;
     for outcome in result.references.values_mut() {
         if outcome.status == ReferenceStatus::Pending {
             outcome.status = ReferenceStatus::NotRun;
@@ -462,6 +480,7 @@ async fn stage_out(
     log: &JobLog,
     result: &mut JobResult,
     job_dir: &Path,
+    identity: Option<&Identity>,
 ) -> bool {
     let mut ok = true;
     // Without its journal an upload still works; it only cannot be resumed after a crash.
@@ -476,6 +495,16 @@ async fn stage_out(
     };
     for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
         let started = Instant::now();
+        if let Some(link) = identity.and_then(|user| user.own_symlink_on(&r.local)) {
+            let error = format!(
+                "{} is a symbolic link owned by the job's user; not followed",
+                link.display()
+            );
+            log.line(&format!("{}: not uploaded: {error}", r.name));
+            result.outcome(&r.name).fail(error, started.elapsed());
+            ok = false;
+            continue;
+        }
         let source = match std::fs::metadata(&r.local) {
             Ok(meta) if meta.is_dir() => UploadSource::Directory(r.local.clone()),
             Ok(_) => UploadSource::Files(vec![r.local.clone()]),
