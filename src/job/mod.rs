@@ -442,7 +442,7 @@ fn exit_code_for(error: &TransferError) -> ExitCode {
         TransferError::NothingMatched { .. } | TransferError::SourceMissing { .. } => {
             ExitCode::NoInput
         }
-        TransferError::Store(_) => ExitCode::Unavailable,
+        TransferError::Store(_) | TransferError::List { .. } => ExitCode::Unavailable,
         TransferError::Local { .. } | TransferError::DiskFull { .. } => ExitCode::IoErr,
     }
 }
