@@ -7,9 +7,10 @@
 //! so no caller retries it again.
 //!
 //! The bound (doc/RELIABILITY.md): 10 attempts with a backoff of 0.2 s doubling up to 15 s,
-//! jittered to 50–100 % — 28 to 56 s of waiting when every attempt fails at once (connection
-//! refused) — and no new attempt once 120 s have passed (storage that accepts connections and
-//! then hangs: each attempt ends at the HTTP read timeout or the engine's stall timeout, 30 s).
+//! jittered to 50–100 % — 27.7 to 55.4 s of waiting when every attempt fails at once
+//! (connection refused) — and no new attempt once 120 s have passed (storage that accepts
+//! connections and then hangs: each attempt ends at the HTTP read timeout or the engine's stall
+//! timeout, 30 s, so at most 165 s).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
