@@ -27,6 +27,20 @@ impl ExitCode {
     pub fn code(self) -> i32 {
         self as i32
     }
+
+    /// A transfer that could not run at all: the same code from `run` and from the commands.
+    pub fn for_transfer(error: &crate::transfer::TransferError) -> Self {
+        use crate::transfer::TransferError;
+        match error {
+            TransferError::NothingMatched { .. } | TransferError::SourceMissing { .. } => {
+                ExitCode::NoInput
+            }
+            TransferError::Store(_) | TransferError::List { .. } => ExitCode::Unavailable,
+            TransferError::Local { .. }
+            | TransferError::DiskFull { .. }
+            | TransferError::Journal(_) => ExitCode::IoErr,
+        }
+    }
 }
 
 /// An error that ends the command with a given exit code. Created at the edges (CLI), from the

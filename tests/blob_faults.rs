@@ -92,7 +92,8 @@ async fn busy_answers_with_and_without_retry_after_are_retried() {
             proxy.push(Rule {
                 method: Some(method),
                 ranged_only: false,
-                fault: Fault::Status503 {
+                fault: Fault::Status {
+                    code: 503,
                     retry_after_seconds,
                 },
             });

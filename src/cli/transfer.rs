@@ -91,25 +91,22 @@ fn finish(verb: &str, report: TransferReport) -> Result<i32, Failure> {
     }
     eprintln!("{verb} {}", report.summary());
     if report.errors.is_empty() {
-        Ok(0)
-    } else {
-        Err(Failure::new(
-            ExitCode::Unavailable,
-            format!("{} file(s) failed", report.errors.len()),
-        ))
+        return Ok(0);
     }
+    // Only local I/O failures (this machine's disk): 74; any store failure: 69 (SPEC §5).
+    let code = if report.errors.iter().all(|e| e.local) {
+        ExitCode::IoErr
+    } else {
+        ExitCode::Unavailable
+    };
+    Err(Failure::new(
+        code,
+        format!("{} file(s) failed", report.errors.len()),
+    ))
 }
 
 fn transfer_failure(e: TransferError) -> Failure {
-    let code = match e {
-        TransferError::NothingMatched { .. } | TransferError::SourceMissing { .. } => {
-            ExitCode::NoInput
-        }
-        TransferError::Store(_) => ExitCode::Unavailable,
-        TransferError::Local { .. }
-        | TransferError::DiskFull { .. }
-        | TransferError::Journal(_) => ExitCode::IoErr,
-    };
+    let code = ExitCode::for_transfer(&e);
     Failure::new(code, e.to_string())
 }
 

@@ -11,7 +11,9 @@
 //!   missing file is a miss (re-fetched), never wrong bytes.
 //! - **Limits**: the total never exceeds `max_bytes` (least recently used blocks are evicted),
 //!   and an insert never leaves less than `reserved_free_bytes` free on the cache's filesystem
-//!   (checked with statvfs before each insert: evict, else skip). Writes wait for nothing: when
+//!   (checked with statvfs before each insert: evict, else skip). When others take the disk
+//!   below that floor, the cache evicts its own blocks on the next read or insert until the
+//!   floor is back (or the cache is empty). Writes wait for nothing: when
 //!   more than `PENDING_WRITE_BYTES` are already queued for the disk, the block is not cached.
 //! - **Lifetime**: the directory belongs to one mount (an exclusive `flock` on a lock file in it)
 //!   and is deleted when the mount ends. A directory left by a dataref that was killed is wiped
@@ -383,14 +385,46 @@ impl DiskCache {
         if !all_good {
             return None;
         }
-        let mut index = self.index.lock().unwrap();
-        for (key, _, _) in &expected {
-            index.touch(key);
+        {
+            let mut index = self.index.lock().unwrap();
+            for (key, _, _) in &expected {
+                index.touch(key);
+            }
         }
         self.counters
             .hits
             .fetch_add(expected.len() as u64, Ordering::Relaxed);
+        // A cache that is only read never inserts, so the floor is checked here too.
+        self.give_back();
         Some(out.freeze())
+    }
+
+    /// Evicts least recently used blocks while the disk has less free space than the floor:
+    /// when something else (the job's own checkpoints) fills the disk, the cache hands its
+    /// space back instead of holding it.
+    fn give_back(&self) {
+        let floor = self.options.reserved_free_bytes;
+        let Some(available) = available_bytes(&self.options.dir) else {
+            return;
+        };
+        if available >= floor {
+            return;
+        }
+        let mut victims = Vec::new();
+        {
+            let mut index = self.index.lock().unwrap();
+            let mut freed = 0;
+            while available.saturating_add(freed) < floor {
+                let Some(victim) = index.pop_lru() else { break };
+                freed += victim.1;
+                victims.push(victim);
+            }
+        }
+        if !victims.is_empty() {
+            tracing::info!(dir = %self.options.dir.display(), blocks = victims.len(),
+                "free space below the floor: cache blocks evicted");
+        }
+        self.remove_files(&victims);
     }
 
     /// Removes a bad entry (unless it was replaced meanwhile) and its file.
@@ -438,6 +472,7 @@ impl DiskCache {
             Room::None(victims) => {
                 self.remove_files(&victims);
                 self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                self.give_back();
                 return;
             }
             Room::Made(victims) => victims,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use super::cache::{CacheOptions, DiskCache, ObjectId};
-use super::reader::FileReader;
+use super::reader::{FileReader, Outage};
 use crate::store::{ObjectPath, Store, StoreError, list_all};
 use crate::transfer::MemoryBudget;
 
@@ -161,6 +161,8 @@ pub struct FsCore {
     next_handle: AtomicU64,
     budget: MemoryBudget,
     cache: Option<Arc<DiskCache>>,
+    /// Shared by every open file: storage that gave up for one gives up for all.
+    outage: Arc<Outage>,
     mounted_at: SystemTime,
 }
 
@@ -199,6 +201,7 @@ impl FsCore {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             cache: None,
+            outage: Arc::default(),
             mounted_at: now,
         }
     }
@@ -357,7 +360,8 @@ impl FsCore {
             node.path,
             node.size,
             self.budget.clone(),
-        );
+        )
+        .with_outage(self.outage.clone());
         if let (Some(cache), Some(id)) = (&self.cache, node.id) {
             reader = reader.with_cache(cache.clone(), id);
         }

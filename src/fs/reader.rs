@@ -15,6 +15,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
@@ -42,6 +43,32 @@ impl Buffer {
     }
 }
 
+/// Set while storage is down for a mount: a fetch gave up under the retry policy and none has
+/// succeeded since. Fetches then make one attempt each, so that the kernel's second try of a
+/// failed read, and every other file's reads, fail at once instead of each waiting out the
+/// policy again; the first fetch that succeeds clears it.
+#[derive(Debug, Default)]
+pub struct Outage(AtomicBool);
+
+impl Outage {
+    fn policy(&self) -> RetryPolicy {
+        match self.0.load(Ordering::Relaxed) {
+            true => RetryPolicy::none(),
+            false => RetryPolicy::default(),
+        }
+    }
+
+    fn record<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => self.0.store(false, Ordering::Relaxed),
+            Err(e) if e.is_transient() || matches!(e, StoreError::GaveUp { .. }) => {
+                self.0.store(true, Ordering::Relaxed)
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Where an open file's bytes come from: storage, through the disk cache when there is one.
 #[derive(Clone)]
 struct Source {
@@ -49,6 +76,7 @@ struct Source {
     path: ObjectPath,
     size: u64,
     cache: Option<(Arc<DiskCache>, ObjectId)>,
+    outage: Arc<Outage>,
 }
 
 impl Source {
@@ -60,7 +88,7 @@ impl Source {
     /// Exactly the bytes `range` (within the object).
     async fn fetch(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
         let Some((cache, id)) = &self.cache else {
-            return fetch(self.store.clone(), self.path.clone(), range).await;
+            return fetch(self.store.clone(), self.path.clone(), range, &self.outage).await;
         };
         let block = cache.block_size();
         let blocks = range.start / block..range.end.div_ceil(block);
@@ -82,7 +110,8 @@ impl Source {
             let data = match cached {
                 Some(data) => data,
                 None => {
-                    let data = fetch(self.store.clone(), self.path.clone(), run).await?;
+                    let data =
+                        fetch(self.store.clone(), self.path.clone(), run, &self.outage).await?;
                     cache.record_misses(end - first);
                     cache.insert(*id, first, data.clone());
                     data
@@ -141,14 +170,16 @@ impl Drop for FileReader {
     }
 }
 
-/// Fetches a whole range into memory, retrying transient failures; a short body is an error
-/// (never wrong bytes).
+/// Fetches a whole range into memory, retrying transient failures (unless storage is known to
+/// be down); a short body is an error (never wrong bytes).
 async fn fetch(
     store: Arc<dyn Store>,
     path: ObjectPath,
     range: Range<u64>,
+    outage: &Outage,
 ) -> Result<Bytes, StoreError> {
-    RetryPolicy::default()
+    let result = outage
+        .policy()
         .run(|| {
             let store = store.clone();
             let path = path.clone();
@@ -168,7 +199,9 @@ async fn fetch(
                 Ok(out.freeze())
             }
         })
-        .await
+        .await;
+    outage.record(&result);
+    result
 }
 
 impl FileReader {
@@ -179,6 +212,7 @@ impl FileReader {
                 path,
                 size,
                 cache: None,
+                outage: Arc::default(),
             },
             size,
             budget,
@@ -187,6 +221,12 @@ impl FileReader {
                 ..Default::default()
             }),
         }
+    }
+
+    /// Shares the mount's record of a storage outage.
+    pub fn with_outage(mut self, outage: Arc<Outage>) -> Self {
+        self.source.outage = outage;
+        self
     }
 
     /// Reads through `cache`; `id` names this version of the object.

@@ -345,7 +345,7 @@ async fn prepare(
                 entry.duration_seconds = started.elapsed().as_secs_f64();
             }
             Err(e) => {
-                let code = exit_code_for(&e);
+                let code = ExitCode::for_transfer(&e);
                 log.line(&format!("{}: download failed: {e}", r.name));
                 entry.fail(e.to_string(), started.elapsed());
                 return Err(Prepare::Failed(code));
@@ -457,18 +457,6 @@ async fn recover_outputs(
     result.end(EndReason::Interrupted, code);
     result.save(job_dir, log);
     code
-}
-
-fn exit_code_for(error: &TransferError) -> ExitCode {
-    match error {
-        TransferError::NothingMatched { .. } | TransferError::SourceMissing { .. } => {
-            ExitCode::NoInput
-        }
-        TransferError::Store(_) => ExitCode::Unavailable,
-        TransferError::Local { .. }
-        | TransferError::DiskFull { .. }
-        | TransferError::Journal(_) => ExitCode::IoErr,
-    }
 }
 
 /// Uploads every output. Returns false when any upload failed (a missing source is only a

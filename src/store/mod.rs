@@ -62,6 +62,15 @@ pub enum StoreError {
     /// The connection failed, was reset or timed out: transient.
     #[error("network: {message}")]
     Network { message: String },
+    /// A transient failure that outlasted the retry policy. Permanent: a caller that retries
+    /// too would multiply the policy's bound instead of keeping it.
+    #[error("{source} (gave up after {attempts} attempts in {:.0} s)", elapsed.as_secs_f64())]
+    GaveUp {
+        attempts: u32,
+        elapsed: std::time::Duration,
+        #[source]
+        source: Box<StoreError>,
+    },
 }
 
 impl StoreError {
@@ -164,7 +173,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta>;
 
     /// Streams bytes `range` of an object. A range past the end is clipped; an empty range of
-    /// an existing object (0-byte files) is an empty stream.
+    /// an existing object (0-byte files) is an empty stream. One attempt: the caller retries it
+    /// and resumes a broken body from the first missing byte (`retry`).
     async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream>;
 
     /// Writes a whole (small) object at once, replacing an existing one.
@@ -258,16 +268,21 @@ pub async fn list_all(store: &dyn Store, dir: &ObjectPath, delimited: bool) -> R
     }
 }
 
-/// Reads a whole object into memory. For tests and small metadata only: transfers stream.
+/// Reads a whole object into memory, retried as a whole under the default policy. For tests
+/// and small metadata only: transfers stream.
 pub async fn read_to_bytes(store: &dyn Store, path: &ObjectPath) -> Result<Bytes> {
     use futures::TryStreamExt;
     let meta = store.head(path).await?;
-    let chunks: Vec<Bytes> = store
-        .get_range(path, 0..meta.size)
-        .await?
-        .try_collect()
-        .await?;
-    Ok(chunks.concat().into())
+    retry::RetryPolicy::default()
+        .run(|| async {
+            let chunks: Vec<Bytes> = store
+                .get_range(path, 0..meta.size)
+                .await?
+                .try_collect()
+                .await?;
+            Ok(chunks.concat().into())
+        })
+        .await
 }
 
 /// Opens the backend for a datastore definition. Nothing is contacted yet.

@@ -1,7 +1,16 @@
 //! Retries with exponential backoff and full jitter, honouring `Retry-After` — in one place.
 //!
-//! Backends wrap each request in `RetryPolicy::run`; the transfer engine uses the same policy
-//! to resume a ranged read that broke mid-body (only the missing bytes are requested again).
+//! Backends wrap each request in `RetryPolicy::run`, except ranged reads: `Store::get_range` is
+//! one attempt, and its callers (the transfer engine, the mount's reader) retry it under this
+//! policy, resuming a body that broke mid-way. One retry layer per request keeps one bound:
+//! an error that outlasted the policy comes back as `StoreError::GaveUp`, which is permanent,
+//! so no caller retries it again.
+//!
+//! The bound (doc/RELIABILITY.md): 10 attempts with a backoff of 0.2 s doubling up to 15 s,
+//! jittered to 50–100 % — 27.7 to 55.4 s of waiting when every attempt fails at once
+//! (connection refused) — and no new attempt once 120 s have passed (storage that accepts
+//! connections and then hangs: each attempt ends at the HTTP read timeout or the engine's stall
+//! timeout, 30 s, so at most 165 s).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -60,6 +69,20 @@ impl RetryPolicy {
             && started.elapsed() < self.give_up_after
     }
 
+    /// The error to report once no further attempt is allowed: a transient error that was
+    /// retried becomes `GaveUp`, saying how long and how often it was tried.
+    pub fn give_up(&self, attempts: u32, started: Instant, error: StoreError) -> StoreError {
+        if error.is_transient() && self.max_attempts > 1 {
+            StoreError::GaveUp {
+                attempts,
+                elapsed: started.elapsed(),
+                source: Box::new(error),
+            }
+        } else {
+            error
+        }
+    }
+
     /// Runs `op` until it succeeds, fails permanently, or the policy gives up.
     pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
     where
@@ -77,7 +100,7 @@ impl RetryPolicy {
                     tracing::debug!(attempt = attempts, ?delay, error = %e, "retrying");
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.give_up(attempts, started, e)),
             }
         }
     }
@@ -146,8 +169,18 @@ mod tests {
                 Err(transient())
             })
             .await;
-        assert!(result.is_err());
+        let error = result.unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), policy.max_attempts);
+        // Exhausted: permanent, so that no caller retries it once more.
+        assert!(
+            matches!(error, StoreError::GaveUp { attempts: 10, .. }),
+            "{error}"
+        );
+        assert!(!error.is_transient());
+        assert!(
+            error.to_string().contains("gave up after 10 attempts"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::store::local::{create_partial, partial_name};
 use crate::store::{ObjectMeta, ObjectPath, Store, StoreError, list_all};
 
 /// One object to fetch and where it goes.
+#[derive(Clone)]
 struct Planned {
     meta: ObjectMeta,
     dest: PathBuf,
@@ -35,7 +36,13 @@ pub async fn download(
 ) -> Result<TransferReport, TransferError> {
     let started = Instant::now();
     let mut report = TransferReport::default();
-    let listing = list_all(store.as_ref(), remote, false).await?;
+    let listing = list_all(store.as_ref(), remote, false)
+        .await
+        .map_err(|source| TransferError::List {
+            store: store.describe(),
+            remote: remote.to_string(),
+            source,
+        })?;
     let single = if remote.is_root() {
         None
     } else {
@@ -98,14 +105,31 @@ pub async fn download(
 
     let failed_dirs = create_parents(local, &todo).await;
     let progress = Progress::start(engine.progress, "download", todo.len() as u64, needed);
+    // Set when storage failed for longer than the retry policy allows: files not started yet
+    // fail at once instead of each waiting out the policy again, so a download of many files
+    // gives up in the policy's bound, not in a multiple of it.
+    let gone: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let results: Vec<(ObjectPath, Result<u64, FileError>)> = futures::stream::iter(todo)
         .map(|item| {
             let store = store.clone();
             let progress = progress.clone();
-            let failed_dirs = &failed_dirs;
+            let (failed_dirs, gone) = (&failed_dirs, &gone);
             async move {
-                let result =
-                    download_file(engine, store.as_ref(), &item, failed_dirs, &progress).await;
+                let result = match gone.get() {
+                    Some(failed) => Err(FileError::store(format!(
+                        "not started: storage is unavailable (gave up on {failed})"
+                    ))),
+                    None => {
+                        download_file(engine, store.as_ref(), &item, failed_dirs, &progress).await
+                    }
+                };
+                if let Err(FileError {
+                    kind: FileErrorKind::StoreGone,
+                    ..
+                }) = &result
+                {
+                    let _ = gone.set(item.meta.path.to_string());
+                }
                 progress.file_done();
                 (item.meta.path, result)
             }
@@ -123,7 +147,7 @@ pub async fn download(
             Err(error) => report.errors.push(FileFailure {
                 path: path.to_string(),
                 error: error.message,
-                local: error.local,
+                local: error.kind == FileErrorKind::Local,
             }),
         }
     }
@@ -176,42 +200,89 @@ fn plan_directory(
 
 /// Refuses to start a download that would leave less than `reserved` bytes free.
 fn check_free_space(local: &Path, needed: u64, reserved: u64) -> Result<(), TransferError> {
-    // The nearest existing ancestor tells which filesystem the files land on.
-    let Some(existing) = local.ancestors().find(|p| p.exists()) else {
+    let Some((available, filesystem)) = free_space(local) else {
         return Ok(());
     };
-    let stat = nix::sys::statvfs::statvfs(existing)
-        .map_err(|e| TransferError::local(existing, std::io::Error::from(e)))?;
-    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
     if needed.saturating_add(reserved) > available {
         return Err(TransferError::DiskFull {
             path: local.to_path_buf(),
             needed,
             reserved,
             available,
+            filesystem,
         });
     }
     Ok(())
 }
 
-/// Why one file failed: local I/O on the compute node (a job exits 74) or the store's side.
+/// Bytes an unprivileged writer can still use where `path` (or its nearest existing ancestor)
+/// lives, and the mount point of that filesystem, for messages.
+fn free_space(path: &Path) -> Option<(u64, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let stat = nix::sys::statvfs::statvfs(existing).ok()?;
+    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let device = std::fs::metadata(existing).ok()?.dev();
+    let filesystem = existing
+        .ancestors()
+        .take_while(|p| std::fs::metadata(p).is_ok_and(|m| m.dev() == device))
+        .last()
+        .unwrap_or(existing)
+        .to_path_buf();
+    Some((available, filesystem))
+}
+
+/// Why one file failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileErrorKind {
+    /// Local I/O on the compute node (a job exits 74).
+    Local,
+    /// The store answered with an error, or with the wrong bytes.
+    Store,
+    /// The store failed for longer than the retry policy allows.
+    StoreGone,
+}
+
 struct FileError {
     message: String,
-    local: bool,
+    kind: FileErrorKind,
 }
 
 impl FileError {
     fn local(path: &Path, e: impl std::fmt::Display) -> Self {
         Self {
             message: format!("{}: {e}", path.display()),
-            local: true,
+            kind: FileErrorKind::Local,
         }
+    }
+
+    /// A write that failed: a full disk says what the file needed and what was free.
+    fn write(item: &Planned, path: &Path, e: std::io::Error) -> Self {
+        if e.raw_os_error() != Some(libc::ENOSPC) {
+            return Self::local(path, e);
+        }
+        let free = match free_space(&item.dest) {
+            Some((available, filesystem)) => format!(
+                "{} free on {}",
+                super::progress::human_bytes(available),
+                filesystem.display()
+            ),
+            None => "free space unknown".into(),
+        };
+        Self::local(
+            &item.dest,
+            format!(
+                "disk full: the file needs {} ({} bytes), {free}; nothing kept",
+                super::progress::human_bytes(item.meta.size),
+                item.meta.size
+            ),
+        )
     }
 
     fn store(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            local: false,
+            kind: FileErrorKind::Store,
         }
     }
 }
@@ -337,17 +408,17 @@ async fn download_small(
     if let Some(hasher) = hasher {
         verify(item, hasher.finalize().into())?;
     }
-    let dest = item.dest.clone();
+    let owned = item.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let written = create_partial(&partial).and_then(|mut f| f.write_all(&data));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&partial);
-            return Err(FileError::local(&partial, e));
+            return Err(FileError::write(&owned, &partial, e));
         }
-        std::fs::rename(&partial, &dest).map_err(|e| {
+        std::fs::rename(&partial, &owned.dest).map_err(|e| {
             let _ = std::fs::remove_file(&partial);
-            FileError::local(&dest, e)
+            FileError::local(&owned.dest, e)
         })
     })
     .await
@@ -461,7 +532,7 @@ async fn fetch_parts(
     if let Some(hashing) = hashing {
         let digest = hashing.finish().await.map_err(|message| FileError {
             message,
-            local: true,
+            kind: FileErrorKind::Local,
         })?;
         verify(item, digest)?;
     }
@@ -606,12 +677,14 @@ async fn fetch_range(
     progress: &Progress,
     mut hasher: Option<&mut Md5>,
 ) -> Result<u64, FileError> {
-    let local_error = |e: std::io::Error| FileError::local(local_path, e);
     let mut written = 0u64;
-    let started = std::time::Instant::now();
+    // The policy bounds failures in a row: an attempt that delivered bytes starts it afresh, so
+    // a long range rides out any number of separate outages, each within the policy's bound.
+    let mut started = Instant::now();
     let mut attempts = 0;
     loop {
         attempts += 1;
+        let before = written;
         let attempt = stream_range(
             store,
             engine.stall_timeout,
@@ -625,14 +698,27 @@ async fn fetch_range(
         .await;
         match attempt {
             Ok(()) => break,
-            Err(RangeError::Store(e)) if engine.retry.allows(attempts, started, &e) => {
+            Err(RangeError::Store(e)) => {
+                if written > before {
+                    attempts = 1;
+                    started = Instant::now();
+                }
+                if !engine.retry.allows(attempts, started, &e) {
+                    let kind = match e.is_transient() {
+                        true => FileErrorKind::StoreGone,
+                        false => FileErrorKind::Store,
+                    };
+                    return Err(FileError {
+                        message: engine.retry.give_up(attempts, started, e).to_string(),
+                        kind,
+                    });
+                }
                 let delay = engine.retry.backoff(attempts - 1, e.retry_after());
                 tracing::info!(path = %item.meta.path, offset = offset + written, error = %e,
                     "range broke; resuming after {delay:?}");
                 tokio::time::sleep(delay).await;
             }
-            Err(RangeError::Store(e)) => return Err(FileError::store(e.to_string())),
-            Err(RangeError::Local(e)) => return Err(local_error(e)),
+            Err(RangeError::Local(e)) => return Err(FileError::write(item, local_path, e)),
             Err(RangeError::TooLong) => {
                 return Err(FileError::store(format!(
                     "{}: the store sent more bytes than requested",
@@ -641,7 +727,9 @@ async fn fetch_range(
             }
         }
     }
-    sink.finish().await.map_err(local_error)?;
+    sink.finish()
+        .await
+        .map_err(|e| FileError::write(item, local_path, e))?;
     Ok(written)
 }
 

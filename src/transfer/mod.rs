@@ -201,6 +201,13 @@ impl TransferReport {
 pub enum TransferError {
     #[error("nothing matches {remote} in {store}")]
     NothingMatched { store: String, remote: String },
+    #[error("listing {remote} in {store}: {source}")]
+    List {
+        store: String,
+        remote: String,
+        #[source]
+        source: StoreError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{path}: {source}")]
@@ -210,14 +217,21 @@ pub enum TransferError {
         source: std::io::Error,
     },
     #[error(
-        "not enough free disk space at {path}: {needed} bytes needed plus {reserved} reserved, \
-         {available} available"
+        "not enough disk space for {}: needs {} ({needed} bytes) plus {} kept free \
+         (reserved_free_disk_bytes), {} free on {}; nothing was written",
+        path.display(),
+        progress::human_bytes(*needed),
+        progress::human_bytes(*reserved),
+        progress::human_bytes(*available),
+        filesystem.display()
     )]
     DiskFull {
         path: PathBuf,
         needed: u64,
         reserved: u64,
         available: u64,
+        /// The mount point of the filesystem the files would land on.
+        filesystem: PathBuf,
     },
     #[error("{path}: not found")]
     SourceMissing { path: PathBuf },

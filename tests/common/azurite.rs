@@ -47,6 +47,11 @@ fn free_port() -> u16 {
 
 /// Starts a new Azurite (blob service only) and waits until it accepts connections.
 pub fn start_new(location: Option<&std::path::Path>) -> (std::process::Child, u16) {
+    start_at(free_port(), location)
+}
+
+/// Starts an Azurite on `port` (a restart reuses its predecessor's port).
+pub fn start_at(port: u16, location: Option<&std::path::Path>) -> (std::process::Child, u16) {
     let bin = binary();
     assert!(
         bin.exists(),
@@ -54,7 +59,6 @@ pub fn start_new(location: Option<&std::path::Path>) -> (std::process::Child, u1
          DATAREF_AZURITE_BLOB",
         bin.display()
     );
-    let port = free_port();
     let mut command = Command::new(&bin);
     command
         .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
@@ -122,6 +126,84 @@ pub fn shared() -> &'static Azurite {
         }
     })
 }
+
+/// An Azurite of a test's own, persisting to a `--location` directory, that the test can kill
+/// (SIGKILL, as a crash) and start again on the same port with the same data. The process is
+/// owned by a thread that lives as long as the test binary, so `PR_SET_PDEATHSIG` (which
+/// follows the spawning thread) does not fire between restarts.
+pub struct Restartable {
+    pub port: u16,
+    commands: std::sync::mpsc::Sender<(Control, std::sync::mpsc::Sender<()>)>,
+}
+
+enum Control {
+    Kill,
+    Start,
+}
+
+impl Restartable {
+    pub fn start(location: &std::path::Path) -> Self {
+        let location = location.to_path_buf();
+        let (commands, received) =
+            std::sync::mpsc::channel::<(Control, std::sync::mpsc::Sender<()>)>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (child, port) = start_new(Some(&location));
+            tx.send(port).unwrap();
+            let mut child = Some(child);
+            for (control, done) in received {
+                match control {
+                    Control::Kill => {
+                        if let Some(mut running) = child.take() {
+                            running.kill().unwrap();
+                            running.wait().unwrap();
+                        }
+                    }
+                    Control::Start => {
+                        if child.is_none() {
+                            child = Some(start_at(port, Some(&location)).0);
+                        }
+                    }
+                }
+                let _ = done.send(());
+            }
+            // The test is done with it.
+            if let Some(mut running) = child {
+                let _ = running.kill();
+                let _ = running.wait();
+            }
+        });
+        Self {
+            port: rx.recv().expect("Azurite failed to start"),
+            commands,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+
+    fn control(&self, control: Control) {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.commands.send((control, done)).unwrap();
+        wait.recv().unwrap();
+    }
+
+    /// SIGKILL, waited for: the port refuses connections when this returns.
+    pub fn kill(&self) {
+        self.control(Control::Kill);
+    }
+
+    /// Starts it again on the same port; returns once it accepts connections.
+    pub fn restart(&self) {
+        self.control(Control::Start);
+    }
+}
+
+/// Azurite saves its metadata (LokiJS, `autosaveInterval: 5000`) every 5 s: what was written
+/// less than that before a SIGKILL is lost with it. Tests that kill it wait this long after
+/// setting up the data they read back.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(6);
 
 /// An account SAS for the blob service (read, add, create, write, delete, list), expiring at
 /// `expiry` (`2035-01-01T00:00:00Z` form).

@@ -24,7 +24,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Clone)]
 pub enum Fault {
-    Status503 { retry_after_seconds: Option<u32> },
+    /// An error answer of the proxy's own: `code` is 500 or 503.
+    Status {
+        code: u16,
+        retry_after_seconds: Option<u32>,
+    },
     ResetAfter(usize),
     TruncateAfter(usize),
     Stall(Duration),
@@ -197,14 +201,20 @@ async fn relay(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
                 fault
             };
             match fault {
-                Some(Fault::Status503 {
+                Some(Fault::Status {
+                    code,
                     retry_after_seconds,
                 }) => {
                     let retry = retry_after_seconds
                         .map(|s| format!("Retry-After: {s}\r\n"))
                         .unwrap_or_default();
+                    let reason = match code {
+                        500 => "Internal Server Error",
+                        503 => "Service Unavailable",
+                        _ => "Error",
+                    };
                     let reply = format!(
-                        "HTTP/1.1 503 Service Unavailable\r\n{retry}Content-Length: 0\r\n\
+                        "HTTP/1.1 {code} {reason}\r\n{retry}Content-Length: 0\r\n\
                          Connection: close\r\n\r\n"
                     );
                     let _ = client_write.lock().await.write_all(reply.as_bytes()).await;

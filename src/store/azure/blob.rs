@@ -197,10 +197,18 @@ impl Inner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = azure_core::Result<T>>,
     {
+        self.call_with(&self.retry, context, op).await
+    }
+
+    /// `call` under `retry` (a single attempt for ranged reads, which their callers retry).
+    async fn call_with<T, F, Fut>(&self, retry: &RetryPolicy, context: &str, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = azure_core::Result<T>>,
+    {
         let mut reloaded = false;
         loop {
-            let result = self
-                .retry
+            let result = retry
                 .run(|| async { op().await.map_err(|e| from_azure(context, e)) })
                 .await;
             match result {
@@ -352,9 +360,10 @@ impl Store for BlobStore {
         let blob = self.inner.blob(path);
         let context = path.to_string();
         let len = range.end - range.start;
+        // One attempt: the caller retries and resumes (see `store::retry`).
         let response = self
             .inner
-            .call(&context, || {
+            .call_with(&RetryPolicy::none(), &context, || {
                 blob.download(Some(BlobClientDownloadOptions {
                     range: Some(range.clone().into()),
                     // One GET whose body streams from the socket: the engine does the

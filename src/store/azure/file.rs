@@ -286,11 +286,24 @@ impl Inner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = azure_core::Result<T>>,
     {
+        self.call_with(&self.retry, context, op).await
+    }
+
+    /// `call` under `retry` (a single attempt for ranged reads, which their callers retry).
+    async fn call_with<T, F, Fut>(
+        &self,
+        retry: &RetryPolicy,
+        context: &str,
+        op: F,
+    ) -> Result<T, Failed>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = azure_core::Result<T>>,
+    {
         let mut reloaded = false;
         loop {
             let code = Mutex::new(None);
-            let result = self
-                .retry
+            let result = retry
                 .run(|| async {
                     op().await.map_err(|e| {
                         *code.lock().unwrap() = error_code(&e);
@@ -697,8 +710,9 @@ impl Store for FileStore {
         let inner = self.inner.clone();
         let context = path.to_string();
         let last = range.end - 1;
+        // One attempt: the caller retries and resumes (see `store::retry`).
         let result = inner
-            .call(&context, || async {
+            .call_with(&RetryPolicy::none(), &context, || async {
                 let mut request = inner.request(inner.url(path), Method::Get);
                 request.insert_header("x-ms-range", format!("bytes={}-{last}", range.start));
                 inner

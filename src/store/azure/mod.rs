@@ -45,7 +45,7 @@ pub(crate) fn from_azure(context: &str, error: azure_core::Error) -> StoreError 
             }
         }
         ErrorKind::Connection | ErrorKind::Io => StoreError::Network {
-            message: format!("{context}: {}", auth::redact(&error.to_string())),
+            message: format!("{context}: {}", auth::redact(&with_causes(&error))),
         },
         ErrorKind::Credential => StoreError::PermissionDenied {
             path: context,
@@ -56,6 +56,22 @@ pub(crate) fn from_azure(context: &str, error: azure_core::Error) -> StoreError 
             message: auth::redact(&error.to_string()),
         },
     }
+}
+
+/// An error and its sources, `a: b: c`: the SDK's "error sending request" alone does not say
+/// whether the connection was refused, reset or timed out.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A 403 that a rotated secret might fix.

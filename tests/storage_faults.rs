@@ -1,0 +1,858 @@
+//! Storage faults end to end (issue 8, items 1 and 4): every fault of the proxy during a
+//! download and an upload; Azurite killed (SIGKILL) and restarted on the same port, its data
+//! kept by `--location`, during a 1 GiB download, an upload and a mounted read; storage gone for
+//! good; a full disk under a download and under the mount's cache. The figures printed here
+//! (`figure:` lines, run with `--nocapture`) are the ones in doc/RELIABILITY.md.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::azurite::{self, Restartable};
+use common::fault_proxy::{Fault, FaultProxy, Rule};
+use dataref::datastore::{AzureLocation, Credential, SecretRef};
+use dataref::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE};
+use dataref::fs::core::FsOptions;
+use dataref::fs::fuse::MountConfig;
+use dataref::fs::mount::mount_into;
+use dataref::store::azure::blob::BlobStore;
+use dataref::store::counting::CountingStore;
+use dataref::store::memory::MemoryStore;
+use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
+use dataref::transfer::{self, Engine, UploadSource};
+use md5::{Digest, Md5};
+
+const MIB: u64 = 1024 * 1024;
+const PART: u64 = 8 * MIB;
+
+fn p(name: &str) -> ObjectPath {
+    ObjectPath::parse(name).unwrap()
+}
+
+/// Byte `offset..offset+len` of a deterministic stream: every position has its own value, so a
+/// shifted, repeated or zeroed range never compares equal.
+fn pattern_at(offset: u64, len: usize, seed: u8) -> Vec<u8> {
+    (offset..offset + len as u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 37) as u8 ^ seed)
+        .collect()
+}
+
+fn md5_of(data: &[u8]) -> [u8; 16] {
+    Md5::digest(data).into()
+}
+
+fn file_md5(path: &Path) -> [u8; 16] {
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            return hasher.finalize().into();
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// A blob store on `endpoint` with a container of its own.
+async fn blob_store(endpoint: &str, dir: &Path) -> Arc<BlobStore> {
+    let location = AzureLocation {
+        account_name: azurite::ACCOUNT.into(),
+        container: azurite::unique_container("storage-faults"),
+        endpoint: Some(endpoint.to_owned()),
+        credential: Credential::AccountKey(SecretRef::File(azurite::key_file(dir))),
+    };
+    let store = BlobStore::new(&location, endpoint).unwrap();
+    store.create_container().await.unwrap();
+    Arc::new(store)
+}
+
+/// The defaults dataref runs with (retry policy, stall timeout), without the free-space floor.
+fn engine() -> Engine {
+    let mut engine = Engine::new(128 * MIB);
+    engine.reserved_free_disk_bytes = 0;
+    engine
+}
+
+/// Writes `size` bytes of `pattern_at(.., seed)` to `name` as dataref's uploads do (blocks,
+/// then a commit with the whole-object MD5), generating each part on the fly. Returns the MD5.
+async fn put_generated(store: &dyn Store, name: &str, size: u64, seed: u8) -> [u8; 16] {
+    let upload = store.start_upload(&p(name), size).await.unwrap();
+    let mut hasher = Md5::new();
+    for (index, offset) in (0..size).step_by(PART as usize).enumerate() {
+        let data = pattern_at(offset, PART.min(size - offset) as usize, seed);
+        hasher.update(&data);
+        upload
+            .put_part(index as u64, offset, Bytes::from(data))
+            .await
+            .unwrap();
+    }
+    let md5: [u8; 16] = hasher.finalize().into();
+    upload.complete(Some(md5)).await.unwrap();
+    md5
+}
+
+/// Bytes under `dir`, recursively (how far a writer into Azurite's `--location` got).
+fn tree_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Every file under `dir`, recursively, relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            for inner in files_under(&path) {
+                found.push(format!("{}/{inner}", entry.file_name().to_string_lossy()));
+            }
+        } else {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    found
+}
+
+fn ranged_get(fault: Fault) -> Rule {
+    Rule {
+        method: Some("GET"),
+        ranged_only: true,
+        fault,
+    }
+}
+
+fn any(method: &'static str, fault: Fault) -> Rule {
+    Rule {
+        method: Some(method),
+        ranged_only: false,
+        fault,
+    }
+}
+
+/// Each fault the proxy can inject, once against a download and once against an upload, with
+/// dataref's default retry policy and timeouts. Content is compared byte for byte, and the
+/// uploaded blob's Content-MD5 with the source's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_proxy_fault_during_a_download_and_an_upload_is_ridden_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(azurite::shared().port);
+    let store = blob_store(&proxy.endpoint(), dir.path()).await;
+    let size = 20 * MIB + 5; // three parts, the last one short
+    let data = pattern_at(0, size as usize, 7);
+    store
+        .put(
+            &p("in/big.bin"),
+            data.clone().into(),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let burst = |code, retry_after_seconds| -> Vec<Fault> {
+        vec![
+            Fault::Status {
+                code,
+                retry_after_seconds
+            };
+            3
+        ]
+    };
+    let cases: Vec<(&str, Vec<Rule>, Vec<Rule>)> = vec![
+        (
+            "reset",
+            vec![ranged_get(Fault::ResetAfter(MIB as usize + 7))],
+            // The block is stored, then the answer is lost: the retry must be harmless.
+            vec![any("PUT", Fault::ResetAfter(0))],
+        ),
+        (
+            "burst500",
+            burst(500, None)
+                .into_iter()
+                .map(|f| any("GET", f))
+                .collect(),
+            burst(500, None)
+                .into_iter()
+                .map(|f| any("PUT", f))
+                .collect(),
+        ),
+        (
+            "burst503",
+            burst(503, Some(1))
+                .into_iter()
+                .map(|f| any("GET", f))
+                .collect(),
+            burst(503, Some(1))
+                .into_iter()
+                .map(|f| any("PUT", f))
+                .collect(),
+        ),
+        (
+            "stall10s",
+            vec![ranged_get(Fault::Stall(Duration::from_secs(10)))],
+            vec![any("PUT", Fault::Stall(Duration::from_secs(10)))],
+        ),
+        (
+            "truncated",
+            vec![ranged_get(Fault::TruncateAfter(2 * MIB as usize + 3))],
+            vec![any("PUT", Fault::TruncateAfter(20))],
+        ),
+    ];
+    let engine = engine();
+    for (name, download_faults, upload_faults) in cases {
+        let count = download_faults.len();
+        for rule in download_faults {
+            proxy.push(rule);
+        }
+        let local = dir.path().join("down").join(name);
+        let started = Instant::now();
+        let report = transfer::download(&engine, store.clone(), &p("in"), &local, false)
+            .await
+            .unwrap();
+        let download_time = started.elapsed();
+        assert!(report.errors.is_empty(), "{name}: {:?}", report.errors);
+        assert_eq!(proxy.pending(), 0, "{name}: not every fault hit a request");
+        let file = local.join("big.bin");
+        assert!(std::fs::read(&file).unwrap() == data, "{name}: content");
+
+        let upload_count = upload_faults.len();
+        for rule in upload_faults {
+            proxy.push(rule);
+        }
+        let target = format!("out/{name}");
+        let started = Instant::now();
+        let report = transfer::upload(
+            &engine,
+            store.clone(),
+            &UploadSource::Files(vec![file]),
+            &p(&target),
+            false,
+            &[],
+        )
+        .await
+        .unwrap();
+        let upload_time = started.elapsed();
+        assert!(report.errors.is_empty(), "{name}: {:?}", report.errors);
+        assert_eq!(proxy.pending(), 0, "{name}: not every fault hit a request");
+        let uploaded = p(&format!("{target}/big.bin"));
+        let meta = store.head(&uploaded).await.unwrap();
+        assert_eq!(meta.content_md5, Some(md5_of(&data)), "{name}: Content-MD5");
+        assert!(
+            read_to_bytes(store.as_ref(), &uploaded).await.unwrap() == data,
+            "{name}: uploaded content"
+        );
+        eprintln!(
+            "figure: {name}: download with {count} fault(s) {:.1} s, upload with \
+             {upload_count} fault(s) {:.1} s",
+            download_time.as_secs_f64(),
+            upload_time.as_secs_f64()
+        );
+    }
+}
+
+/// Kills Azurite for `outage` and starts it again on the same port.
+async fn outage(azurite: &Arc<Restartable>, outage: Duration) {
+    let azurite = azurite.clone();
+    tokio::task::spawn_blocking(move || {
+        azurite.kill();
+        std::thread::sleep(outage);
+        azurite.restart();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_killed_and_restarted_during_a_1_gib_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let azurite = Arc::new(Restartable::start(&dir.path().join("azurite")));
+    let store = blob_store(&azurite.endpoint(), dir.path()).await;
+    let size = 1024 * MIB;
+    let md5 = put_generated(store.as_ref(), "big/data.bin", size, 1).await;
+    tokio::time::sleep(azurite::PERSIST_INTERVAL).await;
+
+    let counting = Arc::new(CountingStore::new(store.clone()));
+    let local = dir.path().join("down");
+    let started = Instant::now();
+    let download = tokio::spawn({
+        let (counting, local) = (counting.clone(), local.clone());
+        async move { transfer::download(&engine(), counting, &p("big"), &local, false).await }
+    });
+    // Some parts are done and more are in flight.
+    while counting.gets() < 24 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !download.is_finished(),
+        "the download ended before the kill"
+    );
+    let killed_at = started.elapsed();
+    outage(&azurite, Duration::from_secs(3)).await;
+    let report = download.await.unwrap().unwrap();
+    let total = started.elapsed();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.files, 1);
+    assert_eq!(files_under(&local), vec!["data.bin"]);
+    assert_eq!(file_md5(&local.join("data.bin")), md5, "content differs");
+    eprintln!(
+        "figure: 1 GiB download, Azurite killed at {:.1} s for 3 s: done in {:.1} s, {} ranged \
+         GETs (128 parts)",
+        killed_at.as_secs_f64(),
+        total.as_secs_f64(),
+        counting.gets()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_killed_and_restarted_during_an_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let azurite = Arc::new(Restartable::start(&dir.path().join("azurite")));
+    let store = blob_store(&azurite.endpoint(), dir.path()).await;
+    tokio::time::sleep(azurite::PERSIST_INTERVAL).await;
+    let size = 256 * MIB;
+    let source = dir.path().join("model.bin");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&source).unwrap();
+        for offset in (0..size).step_by(MIB as usize) {
+            file.write_all(&pattern_at(offset, MIB as usize, 2))
+                .unwrap();
+        }
+    }
+    let md5 = file_md5(&source);
+    let location = dir.path().join("azurite");
+    let before = tree_bytes(&location);
+    let started = Instant::now();
+    let upload = tokio::spawn({
+        let (store, source) = (store.clone(), source.clone());
+        async move {
+            transfer::upload(
+                &engine(),
+                store,
+                &UploadSource::Files(vec![source]),
+                &p("out"),
+                false,
+                &[],
+            )
+            .await
+        }
+    });
+    // A quarter of the blocks are staged.
+    while tree_bytes(&location) < before + size / 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!upload.is_finished(), "the upload ended before the kill");
+    let killed_at = started.elapsed();
+    outage(&azurite, Duration::from_secs(3)).await;
+    let report = upload.await.unwrap().unwrap();
+    let total = started.elapsed();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let meta = store.head(&p("out/model.bin")).await.unwrap();
+    assert_eq!(meta.size, size);
+    assert_eq!(meta.content_md5, Some(md5), "Content-MD5");
+    let back = dir.path().join("back");
+    transfer::download(&engine(), store.clone(), &p("out"), &back, false)
+        .await
+        .unwrap();
+    assert_eq!(file_md5(&back.join("model.bin")), md5, "content differs");
+    eprintln!(
+        "figure: 256 MiB upload, Azurite killed at {:.1} s for 3 s: done in {:.1} s",
+        killed_at.as_secs_f64(),
+        total.as_secs_f64()
+    );
+}
+
+fn mount_config(job: &str) -> MountConfig {
+    MountConfig {
+        fsname: format!("dataref:test-{job}.{}:data", std::process::id()),
+        allow_other: false,
+    }
+}
+
+/// What a reader of the mount saw.
+#[derive(Debug, Default)]
+struct ReadLog {
+    bytes: u64,
+    eio: u32,
+    slowest: Duration,
+}
+
+/// Reads `path` in 1 MiB reads and compares every byte with the pattern. A read may fail with
+/// EIO (then the file is opened again at the same offset, for at most `patience`); any other
+/// error, or any wrong byte, fails the test. `halfway` is told once `signal_at` bytes were read.
+fn read_through_outage(
+    path: &Path,
+    size: u64,
+    seed: u8,
+    signal_at: u64,
+    halfway: std::sync::mpsc::Sender<()>,
+    patience: Duration,
+) -> ReadLog {
+    let mut log = ReadLog::default();
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut failing_since: Option<Instant> = None;
+    let mut signalled = false;
+    while log.bytes < size {
+        let asked = Instant::now();
+        match file.read(&mut buf) {
+            Ok(0) => panic!("EOF at {} of {size}", log.bytes),
+            Ok(n) => {
+                log.slowest = log.slowest.max(asked.elapsed());
+                failing_since = None;
+                assert!(
+                    buf[..n] == pattern_at(log.bytes, n, seed)[..],
+                    "wrong bytes at {}..{}",
+                    log.bytes,
+                    log.bytes + n as u64
+                );
+                log.bytes += n as u64;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "not EIO: {e}");
+                log.eio += 1;
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                assert!(since.elapsed() < patience, "EIO for {patience:?}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                file = std::fs::File::open(path).unwrap();
+                file.seek(SeekFrom::Start(log.bytes)).unwrap();
+            }
+        }
+        if !signalled && log.bytes >= signal_at {
+            signalled = true;
+            halfway.send(()).unwrap();
+        }
+    }
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azurite_killed_and_restarted_during_a_mounted_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let azurite = Arc::new(Restartable::start(&dir.path().join("azurite")));
+    let store = blob_store(&azurite.endpoint(), dir.path()).await;
+    let size = 256 * MIB;
+    put_generated(store.as_ref(), "data/big.bin", size, 3).await;
+    put_generated(store.as_ref(), "data/unread.bin", PART, 6).await;
+    tokio::time::sleep(azurite::PERSIST_INTERVAL).await;
+    let mountpoint = dir.path().join("mnt");
+    let mounted = mount_into(
+        store,
+        &p("data"),
+        &mountpoint,
+        FsOptions::default(),
+        &mount_config("outage"),
+    )
+    .await
+    .unwrap();
+    let (halfway, reached) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    let reader = tokio::task::spawn_blocking({
+        let file = mountpoint.join("big.bin");
+        move || read_through_outage(&file, size, 3, 32 * MIB, halfway, Duration::from_secs(180))
+    });
+    tokio::task::spawn_blocking(move || reached.recv().unwrap())
+        .await
+        .unwrap();
+    assert!(!reader.is_finished(), "the read ended before the kill");
+    outage(&azurite, Duration::from_secs(3)).await;
+    let log = reader.await.unwrap();
+    assert_eq!(log.bytes, size);
+    eprintln!(
+        "figure: mounted read of 256 MiB, Azurite killed for 3 s: {} EIO, slowest read {:.1} s, \
+         done in {:.1} s",
+        log.eio,
+        log.slowest.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Storage gone for good: a read of bytes never fetched fails with EIO within the bound.
+    azurite.kill();
+    let started = Instant::now();
+    let error = tokio::task::spawn_blocking({
+        let file = mountpoint.join("unread.bin");
+        move || {
+            let mut buf = vec![0u8; MIB as usize];
+            std::fs::File::open(file)
+                .unwrap()
+                .read(&mut buf)
+                .unwrap_err()
+        }
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    eprintln!("figure: mounted read with storage gone: {error} after {took:.1?}");
+    assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    tokio::task::spawn_blocking(move || mounted.mount.unmount().unwrap())
+        .await
+        .unwrap();
+}
+
+/// Registers an `azure_blob` datastore named `name` on `endpoint` in `config`.
+fn register_blob(config: &Path, dir: &Path, name: &str, endpoint: &str, container: &str) {
+    let key = azurite::key_file(dir);
+    common::cli::run(
+        config,
+        &[
+            "datastore",
+            "register",
+            "azure-blob",
+            "--name",
+            name,
+            "--account",
+            azurite::ACCOUNT,
+            "--container",
+            container,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--endpoint",
+            endpoint,
+        ],
+    )
+    .expect_code(0);
+}
+
+fn container_of(store: &BlobStore) -> String {
+    store.describe().rsplit('/').next().unwrap().to_owned()
+}
+
+/// `dataref download` against storage that is gone for good, from the start and half-way
+/// through: it gives up within the documented bound (doc/RELIABILITY.md), exits 69, names what
+/// it was reading and why, and leaves no file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let azurite = Arc::new(Restartable::start(&dir.path().join("azurite")));
+    let store = blob_store(&azurite.endpoint(), dir.path()).await;
+    put_generated(store.as_ref(), "data/big.bin", 256 * MIB, 4).await;
+    tokio::time::sleep(azurite::PERSIST_INTERVAL).await;
+    register_blob(
+        &config,
+        dir.path(),
+        "live",
+        &azurite.endpoint(),
+        &container_of(&store),
+    );
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{closed}/{}", azurite::ACCOUNT);
+    register_blob(&config, dir.path(), "dead", &dead, "gone");
+
+    let download = |name: &str, target: &Path| {
+        let mut command = common::cli::command();
+        command
+            .arg("--config-dir")
+            .arg(&config)
+            .args(["download", "--datastore", name, "--prefix", "data"])
+            .arg("--target-path")
+            .arg(target)
+            .arg("--no-progress")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().unwrap()
+    };
+
+    // Half-way: the temporary file exists, then storage dies and never comes back.
+    let mid_target = dir.path().join("mid");
+    let started = Instant::now();
+    let mid = download("live", &mid_target);
+    let dest_dir = mid_target.join("data");
+    while files_under(&dest_dir).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    azurite.kill();
+    let killed = Instant::now();
+
+    // From the start: nothing answers at all.
+    let start_target = dir.path().join("start");
+    let from_start = Instant::now();
+    let at_start = download("dead", &start_target);
+
+    let at_start = tokio::task::spawn_blocking(move || at_start.wait_with_output().unwrap());
+    let mid = tokio::task::spawn_blocking(move || mid.wait_with_output().unwrap());
+    let at_start = at_start.await.unwrap();
+    let start_time = from_start.elapsed();
+    let mid = mid.await.unwrap();
+    let mid_time = killed.elapsed();
+    let (start_err, mid_err) = (
+        String::from_utf8_lossy(&at_start.stderr).into_owned(),
+        String::from_utf8_lossy(&mid.stderr).into_owned(),
+    );
+    eprintln!("figure: down from the start: gave up after {start_time:.1?}: {start_err}");
+    eprintln!("figure: down half-way: gave up {mid_time:.1?} after the kill: {mid_err}");
+    assert_eq!(at_start.status.code(), Some(69), "{start_err}");
+    assert_eq!(mid.status.code(), Some(69), "{mid_err}");
+    // The documented bound: 10 attempts, at most 56 s of backoff, plus the attempts themselves.
+    for (what, took) in [("at start", start_time), ("half-way", mid_time)] {
+        assert!(took < Duration::from_secs(60), "{what}: {took:?}");
+        assert!(
+            took > Duration::from_secs(25),
+            "{what}: gave up early: {took:?}"
+        );
+    }
+    for (what, err, name) in [
+        ("at start", &start_err, "data"),
+        ("half-way", &mid_err, "data/big.bin"),
+    ] {
+        assert!(err.contains(name), "{what}: the object is not named: {err}");
+        assert!(
+            err.contains("gave up after") && err.to_lowercase().contains("connection refused"),
+            "{what}: the cause is not given: {err}"
+        );
+    }
+    assert!(files_under(&start_target).is_empty());
+    assert!(
+        files_under(&mid_target).is_empty(),
+        "left behind: {:?}",
+        files_under(&mid_target)
+    );
+}
+
+/// A tmpfs mounted for the test; unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        use nix::mount::{MsFlags, mount};
+        std::fs::create_dir_all(at).unwrap();
+        mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mounting a tmpfs (needs root)");
+        Self(at.to_path_buf())
+    }
+
+    fn free(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        stat.blocks_available() as u64 * stat.fragment_size() as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// `dataref download` of more than the disk holds is refused before a byte is written, with
+/// the path, the bytes needed and the bytes free; exit 74.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_larger_than_the_disk_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let store = blob_store(&azurite::shared().endpoint(), dir.path()).await;
+    for name in ["a", "b", "c"] {
+        let data = pattern_at(0, 30 * MIB as usize, 5);
+        store
+            .put(
+                &p(&format!("data/{name}.bin")),
+                data.into(),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    register_blob(
+        &config,
+        dir.path(),
+        "ws",
+        &azurite::shared().endpoint(),
+        &container_of(&store),
+    );
+    let tmpfs = Tmpfs::mount(&dir.path().join("small"), "64m");
+    let target = tmpfs.0.join("t");
+    let out = common::cli::run(
+        &config,
+        &[
+            "download",
+            "--datastore",
+            "ws",
+            "--prefix",
+            "data",
+            "--target-path",
+            target.to_str().unwrap(),
+            "--no-progress",
+        ],
+    );
+    eprintln!("figure: refused up front: {}", out.stderr.trim());
+    out.expect_code(74);
+    let local = target.join("data");
+    assert!(
+        out.stderr.contains(local.to_str().unwrap()),
+        "no path: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("needs 90.0 MiB") && out.stderr.contains("free on"),
+        "no figures: {}",
+        out.stderr
+    );
+    assert!(
+        files_under(&target).is_empty(),
+        "{:?}",
+        files_under(&target)
+    );
+}
+
+/// Two downloads that each fit, together filling the disk: the one that meets ENOSPC fails
+/// naming the file and the bytes it still needed, and leaves neither a temporary file nor a
+/// file under the final name; what completes is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_mid_download_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = blob_store(&azurite::shared().endpoint(), dir.path()).await;
+    let size = 40 * MIB as usize;
+    let data: Vec<Vec<u8>> = (0..2).map(|i| pattern_at(0, size, 10 + i)).collect();
+    for (i, bytes) in data.iter().enumerate() {
+        store
+            .put(
+                &p(&format!("d{i}/x.bin")),
+                bytes.clone().into(),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let tmpfs = Tmpfs::mount(&dir.path().join("small"), "64m");
+    let engine = engine();
+    let (d0, d1) = (tmpfs.0.join("d0"), tmpfs.0.join("d1"));
+    let (r0, r1) = (p("d0"), p("d1"));
+    let (first, second) = tokio::join!(
+        transfer::download(&engine, store.clone(), &r0, &d0, false),
+        transfer::download(&engine, store.clone(), &r1, &d1, false),
+    );
+    let mut failed = 0;
+    for (i, report) in [first.unwrap(), second.unwrap()].into_iter().enumerate() {
+        let local = tmpfs.0.join(format!("d{i}"));
+        if report.errors.is_empty() {
+            assert!(std::fs::read(local.join("x.bin")).unwrap() == data[i]);
+            continue;
+        }
+        failed += 1;
+        let error = &report.errors[0];
+        eprintln!("figure: disk filled mid-download: {}", error.error);
+        assert!(error.local, "a full disk is a local failure: {error:?}");
+        let dest = local.join("x.bin");
+        assert!(
+            error.error.contains(dest.to_str().unwrap()) && error.error.contains("needs"),
+            "{}",
+            error.error
+        );
+        assert!(files_under(&local).is_empty(), "{:?}", files_under(&local));
+    }
+    assert!(failed > 0, "80 MiB fitted on a 64 MiB disk");
+}
+
+/// The mount's disk cache on a small tmpfs that another writer fills to the last byte: reads
+/// stay exact and never see ENOSPC, and the cache gives its space back down to the floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_mount_cache_gives_space_back_when_the_disk_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&dir.path().join("small"), "32m");
+    let floor = 4 * MIB;
+    let size = 24 * MIB as usize;
+    let memory = MemoryStore::new();
+    let bytes = Arc::new(pattern_at(0, size, 9));
+    memory
+        .put(
+            &p("data/big.bin"),
+            Bytes::from(bytes.to_vec()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let options = FsOptions {
+        cache: Some(CacheOptions {
+            dir: tmpfs.0.join("cache"),
+            max_bytes: None,
+            reserved_free_bytes: floor,
+            block_size: DEFAULT_BLOCK_SIZE,
+        }),
+        ..FsOptions::default()
+    };
+    let mountpoint = dir.path().join("mnt");
+    let mounted = mount_into(
+        Arc::new(memory),
+        &p("data"),
+        &mountpoint,
+        options,
+        &mount_config("full"),
+    )
+    .await
+    .unwrap();
+    let cache = mounted.mount.cache().unwrap().clone();
+    let read_all = {
+        let (file, bytes) = (mountpoint.join("big.bin"), bytes.clone());
+        move || {
+            use std::os::fd::AsRawFd;
+            let mut handle = std::fs::File::open(&file).unwrap();
+            let mut got = Vec::with_capacity(bytes.len());
+            handle.read_to_end(&mut got).unwrap();
+            assert!(got == *bytes, "wrong bytes through the mount");
+            // The next pass must reach the filesystem again, not the page cache.
+            let rc =
+                unsafe { libc::posix_fadvise(handle.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0);
+        }
+    };
+    tokio::task::spawn_blocking(read_all.clone()).await.unwrap();
+    cache.wait_idle().await;
+    let cached = cache.stats().bytes;
+    assert!(cached > 8 * MIB, "little was cached: {:?}", cache.stats());
+
+    // Someone else (the script writing checkpoints) takes every free byte.
+    let filler = tmpfs.0.join("checkpoint");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![1u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+    }
+    assert!(tmpfs.free() < MIB, "the disk is not full: {}", tmpfs.free());
+
+    tokio::task::spawn_blocking(read_all).await.unwrap();
+    cache.wait_idle().await;
+    eprintln!(
+        "figure: cache on a full disk: {cached} bytes cached before, {:?} after; free {} \
+         (floor {floor})",
+        cache.stats(),
+        tmpfs.free()
+    );
+    assert!(
+        tmpfs.free() >= floor,
+        "free {} < floor {floor}: {:?}",
+        tmpfs.free(),
+        cache.stats()
+    );
+    tokio::task::spawn_blocking(move || mounted.mount.unmount().unwrap())
+        .await
+        .unwrap();
+}
