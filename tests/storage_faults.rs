@@ -592,6 +592,26 @@ async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
     let from_start = Instant::now();
     let at_start = download("dead", &start_target);
 
+    // An upload of more files than run at once (32): the first give-up stops the rest.
+    let outputs = dir.path().join("outputs");
+    for i in 0..100 {
+        common::cli::write_file(&outputs.join(format!("f{i:03}.txt")), "output", 0o644);
+    }
+    let upload_started = Instant::now();
+    let upload = common::cli::command()
+        .arg("--config-dir")
+        .arg(&config)
+        .args(["upload", "--datastore", "dead", "--target-path", "runs", "--no-progress"])
+        .arg(&outputs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let upload = tokio::task::spawn_blocking(move || {
+        let output = upload.wait_with_output().unwrap();
+        (output, upload_started.elapsed())
+    });
+
     let at_start = tokio::task::spawn_blocking(move || at_start.wait_with_output().unwrap());
     let mid = tokio::task::spawn_blocking(move || mid.wait_with_output().unwrap());
     let at_start = at_start.await.unwrap();
@@ -624,6 +644,19 @@ async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
             "{what}: the cause is not given: {err}"
         );
     }
+    let (upload, upload_time) = upload.await.unwrap();
+    let upload_err = String::from_utf8_lossy(&upload.stderr).into_owned();
+    eprintln!("figure: upload of 100 files to dead storage gave up after {upload_time:.1?}");
+    assert_eq!(upload.status.code(), Some(69), "{upload_err}");
+    // One bound, not one per wave of 32 files (which would be four times it).
+    assert!(
+        upload_time < Duration::from_secs(75),
+        "upload: {upload_time:?}\n{upload_err}"
+    );
+    assert!(
+        upload_err.contains("not started: storage is unavailable"),
+        "{upload_err}"
+    );
     assert!(files_under(&start_target).is_empty());
     assert!(
         files_under(&mid_target).is_empty(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -70,13 +70,29 @@ pub async fn upload_journaled(
 
     let total: u64 = planned.iter().map(|p| p.size).sum();
     let progress = Progress::start(engine.progress, "upload", planned.len() as u64, total);
+    // Set when storage failed for longer than the retry policy allows: files not started yet
+    // fail at once, so an upload of many files gives up in the policy's bound, not a multiple.
+    let gone: OnceLock<String> = OnceLock::new();
     let results: Vec<(ObjectPath, Result<Outcome, String>)> = futures::stream::iter(planned)
         .map(|item| {
             let store = store.clone();
             let progress = progress.clone();
+            let gone = &gone;
             async move {
-                let outcome =
-                    upload_file(engine, store.as_ref(), &item, overwrite, &progress, journal).await;
+                let outcome = match gone.get() {
+                    Some(failed) => Err(format!(
+                        "not started: storage is unavailable (gave up on {failed})"
+                    )),
+                    None => {
+                        let file = FileUpload {
+                            engine,
+                            store: store.as_ref(),
+                            item: &item,
+                            gone,
+                        };
+                        upload_file(&file, overwrite, &progress, journal).await
+                    }
+                };
                 match outcome {
                     Ok(Outcome::Skipped) => progress.forget_file(item.size),
                     _ => progress.file_done(),
@@ -248,19 +264,37 @@ enum Outcome {
     Skipped,
 }
 
+/// One file's upload, and where a give-up of the store is noted for the files after it.
+struct FileUpload<'a> {
+    engine: &'a Engine,
+    store: &'a dyn Store,
+    item: &'a Planned,
+    gone: &'a OnceLock<String>,
+}
+
+impl FileUpload<'_> {
+    /// A store error as the file's failure; a give-up is noted so no new file waits it out.
+    fn store_error(&self, e: StoreError) -> String {
+        if matches!(e, StoreError::GaveUp { .. }) {
+            let _ = self.gone.set(self.item.dest.to_string());
+        }
+        e.to_string()
+    }
+}
+
 async fn upload_file(
-    engine: &Engine,
-    store: &dyn Store,
-    item: &Planned,
+    this: &FileUpload<'_>,
     overwrite: bool,
     progress: &Progress,
     journal: Option<ReferenceJournal<'_>>,
 ) -> Result<Outcome, String> {
+    let (engine, store, item) = (this.engine, this.store, this.item);
+    let store_error = |e: StoreError| this.store_error(e);
     if !overwrite {
         match store.head(&item.dest).await {
             Ok(_) => return Ok(Outcome::Skipped),
             Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(store_error(e)),
         }
     }
     let part_size = engine.part_size.min(store.max_part_size()).max(1);
@@ -281,7 +315,7 @@ async fn upload_file(
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(store_error)?;
         progress.add_bytes(item.size);
         return Ok(Outcome::Uploaded {
             bytes: item.size,
@@ -302,7 +336,7 @@ async fn upload_file(
                 let resumed = store
                     .resume_upload(&item.dest, item.size, part_size)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(store_error)?;
                 (resumed.upload, resumed.staged)
             } else {
                 // A changed source (or a new upload) starts over: the earlier blocks are never
@@ -311,7 +345,7 @@ async fn upload_file(
                 let upload = store
                     .start_upload(&item.dest, item.size)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(store_error)?;
                 (upload, BTreeSet::new())
             }
         }
@@ -319,7 +353,7 @@ async fn upload_file(
             let upload = store
                 .start_upload(&item.dest, item.size)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(store_error)?;
             (upload, BTreeSet::new())
         }
     };
@@ -354,7 +388,7 @@ async fn upload_file(
         in_flight.push(async move {
             let result = upload.put_part(index, offset, data).await;
             drop(permit);
-            result.map_err(|e| e.to_string())?;
+            result.map_err(store_error)?;
             if let Some(journal) = journal {
                 journal
                     .staged(dest, index)
@@ -387,10 +421,7 @@ async fn upload_file(
         .expect("the hasher comes back with every read")
         .finalize()
         .into();
-    upload
-        .complete(Some(md5))
-        .await
-        .map_err(|e| e.to_string())?;
+    upload.complete(Some(md5)).await.map_err(store_error)?;
     if let Some(journal) = journal {
         journal
             .committed(&item.dest, md5)
