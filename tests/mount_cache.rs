@@ -2,11 +2,14 @@
 //! the cache without a request to storage, the cache directory is gone after unmount, and on a
 //! small real filesystem (tmpfs) the cache never eats into the reserved free space.
 
+mod common;
+
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::tmpfs::Tmpfs;
 use dataref::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE, LOCK_FILE};
 use dataref::fs::core::FsOptions;
 use dataref::fs::fuse::MountConfig;
@@ -146,36 +149,6 @@ async fn second_read_through_the_mount_comes_from_the_disk_cache() {
     );
 }
 
-/// A tmpfs mounted for the test; unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
-        use nix::mount::{MsFlags, mount};
-        std::fs::create_dir_all(at).unwrap();
-        mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        )
-        .expect("mounting a tmpfs (needs root)");
-        Self(at.to_path_buf())
-    }
-
-    fn free(&self) -> u64 {
-        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
-        stat.blocks_available() as u64 * stat.fragment_size() as u64
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cache_on_a_small_disk_keeps_the_reserved_free_space() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,7 +158,7 @@ async fn cache_on_a_small_disk_keeps_the_reserved_free_space() {
     let (store, bytes) = store_with(len).await;
     let bytes = Arc::new(bytes);
     let mountpoint = dir.path().join("mnt");
-    let cache_dir = tmpfs.0.join("cache");
+    let cache_dir = tmpfs.path().join("cache");
     let cache = CacheOptions {
         dir: cache_dir.clone(),
         max_bytes: None,

@@ -7,13 +7,14 @@
 mod common;
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::azurite::{self, Restartable};
 use common::fault_proxy::{Fault, FaultProxy, Rule};
+use common::tmpfs::Tmpfs;
 use dataref::datastore::{AzureLocation, Credential, SecretRef};
 use dataref::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE};
 use dataref::fs::core::FsOptions;
@@ -601,7 +602,14 @@ async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
     let upload = common::cli::command()
         .arg("--config-dir")
         .arg(&config)
-        .args(["upload", "--datastore", "dead", "--target-path", "runs", "--no-progress"])
+        .args([
+            "upload",
+            "--datastore",
+            "dead",
+            "--target-path",
+            "runs",
+            "--no-progress",
+        ])
         .arg(&outputs)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -665,36 +673,6 @@ async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
     );
 }
 
-/// A tmpfs mounted for the test; unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
-        use nix::mount::{MsFlags, mount};
-        std::fs::create_dir_all(at).unwrap();
-        mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        )
-        .expect("mounting a tmpfs (needs root)");
-        Self(at.to_path_buf())
-    }
-
-    fn free(&self) -> u64 {
-        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
-        stat.blocks_available() as u64 * stat.fragment_size() as u64
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 /// `dataref download` of more than the disk holds is refused before a byte is written, with
 /// the path, the bytes needed and the bytes free; exit 74.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,7 +699,7 @@ async fn a_download_larger_than_the_disk_is_refused_up_front() {
         &container_of(&store),
     );
     let tmpfs = Tmpfs::mount(&dir.path().join("small"), "64m");
-    let target = tmpfs.0.join("t");
+    let target = tmpfs.path().join("t");
     let out = common::cli::run(
         &config,
         &[
@@ -776,7 +754,7 @@ async fn a_disk_that_fills_up_mid_download_leaves_no_partial_file() {
     }
     let tmpfs = Tmpfs::mount(&dir.path().join("small"), "64m");
     let engine = engine();
-    let (d0, d1) = (tmpfs.0.join("d0"), tmpfs.0.join("d1"));
+    let (d0, d1) = (tmpfs.path().join("d0"), tmpfs.path().join("d1"));
     let (r0, r1) = (p("d0"), p("d1"));
     let (first, second) = tokio::join!(
         transfer::download(&engine, store.clone(), &r0, &d0, false),
@@ -784,7 +762,7 @@ async fn a_disk_that_fills_up_mid_download_leaves_no_partial_file() {
     );
     let mut failed = 0;
     for (i, report) in [first.unwrap(), second.unwrap()].into_iter().enumerate() {
-        let local = tmpfs.0.join(format!("d{i}"));
+        let local = tmpfs.path().join(format!("d{i}"));
         if report.errors.is_empty() {
             assert!(std::fs::read(local.join("x.bin")).unwrap() == data[i]);
             continue;
@@ -824,7 +802,7 @@ async fn the_mount_cache_gives_space_back_when_the_disk_fills() {
         .unwrap();
     let options = FsOptions {
         cache: Some(CacheOptions {
-            dir: tmpfs.0.join("cache"),
+            dir: tmpfs.path().join("cache"),
             max_bytes: None,
             reserved_free_bytes: floor,
             block_size: DEFAULT_BLOCK_SIZE,
@@ -862,7 +840,7 @@ async fn the_mount_cache_gives_space_back_when_the_disk_fills() {
     assert!(cached > 8 * MIB, "little was cached: {:?}", cache.stats());
 
     // Someone else (the script writing checkpoints) takes every free byte.
-    let filler = tmpfs.0.join("checkpoint");
+    let filler = tmpfs.path().join("checkpoint");
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&filler).unwrap();

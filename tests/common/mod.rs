@@ -6,3 +6,4 @@ pub mod cli;
 pub mod conformance;
 pub mod fault_proxy;
 pub mod filerest;
+pub mod tmpfs;
