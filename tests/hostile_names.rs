@@ -87,7 +87,7 @@ async fn files_in_mount(fs: &FsCore) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut pending = vec![(ROOT_INO, String::new())];
     while let Some((ino, prefix)) = pending.pop() {
-        for entry in fs.readdir(ino).await.unwrap() {
+        for entry in fs.readdir(ino).await.unwrap().entries.iter() {
             if entry.name == "." || entry.name == ".." {
                 continue;
             }

@@ -317,3 +317,109 @@ async fn blob_mount_is_exact_complete_and_read_only() {
     put_many(store.as_ref(), dataset(big, small, wide)).await;
     check_mount(store, big, small, wide).await;
 }
+
+/// `ls -l` of a folder: a directory read brings every entry's attributes (READDIRPLUS, no lookup
+/// per entry); a second `ls -l` within the TTL is served by the kernel from its cached copy
+/// (nothing reaches dataref); after the TTL the kernel reads the directory again and sees what
+/// changed in storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listings_carry_attributes_and_stay_in_the_kernel_within_the_ttl() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("store")).unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("store")).unwrap());
+    let entries = 1000;
+    put_many(
+        store.as_ref(),
+        (0..entries)
+            .map(|i| (format!("data/wide/e{i:04}"), vec![7u8; i % 97]))
+            .collect(),
+    )
+    .await;
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let ttl = std::time::Duration::from_secs(4);
+    let options = FsOptions {
+        attribute_ttl: ttl,
+        ..FsOptions::default()
+    };
+    let mounted = mount_into(
+        store.clone(),
+        &p("data"),
+        &mountpoint,
+        options,
+        &config("plus"),
+    )
+    .await
+    .unwrap();
+    let wide = mountpoint.join("wide");
+    // What `ls -l` does: read the directory, then stat every entry.
+    let ls_l = move || {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&wide).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            let size = std::fs::symlink_metadata(entry.path()).unwrap().len();
+            let index: usize = name[1..].parse().unwrap_or(0);
+            if name != "new" {
+                assert_eq!(size, (index % 97) as u64, "{name}");
+            }
+            names.push(name);
+        }
+        names.sort();
+        names
+    };
+    let counters = |m: &dataref::fs::mount::MountedPath| {
+        let c = m.mount.core().counters();
+        (
+            c.lookups.load(Relaxed),
+            c.directory_reads.load(Relaxed),
+            c.listings.load(Relaxed),
+        )
+    };
+
+    let started = std::time::Instant::now();
+    let cold = blocking(ls_l.clone()).await;
+    assert_eq!(cold.len(), entries);
+    let (lookups, reads, listings) = counters(&mounted);
+    // One lookup ("wide"), not one per entry; the 1,000 entries in a few dozen reads.
+    assert!(
+        lookups <= 2,
+        "{lookups} lookups for an ls -l of {entries} entries"
+    );
+    assert!((2..100).contains(&reads), "{reads} directory reads");
+    assert_eq!(listings, 2, "the root and wide/, each listed once");
+
+    let warm = blocking(ls_l.clone()).await;
+    assert!(
+        started.elapsed() < ttl,
+        "the machine was too slow for this test's TTL"
+    );
+    assert_eq!(warm, cold);
+    assert_eq!(
+        counters(&mounted),
+        (lookups, reads, listings),
+        "a warm ls -l within the TTL reached dataref"
+    );
+
+    // Past the TTL, a new object shows up: the kernel's copy was dropped and read again.
+    store
+        .put(
+            &p("data/wide/new"),
+            Bytes::from_static(b"n"),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(
+        ttl.saturating_sub(started.elapsed()) + std::time::Duration::from_millis(300),
+    )
+    .await;
+    let later = blocking(ls_l).await;
+    assert_eq!(later.len(), entries + 1);
+    assert!(later.contains(&"new".to_owned()));
+    let (_, reads_after, listings_after) = counters(&mounted);
+    assert!(reads_after > reads && listings_after > listings);
+
+    blocking(move || mounted.mount.unmount().unwrap()).await;
+}

@@ -67,11 +67,51 @@ pub struct Attr {
     pub mtime: SystemTime,
 }
 
+/// One child of a directory, with its attributes: `readdirplus` hands them to the kernel so that
+/// `ls -l` needs no lookup per entry.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
     pub ino: u64,
     pub name: String,
     pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+}
+
+impl DirEntry {
+    pub fn attr(&self) -> Attr {
+        Attr {
+            ino: self.ino,
+            kind: self.kind,
+            size: self.size,
+            mtime: self.mtime,
+        }
+    }
+}
+
+/// A directory's children as listed at one moment, shared (never copied) by every reader:
+/// the kernel reads a 10,000-entry folder in hundreds of small requests.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub at: Instant,
+    pub entries: Arc<Vec<DirEntry>>,
+}
+
+impl Listing {
+    pub fn same_as(&self, other: &Listing) -> bool {
+        Arc::ptr_eq(&self.entries, &other.entries)
+    }
+}
+
+/// What the core has been asked, for tests that check which requests reach it.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Lookups of a name (the kernel had no valid entry for it).
+    pub lookups: AtomicU64,
+    /// Directory reads (the kernel had no valid cached copy of the directory).
+    pub directory_reads: AtomicU64,
+    /// Listings fetched from the store.
+    pub listings: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +124,9 @@ struct Node {
     /// Names this version of a file's content (for the disk cache).
     id: Option<ObjectId>,
     /// Directories: the children, when listed, and when.
-    listing: Option<(Instant, Vec<DirEntry>)>,
+    listing: Option<Listing>,
+    /// Directories: the listing the kernel last read from its start (and may have cached).
+    served: Option<Listing>,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +166,7 @@ impl Inodes {
                 mtime,
                 id,
                 listing: None,
+                served: None,
             },
         );
         ino
@@ -164,6 +207,7 @@ pub struct FsCore {
     /// Shared by every open file: storage that gave up for one gives up for all.
     outage: Arc<Outage>,
     mounted_at: SystemTime,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for FsCore {
@@ -188,6 +232,7 @@ impl FsCore {
                 mtime: now,
                 id: None,
                 listing: None,
+                served: None,
             },
         );
         inodes.by_path.insert((root.clone(), true), ROOT_INO);
@@ -203,6 +248,7 @@ impl FsCore {
             cache: None,
             outage: Arc::default(),
             mounted_at: now,
+            counters: Counters::default(),
         }
     }
 
@@ -230,6 +276,10 @@ impl FsCore {
         &self.root
     }
 
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     fn node(&self, ino: u64) -> Result<Node, FsError> {
         self.inodes
             .lock()
@@ -255,24 +305,23 @@ impl FsCore {
     }
 
     /// The children of a directory, listed if the cached listing is missing or stale.
-    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+    pub async fn readdir(&self, ino: u64) -> Result<Listing, FsError> {
         let node = self.node(ino)?;
         if node.kind != Kind::Directory {
             return Err(FsError::NotADirectory);
         }
-        if let Some((at, entries)) = &node.listing {
-            if at.elapsed() < self.options.attribute_ttl {
-                return Ok(entries.clone());
-            }
+        if let Some(listing) = node.listing.filter(|l| self.fresh(l)) {
+            return Ok(listing);
         }
-        let listing = list_all(self.store.as_ref(), &node.path, true).await?;
-        for refused in &listing.refused {
+        self.counters.listings.fetch_add(1, Ordering::Relaxed);
+        let listed = list_all(self.store.as_ref(), &node.path, true).await?;
+        for refused in &listed.refused {
             tracing::warn!(name = %refused.name, reason = %refused.reason, "name not shown in the mount");
         }
         let mut inodes = self.inodes.lock().unwrap();
         let mut entries: Vec<DirEntry> = Vec::new();
         let mut dir_names = std::collections::HashSet::new();
-        for dir in listing.directories {
+        for dir in listed.directories {
             let Some(name) = dir.file_name().map(str::to_owned) else {
                 continue;
             };
@@ -284,9 +333,11 @@ impl FsCore {
                 ino: child,
                 name,
                 kind: Kind::Directory,
+                size: 0,
+                mtime: self.mounted_at,
             });
         }
-        for object in listing.objects {
+        for object in listed.objects {
             let Some(name) = object.path.file_name().map(str::to_owned) else {
                 continue;
             };
@@ -301,18 +352,59 @@ impl FsCore {
                 object.last_modified,
                 object.content_md5,
             );
-            let child = inodes.upsert(object.path, Kind::File, object.size, mtime, Some(id));
+            let size = object.size;
+            let child = inodes.upsert(object.path, Kind::File, size, mtime, Some(id));
             entries.push(DirEntry {
                 ino: child,
                 name,
                 kind: Kind::File,
+                size,
+                mtime,
             });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let listing = Listing {
+            at: Instant::now(),
+            entries: Arc::new(entries),
+        };
         if let Some(node) = inodes.nodes.get_mut(&ino) {
-            node.listing = Some((Instant::now(), entries.clone()));
+            node.listing = Some(listing.clone());
         }
-        Ok(entries)
+        Ok(listing)
+    }
+
+    fn fresh(&self, listing: &Listing) -> bool {
+        listing.at.elapsed() < self.options.attribute_ttl
+    }
+
+    /// Opening a directory: may the kernel keep the listing it cached from an earlier read?
+    /// Only while that listing is the current one and younger than the TTL; otherwise the
+    /// kernel drops its copy and reads the directory again (and a stale listing is refreshed).
+    pub fn opendir(&self, ino: u64) -> Result<bool, FsError> {
+        let inodes = self.inodes.lock().unwrap();
+        let node = inodes.nodes.get(&ino).ok_or(FsError::NotFound)?;
+        if node.kind != Kind::Directory {
+            return Err(FsError::NotADirectory);
+        }
+        Ok(match (&node.listing, &node.served) {
+            (Some(listing), Some(served)) => self.fresh(listing) && listing.same_as(served),
+            _ => false,
+        })
+    }
+
+    /// The listing for a kernel directory read at `offset`. A read from the start is what the
+    /// kernel caches, so it is remembered for `opendir`.
+    pub async fn read_listing(&self, ino: u64, offset: u64) -> Result<Listing, FsError> {
+        self.counters
+            .directory_reads
+            .fetch_add(1, Ordering::Relaxed);
+        let listing = self.readdir(ino).await?;
+        if offset == 0 {
+            if let Some(node) = self.inodes.lock().unwrap().nodes.get_mut(&ino) {
+                node.served = Some(listing.clone());
+            }
+        }
+        Ok(listing)
     }
 
     fn hidden(&self, parent: u64, name: &str) -> bool {
@@ -320,12 +412,13 @@ impl FsCore {
     }
 
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
         // A fresh listing is searched in place (sorted by name): `ls -l` of a wide folder
         // does one lookup per entry, and copying the listing each time made that quadratic.
         let ino = match self.cached_child(parent, name) {
             Some(found) => found,
             None => {
-                let entries = self.readdir(parent).await?;
+                let entries = self.readdir(parent).await?.entries;
                 entries
                     .binary_search_by(|e| e.name.as_str().cmp(name))
                     .ok()
@@ -338,15 +431,16 @@ impl FsCore {
     /// `Some(child)` when `parent` has a listing younger than the TTL; `None` otherwise.
     fn cached_child(&self, parent: u64, name: &str) -> Option<Option<u64>> {
         let inodes = self.inodes.lock().unwrap();
-        let (at, entries) = inodes.nodes.get(&parent)?.listing.as_ref()?;
-        if at.elapsed() >= self.options.attribute_ttl {
+        let listing = inodes.nodes.get(&parent)?.listing.as_ref()?;
+        if !self.fresh(listing) {
             return None;
         }
         Some(
-            entries
+            listing
+                .entries
                 .binary_search_by(|e| e.name.as_str().cmp(name))
                 .ok()
-                .map(|i| entries[i].ino),
+                .map(|i| listing.entries[i].ino),
         )
     }
 

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, SessionACL,
 };
 
 use super::cache::DiskCache;
-use super::core::{Attr, FsCore, Kind};
+use super::core::{Attr, DirEntry, FsCore, Kind, Listing};
 
 /// The largest read request we ask the kernel for. The kernel splits reads into requests of at
 /// most `max_pages` pages (256 = 1 MiB unless an admin raised `fuse.max_pages_limit`), and
@@ -93,6 +94,15 @@ impl Filesystem for Adapter {
         // eight parallel readers; 64 as mountpoint-s3.
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Directory reads carry each entry's attributes (READDIRPLUS, always rather than the
+        // kernel's heuristic): `ls -l` and `find` of a folder then cost one request per few
+        // dozen entries instead of one lookup per entry.
+        if config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS)
+            .is_err()
+        {
+            tracing::debug!("the kernel does not offer READDIRPLUS; directory reads stay plain");
+        }
         Ok(())
     }
 
@@ -170,16 +180,19 @@ impl Filesystem for Adapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let core = self.core.clone();
-        self.spawn(async move {
-            match core.getattr(ino.0).await {
-                Ok(attr) if attr.kind == Kind::Directory => {
-                    reply.opened(FileHandle(0), FopenFlags::empty())
+        // The kernel caches what it reads of a directory (CACHE_DIR) and keeps that copy at the
+        // next open (KEEP_CACHE) while our listing is unchanged and within the TTL: a warm
+        // `ls` then never reaches us.
+        match self.core.opendir(ino.0) {
+            Ok(keep) => {
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if keep {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
-                Ok(_) => reply.error(Errno::ENOTDIR),
-                Err(e) => reply.error(errno(&e)),
+                reply.opened(FileHandle(0), flags)
             }
-        });
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn readdir(
@@ -192,25 +205,46 @@ impl Filesystem for Adapter {
     ) {
         let core = self.core.clone();
         self.spawn(async move {
-            let entries = match core.readdir(ino.0).await {
-                Ok(entries) => entries,
+            let listing = match core.read_listing(ino.0, offset).await {
+                Ok(listing) => listing,
                 Err(e) => return reply.error(errno(&e)),
             };
-            // Offsets: 1 = ".", 2 = "..", 3.. = entries; the kernel resumes after `offset`.
-            let dots = [
-                (ino.0, FileType::Directory, "."),
-                (ino.0, FileType::Directory, ".."),
-            ];
-            let listed = dots.into_iter().chain(entries.iter().map(|e| {
-                let kind = match e.kind {
-                    Kind::Directory => FileType::Directory,
-                    Kind::File => FileType::RegularFile,
-                };
-                (e.ino, kind, e.name.as_str())
-            }));
-            for (i, (child, kind, name)) in listed.enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+            for (next, entry) in entries_from(ino.0, &listing, offset) {
+                if reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name) {
                     break; // the kernel's buffer is full; it will ask again from here
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let core = self.core.clone();
+        let this = self.attr_maker();
+        self.spawn(async move {
+            let listing = match core.read_listing(ino.0, offset).await {
+                Ok(listing) => listing,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let ttl = core.attribute_ttl();
+            for (next, entry) in entries_from(ino.0, &listing, offset) {
+                let attr = this(&entry.attr());
+                if reply.add(
+                    INodeNo(entry.ino),
+                    next,
+                    &entry.name,
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
                 }
             }
             reply.ok();
@@ -257,6 +291,37 @@ impl Filesystem for Adapter {
     }
 }
 
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Directory => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
+/// A directory's entries after `offset`, each with the offset the kernel resumes from after it:
+/// 1 = ".", 2 = "..", 3.. = the listing in order.
+fn entries_from(
+    ino: u64,
+    listing: &Listing,
+    offset: u64,
+) -> impl Iterator<Item = (u64, std::borrow::Cow<'_, DirEntry>)> {
+    // The kernel takes no attributes from "." and ".." (it links neither), so theirs are nominal.
+    let dot = |name: &str| DirEntry {
+        ino,
+        name: name.into(),
+        kind: Kind::Directory,
+        size: 0,
+        mtime: std::time::SystemTime::UNIX_EPOCH,
+    };
+    [dot("."), dot("..")]
+        .into_iter()
+        .map(std::borrow::Cow::Owned)
+        .chain(listing.entries.iter().map(std::borrow::Cow::Borrowed))
+        .enumerate()
+        .skip(offset as usize)
+        .map(|(i, entry)| (i as u64 + 1, entry))
+}
+
 impl Adapter {
     fn attr_maker(&self) -> impl Fn(&Attr) -> FileAttr + Send + 'static {
         let (uid, gid) = (self.uid, self.gid);
@@ -269,11 +334,17 @@ pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
     cache: Option<Arc<DiskCache>>,
+    core: Arc<FsCore>,
 }
 
 impl Mounted {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The filesystem behind the mount (what reached it: `FsCore::counters`).
+    pub fn core(&self) -> &Arc<FsCore> {
+        &self.core
     }
 
     /// The mount's disk cache, if it has one.
@@ -333,7 +404,7 @@ pub fn mount(
 ) -> io::Result<Mounted> {
     let cache = core.cache().cloned();
     let adapter = Adapter {
-        core,
+        core: core.clone(),
         runtime,
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
@@ -383,5 +454,6 @@ pub fn mount(
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
         cache,
+        core,
     })
 }

@@ -122,13 +122,7 @@ impl Source {
         }
         let whole = match parts.len() {
             1 => parts.pop().expect("one part"),
-            _ => {
-                let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-                for part in parts {
-                    out.extend_from_slice(&part);
-                }
-                out.freeze()
-            }
+            _ => concat(parts),
         };
         let from = (range.start - aligned_start) as usize;
         Ok(whole.slice(from..from + (range.end - range.start) as usize))
@@ -251,13 +245,15 @@ impl FileReader {
             state.window = FIRST_WINDOW;
         }
 
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        // Slices of the buffers, copied into one only when a read spans two of them: most
+        // reads lie inside one buffer and go to the kernel without a copy.
+        let mut parts: Vec<Bytes> = Vec::with_capacity(1);
         let mut pos = offset;
         while pos < end {
             if let Some(buffer) = state.buffer.as_ref().filter(|b| b.covers(pos)) {
                 let from = (pos - buffer.start) as usize;
                 let to = ((end - buffer.start) as usize).min(buffer.data.len());
-                out.extend_from_slice(&buffer.data[from..to]);
+                parts.push(buffer.data.slice(from..to));
                 pos = buffer.start + to as u64;
                 continue;
             }
@@ -316,8 +312,19 @@ impl FileReader {
                 }
             }
         }
-        Ok(out.freeze())
+        Ok(match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => concat(parts),
+        })
     }
+}
+
+fn concat(parts: Vec<Bytes>) -> Bytes {
+    let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for part in parts {
+        out.extend_from_slice(&part);
+    }
+    out.freeze()
 }
 
 #[cfg(test)]
