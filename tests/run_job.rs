@@ -644,7 +644,10 @@ fn child_environment_and_argument_substitution() {
         .env("NOTIFY_SOCKET", "/tmp/x")
         .env("WATCHDOG_USEC", "1000")
         .env("WATCHDOG_PID", "1")
-        .env("DATAREF_TEST_INHERITED", "inherited");
+        .env("DATAREF_TEST_INHERITED", "inherited")
+        // dataref turns library backtraces off for itself only.
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE");
     let mut child = command.spawn().unwrap();
     let code = job.code(&mut child);
     job.expect_code(code, 0);
@@ -654,12 +657,19 @@ fn child_environment_and_argument_substitution() {
         .lines()
         .filter_map(|line| line.split_once('='))
         .collect();
-    for withheld in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+    for withheld in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "RUST_LIB_BACKTRACE",
+        "DATAREF_SET_RUST_LIB_BACKTRACE",
+    ] {
         assert!(
             !env.contains_key(withheld),
             "{withheld} reached the child:\n{env_text}"
         );
     }
+    assert_eq!(env.get("RUST_BACKTRACE"), Some(&"1"));
     let work = job.work.display().to_string();
     let train = format!("{work}/ds/train");
     let train_v2 = format!("{work}/ds/train_v2");

@@ -68,18 +68,15 @@ async fn read_all(reader: &FileReader, len: usize) -> Vec<u8> {
     out
 }
 
-fn block_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            !e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_str()
-                .unwrap()
-                .starts_with('.')
-        })
-        .count()
+/// Bytes the cache's data file really holds on disk (its holes excluded).
+fn allocated(cache: &DiskCache) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(cache.data_path()).unwrap().blocks() * 512
+}
+
+/// Only the lock file and the one data file: no file per block.
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
 }
 
 #[tokio::test]
@@ -96,7 +93,8 @@ async fn second_read_is_served_from_disk() {
     cache.wait_idle().await;
     let gets = store.gets();
     assert_eq!(cache.stats().blocks, 21);
-    assert_eq!(block_files(cache.dir()), 21);
+    assert!(allocated(&cache) >= len as u64, "the blocks are on disk");
+    assert_eq!(files_in(cache.dir()), 2);
 
     let warm = reader(&store, len, &cache);
     assert!(read_all(&warm, len).await == bytes);
@@ -139,7 +137,8 @@ async fn cap_evicts_the_least_recently_used_block() {
     );
     let stats = cache.stats();
     assert_eq!((stats.bytes, stats.evicted), (4 * BLOCK, 1));
-    assert_eq!(block_files(cache.dir()), 4);
+    // The evicted block's space went back to the disk (a punched hole), its slot reused.
+    assert_eq!(allocated(&cache), 4 * BLOCK);
 
     // A block larger than the cap is never cached (and evicts nothing).
     let small = DiskCache::open(CacheOptions {
@@ -174,7 +173,7 @@ async fn free_space_floor_is_respected() {
     let stats = cache.stats();
     assert_eq!((stats.inserted, stats.blocks), (0, 0));
     assert!(stats.skipped >= 8);
-    assert_eq!(block_files(cache.dir()), 0);
+    assert_eq!(allocated(&cache), 0);
 }
 
 #[tokio::test]
@@ -232,17 +231,23 @@ async fn a_corrupt_or_missing_block_is_fetched_again() {
     assert!(read_all(&reader(&store, len, &cache), len).await == bytes);
     cache.wait_idle().await;
 
-    let mut files: Vec<PathBuf> = std::fs::read_dir(cache.dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'))
-        .collect();
-    files.sort();
-    // Same length, other bytes; and a deleted block.
-    let mut corrupt = std::fs::read(&files[0]).unwrap();
-    corrupt[100] ^= 0xff;
-    std::fs::write(&files[0], corrupt).unwrap();
-    std::fs::remove_file(&files[1]).unwrap();
+    // One block's bytes changed in place; another's zeroed (a hole punched by someone else).
+    {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(cache.data_path())
+            .unwrap();
+        let first = cache.slot_offset(cache.slot_of(id(1), 0).unwrap());
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, first + 100).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], first + 100).unwrap();
+        let second = cache.slot_offset(cache.slot_of(id(1), 1).unwrap());
+        let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        fallocate(&file, punch, second as i64, BLOCK as i64).unwrap();
+    }
 
     let gets = store.gets();
     assert!(read_all(&reader(&store, len, &cache), len).await == bytes);

@@ -1,7 +1,7 @@
 //! The child's environment and `$VAR` substitution in its arguments (SPEC §4).
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 
 use crate::manifest::JobPlan;
 
@@ -12,6 +12,10 @@ fn is_withheld(name: &str, secret_vars: &[String]) -> bool {
         || name.starts_with("WATCHDOG_")
         || secret_vars.iter().any(|s| s == name)
 }
+
+/// Set (inherited by dataref's own children) when dataref, not the user, set
+/// `RUST_LIB_BACKTRACE=0` (see `cli::quiet_library_backtraces`): the script gets neither.
+pub const OWN_LIB_BACKTRACE: &str = "DATAREF_SET_RUST_LIB_BACKTRACE";
 
 /// The child's environment: `base` (dataref's own, or empty under the daemon), plus the
 /// manifest's `environment`, plus the reference variables; minus withheld variables.
@@ -24,6 +28,9 @@ pub fn child_environment(
         .into_iter()
         .filter(|(k, _)| !k.to_str().is_some_and(|k| is_withheld(k, secret_vars)))
         .collect();
+    if env.remove(OsStr::new(OWN_LIB_BACKTRACE)).is_some() {
+        env.remove(OsStr::new("RUST_LIB_BACKTRACE"));
+    }
     for (key, value) in &plan.environment {
         if !is_withheld(key, secret_vars) {
             env.insert(key.into(), value.into());
@@ -164,6 +171,18 @@ mod tests {
         let outputs = OsString::from(w.join("outputs"));
         assert_eq!(get("AZURE_ML_OUTPUT_out"), Some(outputs.clone()));
         assert_eq!(get("AZUREML_DATAREFERENCE_out"), Some(outputs));
+
+        // dataref's own RUST_LIB_BACKTRACE=0 stays with dataref; a user's reaches the script.
+        let ours = [("RUST_LIB_BACKTRACE", "0"), (OWN_LIB_BACKTRACE, "1")];
+        let env = child_environment(&plan, ours.map(|(k, v)| (k.into(), v.into())));
+        assert!(!env.contains_key(OsStr::new("RUST_LIB_BACKTRACE")));
+        assert!(!env.contains_key(OsStr::new(OWN_LIB_BACKTRACE)));
+        let users = [("RUST_LIB_BACKTRACE", "full")];
+        let env = child_environment(&plan, users.map(|(k, v)| (k.into(), v.into())));
+        assert_eq!(
+            env.get(OsStr::new("RUST_LIB_BACKTRACE")),
+            Some(&OsString::from("full"))
+        );
     }
 
     #[test]
