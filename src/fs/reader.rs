@@ -180,7 +180,7 @@ async fn fetch(
             let range = range.clone();
             async move {
                 let want = (range.end - range.start) as usize;
-                let mut out = BytesMut::with_capacity(want);
+                let mut out = pool::WINDOWS.take(want);
                 let mut stream = store.get_range(&path, range).await?;
                 while let Some(chunk) = stream.try_next().await? {
                     out.extend_from_slice(&chunk);
@@ -190,12 +190,98 @@ async fn fetch(
                         message: format!("{path}: received {} of {want} bytes", out.len()),
                     });
                 }
-                Ok(out.freeze())
+                Ok(pool::WINDOWS.freeze(out))
             }
         })
         .await;
     outage.record(&result);
     result
+}
+
+/// Read-ahead buffers are recycled. A fresh allocation of several MiB is a fresh mmap whose
+/// pages the kernel faults in and zeroes one by one: a fifth of the mount's CPU on a 1 GiB
+/// sequential read. Freed buffers wait here (at most `KEEP_BYTES` in all) for the next window of
+/// a similar size.
+mod pool {
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    /// Smaller buffers come from the allocator's own free lists.
+    const MIN_LEN: usize = 1024 * 1024;
+
+    pub struct Pool {
+        free: Mutex<Vec<Vec<u8>>>,
+        keep_bytes: usize,
+    }
+
+    /// The read-ahead windows of every mount in the process.
+    pub static WINDOWS: Pool = Pool::new(128 * 1024 * 1024);
+
+    impl Pool {
+        pub const fn new(keep_bytes: usize) -> Self {
+            Self {
+                free: Mutex::new(Vec::new()),
+                keep_bytes,
+            }
+        }
+
+        /// An empty buffer with room for `len` bytes (and not much more: a 64 MiB buffer is
+        /// not spent on a 1 MiB read).
+        pub fn take(&self, len: usize) -> Vec<u8> {
+            if len >= MIN_LEN {
+                let mut free = self.free.lock().unwrap();
+                let fits = free
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 2 * len)
+                    .min_by_key(|(_, b)| b.capacity())
+                    .map(|(i, _)| i);
+                if let Some(i) = fits {
+                    return free.swap_remove(i);
+                }
+            }
+            Vec::with_capacity(len)
+        }
+
+        /// `buffer`'s bytes, shared; the buffer comes back when the last slice is dropped.
+        pub fn freeze(&'static self, buffer: Vec<u8>) -> Bytes {
+            if buffer.capacity() < MIN_LEN {
+                return Bytes::from(buffer);
+            }
+            Bytes::from_owner(Recycled { buffer, pool: self })
+        }
+
+        fn give_back(&self, mut buffer: Vec<u8>) {
+            buffer.clear();
+            let mut free = self.free.lock().unwrap();
+            let kept: usize = free.iter().map(Vec::capacity).sum();
+            if kept + buffer.capacity() <= self.keep_bytes {
+                free.push(buffer);
+            }
+        }
+
+        #[cfg(test)]
+        pub fn kept(&self) -> usize {
+            self.free.lock().unwrap().iter().map(Vec::capacity).sum()
+        }
+    }
+
+    struct Recycled {
+        buffer: Vec<u8>,
+        pool: &'static Pool,
+    }
+
+    impl AsRef<[u8]> for Recycled {
+        fn as_ref(&self) -> &[u8] {
+            &self.buffer
+        }
+    }
+
+    impl Drop for Recycled {
+        fn drop(&mut self) {
+            self.pool.give_back(std::mem::take(&mut self.buffer));
+        }
+    }
 }
 
 impl FileReader {
@@ -376,6 +462,33 @@ mod tests {
             reader.read(offset, 10).await.unwrap().is_empty(),
             "EOF reads are empty"
         );
+    }
+
+    #[test]
+    fn window_buffers_are_reused_and_the_pool_is_bounded() {
+        let mib = 1024 * 1024;
+        let pool: &'static pool::Pool = Box::leak(Box::new(pool::Pool::new(128 * mib)));
+        let mut first = pool.take(8 * mib);
+        first.extend_from_slice(&vec![1u8; 8 * mib]);
+        let address = first.as_ptr();
+        let shared = pool.freeze(first);
+        let slice = shared.slice(10..20);
+        drop(shared);
+        assert_eq!(&slice[..], &[1u8; 10], "a slice keeps its bytes");
+        assert_eq!(pool.kept(), 0, "recycled while a slice was alive");
+        drop(slice);
+        // The same memory serves the next window of a similar size, empty.
+        let again = pool.take(6 * mib);
+        assert_eq!(again.as_ptr(), address);
+        assert!(again.is_empty());
+        // Never much larger than asked for: a 1 MiB read does not hold 8 MiB.
+        drop(pool.freeze(again));
+        let small = pool.take(mib);
+        assert_ne!(small.as_ptr(), address);
+        // Bounded: freeing far more than the limit keeps at most the limit.
+        let many: Vec<Bytes> = (0..40).map(|_| pool.freeze(pool.take(8 * mib))).collect();
+        drop(many);
+        assert_eq!(pool.kept(), 128 * mib);
     }
 
     #[tokio::test]
