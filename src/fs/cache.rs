@@ -221,7 +221,7 @@ pub struct CacheStats {
     pub evicted: u64,
     /// Blocks not cached: over the cap, below the free-space floor, writes backed up, or I/O.
     pub skipped: u64,
-    /// Cache files that failed their check (treated as misses).
+    /// Cached blocks that failed their check (treated as misses).
     pub corrupt: u64,
     /// What is cached now.
     pub blocks: u64,

@@ -21,7 +21,7 @@ use super::core::{Attr, DirEntry, FsCore, Kind, Listing};
 /// The largest read request we ask the kernel for. The kernel splits reads into requests of at
 /// most `max_pages` pages (256 = 1 MiB unless an admin raised `fuse.max_pages_limit`), and
 /// fewer, larger requests mean fewer round trips through /dev/fuse: 1 MiB is also the disk
-/// cache's block size, so a request touches one cache file.
+/// cache's block size, so a request touches one cache block.
 const MAX_REQUEST: u32 = 1024 * 1024;
 
 /// How a filesystem is mounted.
