@@ -15,11 +15,10 @@
 
 pub mod cli;
 pub mod daemon;
-pub mod datastore;
-pub mod exit;
 pub mod fs;
 pub mod job;
 pub mod manifest;
-pub mod schema;
+pub mod model;
+pub mod registry;
 pub mod store;
 pub mod transfer;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use common::azurite;
 use common::fault_proxy::{Fault, FaultProxy, Rule};
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
+use dataref::model::ObjectPath;
+use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::blob::BlobStore;
-use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
+use dataref::store::{PutOptions, Store, read_to_bytes};
 use dataref::transfer::{self, Engine, UploadSource};
 use md5::Digest;
 
@@ -25,13 +26,18 @@ async fn setup(dir: &Path) -> (FaultProxy, Arc<BlobStore>) {
         endpoint: Some(endpoint.clone()),
         credential: Credential::AccountKey(SecretRef::File(azurite::key_file(dir))),
     };
-    let store = BlobStore::new(&location, &endpoint).unwrap();
+    let store = BlobStore::new(
+        &location,
+        &endpoint,
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap();
     store.create_container().await.unwrap();
     (proxy, Arc::new(store))
 }
 
 fn engine() -> Engine {
-    let mut engine = Engine::new(128 * 1024 * 1024);
+    let mut engine = Engine::new(&dataref::store::Resources::new(128 * 1024 * 1024));
     engine.reserved_free_disk_bytes = 0;
     engine.stall_timeout = Duration::from_secs(1);
     engine
@@ -197,7 +203,14 @@ async fn a_sas_rotated_mid_download_keeps_the_job_going() {
         endpoint: Some(endpoint.clone()),
         credential: Credential::SasToken(SecretRef::File(sas_path.clone())),
     };
-    let store = Arc::new(BlobStore::new(&location, &endpoint).unwrap());
+    let store = Arc::new(
+        BlobStore::new(
+            &location,
+            &endpoint,
+            &dataref::store::Resources::new(64 * 1024 * 1024),
+        )
+        .unwrap(),
+    );
     let old_token_store = {
         let old = dir.path().join("old.sas");
         std::fs::copy(&sas_path, &old).unwrap();
@@ -205,7 +218,12 @@ async fn a_sas_rotated_mid_download_keeps_the_job_going() {
             credential: Credential::SasToken(SecretRef::File(old)),
             ..location.clone()
         };
-        BlobStore::new(&location, &endpoint).unwrap()
+        BlobStore::new(
+            &location,
+            &endpoint,
+            &dataref::store::Resources::new(64 * 1024 * 1024),
+        )
+        .unwrap()
     };
 
     // One file at a time, each response held back 250 ms: about 6 s in all, so the first

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use common::azurite;
 use common::cli::{output, run, run_in};
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
+use dataref::model::ObjectPath;
+use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::blob::BlobStore;
-use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
+use dataref::store::{PutOptions, Store, read_to_bytes};
 use md5::{Digest, Md5};
 use serde_json::json;
 
@@ -30,7 +31,12 @@ fn blob_store(container: &str, credential: Credential) -> BlobStore {
         endpoint: Some(endpoint.clone()),
         credential,
     };
-    BlobStore::new(&location, &endpoint).unwrap()
+    BlobStore::new(
+        &location,
+        &endpoint,
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap()
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::azurite;
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
+use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::blob::BlobStore;
 
 async fn store(dir: &std::path::Path, endpoint: &str, container: &str) -> BlobStore {
@@ -15,9 +15,13 @@ async fn store(dir: &std::path::Path, endpoint: &str, container: &str) -> BlobSt
         endpoint: Some(endpoint.into()),
         credential: Credential::AccountKey(SecretRef::File(azurite::key_file(dir))),
     };
-    let store = BlobStore::new(&location, endpoint)
-        .unwrap()
-        .with_page_size(3);
+    let store = BlobStore::new(
+        &location,
+        endpoint,
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap()
+    .with_page_size(3);
     store.create_container().await.unwrap();
     store
 }
@@ -56,8 +60,15 @@ async fn create_container_is_idempotent_and_a_wrong_key_is_refused() {
         endpoint: Some(azurite.endpoint()),
         credential: Credential::AccountKey(SecretRef::File(bad)),
     };
-    let wrong = Arc::new(BlobStore::new(&location, &azurite.endpoint()).unwrap());
-    let err = dataref::store::list_all(wrong.as_ref(), &dataref::store::ObjectPath::root(), false)
+    let wrong = Arc::new(
+        BlobStore::new(
+            &location,
+            &azurite.endpoint(),
+            &dataref::store::Resources::new(64 * 1024 * 1024),
+        )
+        .unwrap(),
+    );
+    let err = dataref::store::list_all(wrong.as_ref(), &dataref::model::ObjectPath::root(), false)
         .await
         .unwrap_err();
     assert!(

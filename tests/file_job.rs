@@ -9,9 +9,10 @@ use std::path::Path;
 
 use common::cli::{run, run_in};
 use common::filerest::{self, FileRest};
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
+use dataref::model::ObjectPath;
+use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::file::FileStore;
-use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
+use dataref::store::{PutOptions, Store, read_to_bytes};
 use md5::{Digest, Md5};
 use serde_json::json;
 
@@ -32,7 +33,12 @@ fn key_store(server: &FileRest, share: &str, key: &Path) -> FileStore {
         endpoint: Some(server.endpoint()),
         credential: Credential::AccountKey(SecretRef::File(key.to_path_buf())),
     };
-    FileStore::new(&location, &server.endpoint()).unwrap()
+    FileStore::new(
+        &location,
+        &server.endpoint(),
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap()
 }
 
 /// Every file under `root`, relative, sorted.

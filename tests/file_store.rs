@@ -10,9 +10,10 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use common::filerest::http::HttpRequest;
 use common::filerest::{self, FileRest, auth};
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
+use dataref::model::ObjectPath;
+use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::file::{FileStore, MAX_RANGE, is_temp_name};
-use dataref::store::{ListRequest, ObjectPath, PutOptions, Store, StoreError, list_all};
+use dataref::store::{ListRequest, PutOptions, Store, StoreError, list_all};
 use md5::{Digest, Md5};
 
 fn p(name: &str) -> ObjectPath {
@@ -26,7 +27,12 @@ fn store(server: &FileRest, share: &str, credential: Credential) -> FileStore {
         endpoint: Some(server.endpoint()),
         credential,
     };
-    FileStore::new(&location, &server.endpoint()).unwrap()
+    FileStore::new(
+        &location,
+        &server.endpoint(),
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap()
 }
 
 fn key_store(server: &FileRest, dir: &Path, share: &str) -> FileStore {

@@ -4,7 +4,7 @@
 
 use std::path::{Component, Path};
 
-use dataref::datastore::registry::Registry;
+use dataref::registry::Registry;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

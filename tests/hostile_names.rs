@@ -11,9 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::azurite;
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
-use dataref::fs::core::{FsCore, FsOptions, Kind, ROOT_INO};
-use dataref::store::ObjectPath;
+use dataref::fs::filesystem::{FsCore, FsOptions, Kind, ROOT_INO};
+use dataref::model::ObjectPath;
+use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::blob::BlobStore;
 use dataref::transfer::{self, Engine, SkipReason};
 
@@ -119,7 +119,14 @@ async fn hostile_blob_names_are_refused_by_download_and_mount() {
         endpoint: Some(endpoint.clone()),
         credential: Credential::AccountKey(SecretRef::File(azurite::key_file(dir.path()))),
     };
-    let store = Arc::new(BlobStore::new(&location, &endpoint).unwrap());
+    let store = Arc::new(
+        BlobStore::new(
+            &location,
+            &endpoint,
+            &dataref::store::Resources::new(64 * 1024 * 1024),
+        )
+        .unwrap(),
+    );
     store.create_container().await.unwrap();
     let sas = azurite::account_sas(&azurite::expiry_in(3600));
     let long = "L".repeat(300);
@@ -131,7 +138,7 @@ async fn hostile_blob_names_are_refused_by_download_and_mount() {
     // Download of the whole container into a target two levels below a sandbox.
     let sandbox = tempfile::tempdir().unwrap();
     let target = sandbox.path().join("deep/target");
-    let mut engine = Engine::new(64 * 1024 * 1024);
+    let mut engine = Engine::new(&dataref::store::Resources::new(64 * 1024 * 1024));
     engine.reserved_free_disk_bytes = 0;
     let report = tokio::time::timeout(
         std::time::Duration::from_secs(60),
@@ -173,7 +180,11 @@ async fn hostile_blob_names_are_refused_by_download_and_mount() {
     }
 
     // The mount shows exactly the same files.
-    let fs = FsCore::new(store, ObjectPath::root(), FsOptions::default());
+    let fs = FsCore::new(
+        store,
+        ObjectPath::root(),
+        FsOptions::new(dataref::model::MemoryBudget::new(256 * 1024 * 1024)),
+    );
     let shown = tokio::time::timeout(std::time::Duration::from_secs(60), files_in_mount(&fs))
         .await
         .expect("the walk through the mount ends");

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dataref::fs::core::FsOptions;
+use dataref::fs::filesystem::FsOptions;
 use dataref::fs::fuse::MountConfig;
 use dataref::fs::mount::mount_into;
+use dataref::model::ObjectPath;
 use dataref::store::local::LocalStore;
-use dataref::store::{ObjectPath, PutOptions, Store};
+use dataref::store::{PutOptions, Store};
 use futures::StreamExt;
 
 fn p(name: &str) -> ObjectPath {
@@ -89,7 +90,7 @@ async fn check_mount(store: Arc<dyn Store>, big_size: usize, small_count: usize,
         store,
         &p("data"),
         &mountpoint,
-        FsOptions::default(),
+        FsOptions::new(dataref::model::MemoryBudget::new(256 * 1024 * 1024)),
         &config("m"),
     )
     .await
@@ -296,7 +297,7 @@ async fn local_mount_is_exact_complete_and_read_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blob_mount_is_exact_complete_and_read_only() {
     use common::azurite;
-    use dataref::datastore::{AzureLocation, Credential, SecretRef};
+    use dataref::model::{AzureLocation, Credential, SecretRef};
     use dataref::store::azure::blob::BlobStore;
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
@@ -310,7 +311,12 @@ async fn blob_mount_is_exact_complete_and_read_only() {
         endpoint: Some(endpoint.clone()),
         credential: Credential::AccountKey(SecretRef::File(key)),
     };
-    let store = BlobStore::new(&location, &endpoint).unwrap();
+    let store = BlobStore::new(
+        &location,
+        &endpoint,
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap();
     store.create_container().await.unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
     let (big, small, wide) = (1024 * 1024 * 1024 + 11, 2000, 10_000);
@@ -341,7 +347,7 @@ async fn listings_carry_attributes_and_stay_in_the_kernel_within_the_ttl() {
     let ttl = std::time::Duration::from_secs(4);
     let options = FsOptions {
         attribute_ttl: ttl,
-        ..FsOptions::default()
+        ..FsOptions::new(dataref::model::MemoryBudget::new(256 * 1024 * 1024))
     };
     let mounted = mount_into(
         store.clone(),

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::tmpfs::Tmpfs;
 use dataref::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE, LOCK_FILE};
-use dataref::fs::core::FsOptions;
+use dataref::fs::filesystem::FsOptions;
 use dataref::fs::fuse::MountConfig;
 use dataref::fs::mount::{MountedPath, mount_into};
+use dataref::model::ObjectPath;
 use dataref::store::counting::CountingStore;
 use dataref::store::memory::MemoryStore;
-use dataref::store::{ObjectPath, PutOptions, Store};
+use dataref::store::{PutOptions, Store};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -59,7 +60,7 @@ async fn store_with(len: usize) -> (Arc<CountingStore>, Vec<u8>) {
 async fn mount(store: Arc<CountingStore>, mountpoint: &Path, cache: CacheOptions) -> MountedPath {
     let options = FsOptions {
         cache: Some(cache),
-        ..FsOptions::default()
+        ..FsOptions::new(dataref::model::MemoryBudget::new(256 * 1024 * 1024))
     };
     mount_into(store, &p("data"), mountpoint, options, &config("cache"))
         .await

@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{azurite, cli};
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
+use dataref::model::ObjectPath;
+use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::blob::BlobStore;
-use dataref::store::{ObjectPath, PutOptions, Store};
+use dataref::store::{PutOptions, Store};
 use serde_json::{Value, json};
 
 /// The secrets of one test, with the forms in which each could leak.
@@ -94,6 +95,7 @@ fn setup() -> Setup {
                     credential: Credential::AccountKey(SecretRef::File(key_file.clone())),
                 },
                 &endpoint,
+                &dataref::store::Resources::new(64 * 1024 * 1024),
             )
             .unwrap();
             store.create_container().await.unwrap();

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::azurite;
 use common::fault_proxy::FaultProxy;
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
+use dataref::model::ObjectPath;
+use dataref::model::{AzureLocation, Credential, SecretRef};
+use dataref::store::Store;
 use dataref::store::azure::blob::BlobStore;
-use dataref::store::{ObjectPath, Store};
 use futures::TryStreamExt;
 use md5::{Digest, Md5};
 use serde_json::json;
@@ -77,7 +78,12 @@ impl Job {
             endpoint: Some(endpoint.clone()),
             credential: Credential::AccountKey(SecretRef::File(self.key.clone())),
         };
-        BlobStore::new(&location, &endpoint).unwrap()
+        BlobStore::new(
+            &location,
+            &endpoint,
+            &dataref::store::Resources::new(64 * 1024 * 1024),
+        )
+        .unwrap()
     }
 
     fn output(&self) -> PathBuf {

@@ -2,7 +2,7 @@
 //! download and an upload; Azurite killed (SIGKILL) and restarted on the same port, its data
 //! kept by `--location`, during a 1 GiB download, an upload and a mounted read; storage gone for
 //! good; a full disk under a download and under the mount's cache. The figures printed here
-//! (`figure:` lines, run with `--nocapture`) are the ones in doc/RELIABILITY.md.
+//! (`figure:` lines, run with `--nocapture`) are the ones in docs/RELIABILITY.md.
 
 mod common;
 
@@ -15,15 +15,16 @@ use bytes::Bytes;
 use common::azurite::{self, Restartable};
 use common::fault_proxy::{Fault, FaultProxy, Rule};
 use common::tmpfs::Tmpfs;
-use dataref::datastore::{AzureLocation, Credential, SecretRef};
 use dataref::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE};
-use dataref::fs::core::FsOptions;
+use dataref::fs::filesystem::FsOptions;
 use dataref::fs::fuse::MountConfig;
 use dataref::fs::mount::mount_into;
+use dataref::model::ObjectPath;
+use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::blob::BlobStore;
 use dataref::store::counting::CountingStore;
 use dataref::store::memory::MemoryStore;
-use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
+use dataref::store::{PutOptions, Store, read_to_bytes};
 use dataref::transfer::{self, Engine, UploadSource};
 use md5::{Digest, Md5};
 
@@ -67,14 +68,19 @@ async fn blob_store(endpoint: &str, dir: &Path) -> Arc<BlobStore> {
         endpoint: Some(endpoint.to_owned()),
         credential: Credential::AccountKey(SecretRef::File(azurite::key_file(dir))),
     };
-    let store = BlobStore::new(&location, endpoint).unwrap();
+    let store = BlobStore::new(
+        &location,
+        endpoint,
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap();
     store.create_container().await.unwrap();
     Arc::new(store)
 }
 
 /// The defaults dataref runs with (retry policy, stall timeout), without the free-space floor.
 fn engine() -> Engine {
-    let mut engine = Engine::new(128 * MIB);
+    let mut engine = Engine::new(&dataref::store::Resources::new(128 * MIB));
     engine.reserved_free_disk_bytes = 0;
     engine
 }
@@ -457,7 +463,7 @@ async fn azurite_killed_and_restarted_during_a_mounted_read() {
         store,
         &p("data"),
         &mountpoint,
-        FsOptions::default(),
+        FsOptions::new(dataref::model::MemoryBudget::new(256 * 1024 * 1024)),
         &mount_config("outage"),
     )
     .await
@@ -536,7 +542,7 @@ fn container_of(store: &BlobStore) -> String {
 }
 
 /// `dataref download` against storage that is gone for good, from the start and half-way
-/// through: it gives up within the documented bound (doc/RELIABILITY.md), exits 69, names what
+/// through: it gives up within the documented bound (docs/RELIABILITY.md), exits 69, names what
 /// it was reading and why, and leaves no file behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
@@ -807,7 +813,7 @@ async fn the_mount_cache_gives_space_back_when_the_disk_fills() {
             reserved_free_bytes: floor,
             block_size: DEFAULT_BLOCK_SIZE,
         }),
-        ..FsOptions::default()
+        ..FsOptions::new(dataref::model::MemoryBudget::new(256 * 1024 * 1024))
     };
     let mountpoint = dir.path().join("mnt");
     let mounted = mount_into(

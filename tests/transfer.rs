@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dataref::model::ObjectPath;
 use dataref::store::local::LocalStore;
 use dataref::store::memory::MemoryStore;
-use dataref::store::{ObjectPath, PutOptions, Store, read_to_bytes};
+use dataref::store::{PutOptions, Store, read_to_bytes};
 use dataref::transfer::{self, Engine, SkipReason, TransferError, UploadSource};
 use md5::{Digest, Md5};
 
@@ -17,7 +18,7 @@ fn p(name: &str) -> ObjectPath {
 
 /// Small parts so that multi-part code paths run on small data.
 fn engine() -> Engine {
-    let mut engine = Engine::new(64 * 1024 * 1024);
+    let mut engine = Engine::new(&dataref::store::Resources::new(64 * 1024 * 1024));
     engine.part_size = 64 * 1024;
     engine.part_concurrency = 4;
     engine.reserved_free_disk_bytes = 0;

@@ -2,15 +2,15 @@
 
 use std::path::Path;
 
-use crate::exit::{ExitCode, Failure};
+use super::exit::CliError;
 use crate::fs::cleanup::{self, CleanupError};
 
 /// Prints one line per removed mount and a summary. Exits 0 when no dead mount is left
 /// (also when there was nothing to do), 74 when one could not be removed.
-pub fn run(_config_dir: &Path) -> Result<i32, Failure> {
+pub fn run(_config_dir: &Path) -> Result<i32, CliError> {
     let report = cleanup::cleanup_dead_mounts();
     if let Some(error) = &report.table_error {
-        return Err(Failure::new(ExitCode::IoErr, error.clone()));
+        return Err(CliError::MountsLeft(error.clone()));
     }
     for mount in &report.removed {
         println!(
@@ -52,7 +52,7 @@ pub fn run(_config_dir: &Path) -> Result<i32, Failure> {
     {
         message.push_str("; unmounting needs root: run `dataref cleanup` as root");
     }
-    Err(Failure::new(ExitCode::IoErr, message))
+    Err(CliError::MountsLeft(message))
 }
 
 fn plural(n: usize) -> &'static str {

@@ -1,13 +1,13 @@
-//! `dataref daemon` and its clients `submit`, `status`, `cancel`, `logs` (SPEC §6–§7).
+//! `dataref daemon` and its clients `submit`, `status`, `cancel`, `logs`.
 
 use std::path::{Path, PathBuf};
 
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
+use super::exit::{self, CliError};
 use crate::daemon::client::{Client, ClientError, query_value};
 use crate::daemon::{self, Config, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
-use crate::exit::{ExitCode, Failure};
 
 #[derive(Debug, clap::Args)]
 pub struct SocketArg {
@@ -71,17 +71,13 @@ pub struct LogsArgs {
     pub id: String,
 }
 
-pub fn daemon(config_dir: &Path, args: DaemonArgs) -> Result<i32, Failure> {
+pub fn daemon(config_dir: &Path, args: DaemonArgs) -> Result<i32, CliError> {
     let allow_group = match &args.allow_group {
         None => None,
         Some(group) => Some(resolve_group(group)?),
     };
-    let executable = std::env::current_exe().map_err(|e| {
-        Failure::new(
-            ExitCode::IoErr,
-            format!("cannot find dataref's own binary: {e}"),
-        )
-    })?;
+    let executable = std::env::current_exe()
+        .map_err(|e| CliError::local("cannot find dataref's own binary", e))?;
     let config = Config {
         socket: absolute(&args.socket.socket, "--socket")?,
         state_dir: absolute(&args.state_dir, "--state-dir")?,
@@ -91,36 +87,30 @@ pub fn daemon(config_dir: &Path, args: DaemonArgs) -> Result<i32, Failure> {
         executable,
     };
     let runtime = super::runtime()?;
-    runtime
-        .block_on(daemon::run(config))
-        .map_err(|e| Failure::new(ExitCode::IoErr, e.to_string()))?;
+    runtime.block_on(daemon::run(config))?;
     // SIGTERM after an orderly drain is a clean stop (systemd: Result=success).
     Ok(0)
 }
 
-fn absolute(path: &Path, flag: &str) -> Result<PathBuf, Failure> {
-    std::path::absolute(path).map_err(|e| Failure::new(ExitCode::Usage, format!("{flag}: {e}")))
+fn absolute(path: &Path, flag: &str) -> Result<PathBuf, CliError> {
+    std::path::absolute(path).map_err(|e| CliError::bad_argument(flag, e))
 }
 
-fn resolve_group(group: &str) -> Result<u32, Failure> {
+fn resolve_group(group: &str) -> Result<u32, CliError> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
     match nix::unistd::Group::from_name(group) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(Failure::new(
-            ExitCode::Usage,
-            format!("--allow-group: no group named {group:?}"),
+        _ => Err(CliError::bad_argument(
+            "--allow-group",
+            format!("no group named {group:?}"),
         )),
     }
 }
 
-fn client_failure(e: ClientError) -> Failure {
-    Failure::new(ExitCode::Unavailable, e.to_string())
-}
-
-/// Turns an API error answer into a message and exit code.
-fn api_failure(status: StatusCode, body: &Value) -> Failure {
+/// Turns an API error answer into a typed error with the daemon's message and problems.
+fn api_failure(status: StatusCode, body: &Value) -> CliError {
     let mut message = body["error"]
         .as_str()
         .unwrap_or("request failed")
@@ -136,23 +126,18 @@ fn api_failure(status: StatusCode, body: &Value) -> Failure {
             }
         }
     }
-    let code = match status {
-        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => ExitCode::DataErr,
-        StatusCode::NOT_FOUND => ExitCode::NoInput,
-        StatusCode::BAD_REQUEST => ExitCode::Usage,
-        StatusCode::FORBIDDEN => ExitCode::NoPerm,
-        _ => ExitCode::Unavailable,
-    };
-    Failure::new(code, message)
+    CliError::Answered {
+        status: status.as_u16(),
+        message,
+    }
 }
 
-pub fn submit(args: SubmitArgs) -> Result<i32, Failure> {
-    let manifest = std::fs::read(&args.manifest).map_err(|e| {
-        Failure::new(
-            ExitCode::NoInput,
-            format!("cannot read manifest {}: {e}", args.manifest.display()),
-        )
-    })?;
+pub fn submit(args: SubmitArgs) -> Result<i32, CliError> {
+    let manifest =
+        std::fs::read(&args.manifest).map_err(|source| crate::manifest::LoadError::Missing {
+            path: args.manifest.clone(),
+            source,
+        })?;
     let absolute = absolute(&args.manifest, "JOB.json")?;
     let base = absolute.parent().unwrap_or(Path::new("/"));
     let base = base.to_string_lossy();
@@ -160,10 +145,7 @@ pub fn submit(args: SubmitArgs) -> Result<i32, Failure> {
     runtime.block_on(async {
         let client = Client::new(&args.socket.socket);
         let path = format!("/v1/jobs?base_dir={}", query_value(&base));
-        let (status, body) = client
-            .json(Method::POST, &path, Some(manifest))
-            .await
-            .map_err(client_failure)?;
+        let (status, body) = client.json(Method::POST, &path, Some(manifest)).await?;
         if status != StatusCode::CREATED {
             return Err(api_failure(status, &body));
         }
@@ -176,8 +158,7 @@ pub fn submit(args: SubmitArgs) -> Result<i32, Failure> {
         print_logs(&client, &id, true).await?;
         let (status, record) = client
             .json(Method::GET, &format!("/v1/jobs/{id}"), None)
-            .await
-            .map_err(client_failure)?;
+            .await?;
         if status != StatusCode::OK {
             return Err(api_failure(status, &record));
         }
@@ -187,21 +168,18 @@ pub fn submit(args: SubmitArgs) -> Result<i32, Failure> {
         Ok(record["exit_code"]
             .as_i64()
             .map(|c| c as i32)
-            .unwrap_or(ExitCode::TempFail.code()))
+            .unwrap_or_else(exit::for_unfinished_daemon_job))
     })
 }
 
-async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), Failure> {
+async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), CliError> {
     use http_body_util::BodyExt;
     use std::io::Write;
     let path = format!(
         "/v1/jobs/{id}/logs{}",
         if follow { "?follow=1" } else { "" }
     );
-    let response = client
-        .request(Method::GET, &path, None)
-        .await
-        .map_err(client_failure)?;
+    let response = client.request(Method::GET, &path, None).await?;
     if response.status() != StatusCode::OK {
         let status = response.status();
         let bytes = response
@@ -216,7 +194,7 @@ async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), Failu
     let mut body = response.into_body();
     let mut stdout = std::io::stdout();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| client_failure(ClientError::Protocol(e.to_string())))?;
+        let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
         if let Some(data) = frame.data_ref() {
             let _ = stdout.write_all(data);
             let _ = stdout.flush();
@@ -225,7 +203,7 @@ async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), Failu
     Ok(())
 }
 
-pub fn status(args: StatusArgs) -> Result<i32, Failure> {
+pub fn status(args: StatusArgs) -> Result<i32, CliError> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let client = Client::new(&args.socket.socket);
@@ -233,10 +211,7 @@ pub fn status(args: StatusArgs) -> Result<i32, Failure> {
             Some(id) => format!("/v1/jobs/{id}"),
             None => "/v1/jobs".to_owned(),
         };
-        let (status, body) = client
-            .json(Method::GET, &path, None)
-            .await
-            .map_err(client_failure)?;
+        let (status, body) = client.json(Method::GET, &path, None).await?;
         if status != StatusCode::OK {
             return Err(api_failure(status, &body));
         }
@@ -275,14 +250,13 @@ pub fn status(args: StatusArgs) -> Result<i32, Failure> {
     })
 }
 
-pub fn cancel(args: CancelArgs) -> Result<i32, Failure> {
+pub fn cancel(args: CancelArgs) -> Result<i32, CliError> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let client = Client::new(&args.socket.socket);
         let (status, body) = client
             .json(Method::POST, &format!("/v1/jobs/{}/cancel", args.id), None)
-            .await
-            .map_err(client_failure)?;
+            .await?;
         if status != StatusCode::OK {
             return Err(api_failure(status, &body));
         }
@@ -291,7 +265,7 @@ pub fn cancel(args: CancelArgs) -> Result<i32, Failure> {
     })
 }
 
-pub fn logs(args: LogsArgs) -> Result<i32, Failure> {
+pub fn logs(args: LogsArgs) -> Result<i32, CliError> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let client = Client::new(&args.socket.socket);

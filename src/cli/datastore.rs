@@ -1,13 +1,15 @@
-//! `dataref datastore ...`: the registry commands (SPEC §1, §6).
+//! `dataref datastore ...`: the registry commands.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use crate::datastore::registry::Registry;
-use crate::datastore::{AzureLocation, Credential, DatastoreSpec, SecretRef, check_datastore_name};
-use crate::exit::{ExitCode, Failure};
-use crate::schema::Issues;
+use super::exit::CliError;
+use crate::model::datastore::{
+    AzureLocation, Credential, DatastoreSpec, SecretRef, check_datastore_name,
+};
+use crate::model::issues::Issues;
+use crate::registry::Registry;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -120,7 +122,7 @@ pub struct FileCredential {
     sas_env: Option<String>,
 }
 
-pub fn run(config_dir: &Path, command: Command) -> Result<i32, Failure> {
+pub fn run(config_dir: &Path, command: Command) -> Result<i32, CliError> {
     match command {
         Command::Register(register) => self::register(config_dir, register),
         Command::List => {
@@ -164,31 +166,29 @@ pub fn run(config_dir: &Path, command: Command) -> Result<i32, Failure> {
     }
 }
 
-fn lookup<'a>(registry: &'a Registry, name: &str) -> Result<&'a DatastoreSpec, Failure> {
+fn lookup<'a>(registry: &'a Registry, name: &str) -> Result<&'a DatastoreSpec, CliError> {
     registry.datastores.get(name).ok_or_else(|| {
         let known: Vec<&str> = registry.datastores.keys().map(String::as_str).collect();
-        let hint = match crate::schema::did_you_mean(name, &known) {
+        let hint = match crate::model::issues::did_you_mean(name, &known) {
             Some(s) => format!("; did you mean {s:?}?"),
             None if known.is_empty() => "; the registry is empty".to_owned(),
             None => format!("; registered: {}", known.join(", ")),
         };
-        Failure::new(
-            ExitCode::DataErr,
-            format!("unknown datastore {name:?}{hint}"),
-        )
+        CliError::UnknownDatastore {
+            name: name.to_owned(),
+            hint,
+        }
     })
 }
 
-fn save(registry: &Registry, config_dir: &Path) -> Result<(), Failure> {
-    registry
-        .save(config_dir)
-        .map_err(|e| Failure::new(ExitCode::IoErr, e.to_string()))
+fn save(registry: &Registry, config_dir: &Path) -> Result<(), CliError> {
+    Ok(registry.save(config_dir)?)
 }
 
-fn absolute(path: &Path) -> Result<PathBuf, Failure> {
+fn absolute(path: &Path) -> Result<PathBuf, CliError> {
     std::path::absolute(path)
-        .map(|p| crate::manifest::normalize_lexically(&p))
-        .map_err(|e| Failure::new(ExitCode::IoErr, format!("{}: {e}", path.display())))
+        .map(|p| crate::model::normalize_lexically(&p))
+        .map_err(|e| CliError::local(path.display().to_string(), e))
 }
 
 fn secret_from_flags(
@@ -196,7 +196,7 @@ fn secret_from_flags(
     key_env: Option<String>,
     sas_file: Option<PathBuf>,
     sas_env: Option<String>,
-) -> Result<Option<Credential>, Failure> {
+) -> Result<Option<Credential>, CliError> {
     let credential = match (key_file, key_env, sas_file, sas_env) {
         (Some(f), ..) => Credential::AccountKey(SecretRef::File(absolute(&f)?)),
         (_, Some(v), ..) => Credential::AccountKey(SecretRef::Env(v)),
@@ -207,15 +207,15 @@ fn secret_from_flags(
     Ok(Some(credential))
 }
 
-fn register(config_dir: &Path, register: Register) -> Result<i32, Failure> {
+fn register(config_dir: &Path, register: Register) -> Result<i32, CliError> {
     let (common, spec, create) = match register {
         Register::Local { common, root } => {
             let root = absolute(&root)?;
             if !root.is_dir() {
-                return Err(Failure::new(
-                    ExitCode::DataErr,
-                    format!("--root {}: not an existing directory", root.display()),
-                ));
+                return Err(CliError::InvalidDefinition(format!(
+                    "--root {}: not an existing directory",
+                    root.display()
+                )));
             }
             (common, DatastoreSpec::Local { root }, false)
         }
@@ -248,22 +248,17 @@ fn register(config_dir: &Path, register: Register) -> Result<i32, Failure> {
         }
     };
     check_datastore_name(&common.name)
-        .map_err(|message| Failure::new(ExitCode::DataErr, format!("--name: {message}")))?;
+        .map_err(|message| CliError::InvalidDefinition(format!("--name: {message}")))?;
     // Secret files are checked now, so a mistake shows at registration, not in a job.
     if let Some(secret) = spec.credential().and_then(Credential::secret_ref) {
-        secret
-            .check_permissions()
-            .map_err(|e| Failure::new(ExitCode::DataErr, e.to_string()))?;
+        secret.check_permissions()?;
     }
     let mut registry = super::load_registry(config_dir)?;
     if registry.datastores.contains_key(&common.name) && !common.overwrite {
-        return Err(Failure::new(
-            ExitCode::DataErr,
-            format!(
-                "datastore {:?} already exists; pass --overwrite to replace it",
-                common.name
-            ),
-        ));
+        return Err(CliError::InvalidDefinition(format!(
+            "datastore {:?} already exists; pass --overwrite to replace it",
+            common.name
+        )));
     }
     if create {
         create_container(&spec)?;
@@ -283,7 +278,7 @@ fn azure_spec(
     container: String,
     endpoint: Option<String>,
     credential: Credential,
-) -> Result<DatastoreSpec, Failure> {
+) -> Result<DatastoreSpec, CliError> {
     let location = AzureLocation {
         account_name: account,
         container,
@@ -299,8 +294,7 @@ fn azure_spec(
     let parsed = DatastoreSpec::parse(&spec.to_json(), "", Path::new("/"), &mut issues);
     match parsed {
         Some(parsed) if issues.is_empty() => Ok(parsed),
-        _ => Err(Failure::new(
-            ExitCode::DataErr,
+        _ => Err(CliError::InvalidDefinition(
             issues
                 .iter()
                 .map(|i| flag_name(&i.to_string()))
@@ -324,38 +318,36 @@ fn flag_name(message: &str) -> String {
     })
 }
 
+fn create_failed(what: &str, name: &str, source: crate::store::StoreError) -> CliError {
+    CliError::Storage {
+        context: format!("--create-if-not-exists: cannot create {what} {name:?}"),
+        source,
+        then: "; nothing was registered",
+    }
+}
+
 /// `--create-if-not-exists`: the only time registration contacts storage. Registration happens
 /// only once the container exists.
-fn create_container(spec: &DatastoreSpec) -> Result<(), Failure> {
-    let unavailable = |message: String| Failure::new(ExitCode::Unavailable, message);
+fn create_container(spec: &DatastoreSpec) -> Result<(), CliError> {
+    let resources = crate::store::Resources::new(crate::model::budget::DEFAULT_MEMORY_BUDGET);
     match spec {
         DatastoreSpec::AzureBlob(location) => {
             let url = spec.service_url().expect("Azure kinds have a service URL");
-            let store = crate::store::azure::blob::BlobStore::new(location, &url)
-                .map_err(|e| unavailable(e.to_string()))?;
+            let failed = |source| create_failed("container", &location.container, source);
+            let store = crate::store::azure::blob::BlobStore::new(location, &url, &resources)
+                .map_err(&failed)?;
             super::runtime()?
                 .block_on(store.create_container())
-                .map_err(|e| {
-                    unavailable(format!(
-                        "--create-if-not-exists: cannot create container {:?}: {e}; nothing \
-                         was registered",
-                        location.container
-                    ))
-                })
+                .map_err(failed)
         }
         DatastoreSpec::AzureFile(location) => {
             let url = spec.service_url().expect("Azure kinds have a service URL");
-            let store = crate::store::azure::file::FileStore::new(location, &url)
-                .map_err(|e| unavailable(e.to_string()))?;
+            let failed = |source| create_failed("share", &location.container, source);
+            let store = crate::store::azure::file::FileStore::new(location, &url, &resources)
+                .map_err(&failed)?;
             super::runtime()?
                 .block_on(store.create_share())
-                .map_err(|e| {
-                    unavailable(format!(
-                        "--create-if-not-exists: cannot create share {:?}: {e}; nothing was \
-                     registered",
-                        location.container
-                    ))
-                })
+                .map_err(failed)
         }
         DatastoreSpec::Local { .. } => Ok(()),
     }

@@ -1,9 +1,11 @@
-//! The command line (SPEC §6): a thin layer that reads flags and environment once, calls the
-//! library, and turns its typed errors into messages and exit codes.
+//! The command line: a thin layer that reads flags and environment once, calls the library,
+//! and turns its typed errors into messages and exit codes (`exit`, the one place that
+//! decides them).
 
 mod cleanup;
 mod daemon;
 mod datastore;
+pub mod exit;
 mod mount;
 mod run;
 mod transfer;
@@ -13,8 +15,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::datastore::registry::Registry;
-use crate::exit::{ExitCode, Failure};
+use crate::registry::Registry;
+use exit::{CliError, ExitCode};
 
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/dataref";
 
@@ -75,7 +77,7 @@ pub enum Command {
     /// job's) and other filesystems are never touched. Exits 0 when no dead mount is left, 74
     /// when one could not be removed (unmounting needs root).
     Cleanup,
-    /// Run as a service: accept jobs on a Unix socket and run each as its submitter (SPEC §7).
+    /// Run as a service: accept jobs on a Unix socket and run each as its submitter.
     ///
     /// Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG. SIGTERM stops intake,
     /// signals running scripts, waits their grace period, uploads their outputs and exits 0.
@@ -126,14 +128,14 @@ pub fn main() -> i32 {
     init_logging();
     match run(cli) {
         Ok(code) => code,
-        Err(failure) => {
-            eprintln!("dataref: error: {failure}");
-            failure.code.code()
+        Err(error) => {
+            eprintln!("dataref: error: {error}");
+            error.exit_code().code()
         }
     }
 }
 
-fn run(cli: Cli) -> Result<i32, Failure> {
+fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Run(args) => run::run(&cli.config_dir, args),
         Command::Validate(args) => validate::run(&cli.config_dir, args),
@@ -164,22 +166,14 @@ fn init_logging() {
     }
 }
 
-/// Loads the registry; a broken registry is a configuration error (exit 65).
-pub(crate) fn load_registry(config_dir: &std::path::Path) -> Result<Registry, Failure> {
-    Registry::load(config_dir).map_err(|e| match e {
-        crate::datastore::registry::RegistryError::Io { .. } => {
-            Failure::new(ExitCode::IoErr, e.to_string())
-        }
-        crate::datastore::registry::RegistryError::Invalid { .. } => {
-            Failure::new(ExitCode::DataErr, e.to_string())
-        }
-    })
+pub(crate) fn load_registry(config_dir: &std::path::Path) -> Result<Registry, CliError> {
+    Ok(Registry::load(config_dir)?)
 }
 
 /// The async runtime for commands that transfer data.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::new(ExitCode::IoErr, format!("cannot start the runtime: {e}")))
+        .map_err(|e| CliError::local("cannot start the runtime", e))
 }

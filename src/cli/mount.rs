@@ -4,13 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::exit::{ExitCode, Failure};
+use super::exit::CliError;
 use crate::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE};
-use crate::fs::core::FsOptions;
+use crate::fs::filesystem::FsOptions;
 use crate::fs::fuse::MountConfig;
 use crate::fs::mount::mount_into;
 use crate::job::supervise::JobSignals;
-use crate::store::ObjectPath;
+use crate::model::ObjectPath;
+use crate::model::budget::DEFAULT_MEMORY_BUDGET;
+use crate::store::Resources;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -40,16 +42,13 @@ pub struct Args {
     pub mountpoint: PathBuf,
 }
 
-pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
+pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
     let remote = ObjectPath::normalize(args.path.as_deref().unwrap_or(""))
-        .map_err(|e| Failure::new(ExitCode::Usage, format!("--path: {e}")))?;
-    let (name, store) = super::transfer::open(config_dir, args.datastore.as_deref())?;
-    let mountpoint = std::path::absolute(&args.mountpoint).map_err(|e| {
-        Failure::new(
-            ExitCode::Usage,
-            format!("{}: {e}", args.mountpoint.display()),
-        )
-    })?;
+        .map_err(|e| CliError::bad_argument("--path", e))?;
+    let resources = Resources::new(DEFAULT_MEMORY_BUDGET);
+    let (name, store) = super::transfer::open(config_dir, args.datastore.as_deref(), &resources)?;
+    let mountpoint = std::path::absolute(&args.mountpoint)
+        .map_err(|e| CliError::bad_argument(&args.mountpoint.display().to_string(), e))?;
     let cache = args
         .cache_dir
         .as_deref()
@@ -63,7 +62,7 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
     let options = FsOptions {
         attribute_ttl: Duration::from_secs(args.attribute_ttl),
         cache,
-        ..FsOptions::default()
+        ..FsOptions::new(resources.budget.clone())
     };
     let config = MountConfig {
         fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("mount"), &name),
@@ -71,11 +70,9 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
     };
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let mut signals = JobSignals::install()
-            .map_err(|e| Failure::new(ExitCode::IoErr, format!("signal handlers: {e}")))?;
-        let mounted = mount_into(store, &remote, &mountpoint, options, &config)
-            .await
-            .map_err(|e| Failure::new(ExitCode::Unavailable, e.to_string()))?;
+        let mut signals =
+            JobSignals::install().map_err(|e| CliError::local("signal handlers", e))?;
+        let mounted = mount_into(store, &remote, &mountpoint, options, &config).await?;
         eprintln!(
             "dataref: mounted {name}:{remote} at {} (read-only); stop with Ctrl-C or umount",
             mounted.local.display()
@@ -95,14 +92,14 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
         let mount = mounted.mount;
         tokio::task::spawn_blocking(move || mount.unmount())
             .await
-            .map_err(|e| Failure::new(ExitCode::IoErr, e.to_string()))?
-            .map_err(|e| Failure::new(ExitCode::IoErr, format!("unmount: {e}")))?;
+            .map_err(|e| CliError::local("unmount", e.into()))?
+            .map_err(|e| CliError::local("unmount", e))?;
         Ok(0)
     })
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
-    crate::manifest::parse_size(text)
+    crate::model::settings::parse_size(text)
 }
 
 /// Whether `path` is a mount point in this mount namespace.

@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::exit::{ExitCode, Failure};
+use super::exit::{self, CliError};
 use crate::job::identity::Identity;
 use crate::job::{self, RunOptions};
+use crate::store::Resources;
 use crate::transfer::ProgressMode;
 
 #[derive(Debug, clap::Args)]
@@ -35,26 +36,26 @@ pub struct Args {
     pub manifest: PathBuf,
 }
 
-pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
+pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
     let registry = super::load_registry(config_dir)?;
     let base_dir = match &args.base_dir {
-        Some(dir) => Some(
-            std::path::absolute(dir)
-                .map_err(|e| Failure::new(ExitCode::Usage, format!("--base-dir: {e}")))?,
-        ),
+        Some(dir) => {
+            Some(std::path::absolute(dir).map_err(|e| CliError::bad_argument("--base-dir", e))?)
+        }
         None => None,
     };
     let plan =
         super::validate::load_plan_with_base(&args.manifest, base_dir.as_deref(), &registry)?;
     if args.run_as.is_some() && !nix::unistd::geteuid().is_root() {
-        return Err(Failure::new(
-            ExitCode::Usage,
-            "--run-as needs root (dataref switches to that user for the script)",
+        return Err(CliError::bad_argument(
+            "--run-as",
+            "needs root (dataref switches to that user for the script)",
         ));
     }
     let job_dir = match args.job_dir {
-        Some(dir) => std::path::absolute(&dir)
-            .map_err(|e| Failure::new(ExitCode::Usage, format!("--job-dir: {e}")))?,
+        Some(dir) => {
+            std::path::absolute(&dir).map_err(|e| CliError::bad_argument("--job-dir", e))?
+        }
         None => RunOptions::default_job_dir(&plan),
     };
     let options = RunOptions {
@@ -71,9 +72,12 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
     let runtime = super::runtime()?;
     // `block_on` runs the job on this (main) thread, which outlives the child: the child's
     // PDEATHSIG is tied to the thread that spawned it.
-    let code = runtime.block_on(job::run(&plan, &options));
+    let resources = Resources::new(plan.memory_budget_bytes);
+    let finished = runtime.block_on(job::run(&plan, &options, &resources));
     // A transfer stuck in a blocking read (a hung NFS server) must not keep dataref alive
     // after the job has ended.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    Ok(code)
+    let finished = finished?;
+    let code = exit::for_job(&finished.end);
+    Ok(finished.close(code))
 }

@@ -3,10 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::datastore::registry::Registry;
-use crate::exit::{ExitCode, Failure};
-use crate::store::{self, ObjectPath};
-use crate::transfer::{self, Engine, ProgressMode, TransferError, TransferReport, UploadSource};
+use super::exit::CliError;
+use crate::model::ObjectPath;
+use crate::model::budget::DEFAULT_MEMORY_BUDGET;
+use crate::registry::Registry;
+use crate::store::{self, Resources};
+use crate::transfer::{self, Engine, ProgressMode, TransferReport, UploadSource};
 
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {
@@ -57,32 +59,36 @@ fn progress(no_progress: bool) -> ProgressMode {
 pub(crate) fn open(
     config_dir: &Path,
     name: Option<&str>,
-) -> Result<(String, std::sync::Arc<dyn store::Store>), Failure> {
+    resources: &Resources,
+) -> Result<(String, std::sync::Arc<dyn store::Store>), CliError> {
     let registry: Registry = super::load_registry(config_dir)?;
     let name = match name.or(registry.default.as_deref()) {
         Some(name) => name.to_owned(),
         None => {
-            return Err(Failure::new(
-                ExitCode::Usage,
-                "no --datastore given and the registry has no default",
+            return Err(CliError::Usage(
+                "no --datastore given and the registry has no default".into(),
             ));
         }
     };
     let spec = registry
         .datastores
         .get(&name)
-        .ok_or_else(|| Failure::new(ExitCode::DataErr, format!("unknown datastore {name:?}")))?;
-    let store = store::open(spec)
-        .map_err(|e| Failure::new(ExitCode::Unavailable, format!("datastore {name:?}: {e}")))?;
+        .ok_or_else(|| CliError::UnknownDatastore {
+            name: name.clone(),
+            hint: String::new(),
+        })?;
+    let store = store::open(spec, resources).map_err(|source| CliError::OpenStore {
+        name: name.clone(),
+        source,
+    })?;
     Ok((name, store))
 }
 
-fn remote_path(flag: &str, value: Option<&str>) -> Result<ObjectPath, Failure> {
-    ObjectPath::normalize(value.unwrap_or(""))
-        .map_err(|e| Failure::new(ExitCode::Usage, format!("{flag}: {e}")))
+fn remote_path(flag: &str, value: Option<&str>) -> Result<ObjectPath, CliError> {
+    ObjectPath::normalize(value.unwrap_or("")).map_err(|e| CliError::bad_argument(flag, e))
 }
 
-fn finish(verb: &str, report: TransferReport) -> Result<i32, Failure> {
+fn finish(verb: &str, report: TransferReport) -> Result<i32, CliError> {
     for skipped in &report.skipped {
         eprintln!("skipped {} ({:?})", skipped.path, skipped.reason);
     }
@@ -93,79 +99,62 @@ fn finish(verb: &str, report: TransferReport) -> Result<i32, Failure> {
     if report.errors.is_empty() {
         return Ok(0);
     }
-    // Only local I/O failures (this machine's disk): 74; any store failure: 69 (SPEC §5).
-    let code = if report.errors.iter().all(|e| e.local) {
-        ExitCode::IoErr
-    } else {
-        ExitCode::Unavailable
-    };
-    Err(Failure::new(
-        code,
-        format!("{} file(s) failed", report.errors.len()),
-    ))
+    Err(CliError::FilesFailed {
+        failed: report.errors.len(),
+        all_local: report.errors.iter().all(|e| e.local),
+    })
 }
 
-fn transfer_failure(e: TransferError) -> Failure {
-    let code = ExitCode::for_transfer(&e);
-    Failure::new(code, e.to_string())
-}
-
-pub fn upload(config_dir: &Path, args: UploadArgs) -> Result<i32, Failure> {
+pub fn upload(config_dir: &Path, args: UploadArgs) -> Result<i32, CliError> {
     let target = remote_path("--target-path", args.target_path.as_deref())?;
     let dirs = args.sources.iter().filter(|s| s.is_dir()).count();
     let source = match (dirs, args.sources.len()) {
         (1, 1) => UploadSource::Directory(args.sources[0].clone()),
         (0, _) => {
             if let Some(missing) = args.sources.iter().find(|s| !s.exists()) {
-                return Err(Failure::new(
-                    ExitCode::NoInput,
-                    format!("{}: no such file or directory", missing.display()),
-                ));
+                return Err(CliError::MissingSource {
+                    path: missing.clone(),
+                });
             }
             UploadSource::Files(args.sources.clone())
         }
         _ => {
-            return Err(Failure::new(
-                ExitCode::Usage,
-                "give one directory (its contents are uploaded) or only files, not both",
+            return Err(CliError::Usage(
+                "give one directory (its contents are uploaded) or only files, not both".into(),
             ));
         }
     };
-    let (_, store) = open(config_dir, args.datastore.as_deref())?;
-    let engine = Engine::new(crate::manifest::DEFAULT_MEMORY_BUDGET)
-        .with_progress(progress(args.no_progress));
+    let resources = Resources::new(DEFAULT_MEMORY_BUDGET);
+    let (_, store) = open(config_dir, args.datastore.as_deref(), &resources)?;
+    let engine = Engine::new(&resources).with_progress(progress(args.no_progress));
     let runtime = super::runtime()?;
-    let report = runtime
-        .block_on(transfer::upload(
-            &engine,
-            store,
-            &source,
-            &target,
-            args.overwrite,
-            &[],
-        ))
-        .map_err(transfer_failure)?;
+    let report = runtime.block_on(transfer::upload(
+        &engine,
+        store,
+        &source,
+        &target,
+        args.overwrite,
+        &[],
+    ))?;
     finish("uploaded", report)
 }
 
-pub fn download(config_dir: &Path, args: DownloadArgs) -> Result<i32, Failure> {
+pub fn download(config_dir: &Path, args: DownloadArgs) -> Result<i32, CliError> {
     let prefix = remote_path("--prefix", args.prefix.as_deref())?;
-    let (_, store) = open(config_dir, args.datastore.as_deref())?;
+    let resources = Resources::new(DEFAULT_MEMORY_BUDGET);
+    let (_, store) = open(config_dir, args.datastore.as_deref(), &resources)?;
     let target = std::path::absolute(&args.target_path)
-        .map_err(|e| Failure::new(ExitCode::Usage, format!("--target-path: {e}")))?;
+        .map_err(|e| CliError::bad_argument("--target-path", e))?;
     // The full name is kept under the target: blob a/b/x lands at DIR/a/b/x.
     let local = prefix.to_local(&target);
-    let engine = Engine::new(crate::manifest::DEFAULT_MEMORY_BUDGET)
-        .with_progress(progress(args.no_progress));
+    let engine = Engine::new(&resources).with_progress(progress(args.no_progress));
     let runtime = super::runtime()?;
-    let report = runtime
-        .block_on(transfer::download(
-            &engine,
-            store,
-            &prefix,
-            &local,
-            args.overwrite,
-        ))
-        .map_err(transfer_failure)?;
+    let report = runtime.block_on(transfer::download(
+        &engine,
+        store,
+        &prefix,
+        &local,
+        args.overwrite,
+    ))?;
     finish("downloaded", report)
 }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::exit::{ExitCode, Failure};
-use crate::manifest::{self, JobPlan, LoadError};
+use super::exit::CliError;
+use crate::manifest::{self, JobPlan};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,13 +17,10 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
-    // `validate` exits 0, 64, 65 or 66 (SPEC §5): a registry that cannot be read is a
-    // configuration problem here, not a local I/O failure of a job.
-    let registry = super::load_registry(config_dir).map_err(|f| match f.code {
-        ExitCode::IoErr => Failure::new(ExitCode::DataErr, f.message),
-        _ => f,
-    })?;
+pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
+    // `validate` exits 0, 64, 65 or 66.
+    let registry =
+        crate::registry::Registry::load(config_dir).map_err(CliError::RegistryForValidation)?;
     let plan = load_plan(&args.manifest, &registry)?;
     if args.json {
         println!(
@@ -36,12 +33,11 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, Failure> {
     Ok(0)
 }
 
-/// Loads a manifest, turning its errors into the exit codes of SPEC §5 with every problem
-/// listed (one per line, each starting with its JSON path).
+/// Loads a manifest with every problem listed (one per line, each starting with its JSON path).
 pub(crate) fn load_plan(
     path: &Path,
-    registry: &crate::datastore::registry::Registry,
-) -> Result<JobPlan, Failure> {
+    registry: &crate::registry::Registry,
+) -> Result<JobPlan, CliError> {
     load_plan_with_base(path, None, registry)
 }
 
@@ -49,26 +45,9 @@ pub(crate) fn load_plan(
 pub(crate) fn load_plan_with_base(
     path: &Path,
     base: Option<&Path>,
-    registry: &crate::datastore::registry::Registry,
-) -> Result<JobPlan, Failure> {
-    manifest::load_with_base(path, base, registry).map_err(|e| match e {
-        LoadError::Missing { path, source } => Failure::new(
-            ExitCode::NoInput,
-            format!("cannot read manifest {}: {source}", path.display()),
-        ),
-        LoadError::Invalid { path, issues } => {
-            let mut message = format!(
-                "{} is invalid ({} problem{}):",
-                path.display(),
-                issues.len(),
-                if issues.len() == 1 { "" } else { "s" }
-            );
-            for issue in issues {
-                message.push_str(&format!("\n  {issue}"));
-            }
-            Failure::new(ExitCode::DataErr, message)
-        }
-    })
+    registry: &crate::registry::Registry,
+) -> Result<JobPlan, CliError> {
+    Ok(manifest::load_with_base(path, base, registry)?)
 }
 
 fn print_plan(plan: &JobPlan) {
@@ -92,8 +71,8 @@ fn print_plan(plan: &JobPlan) {
 
 fn policy_name(plan: &JobPlan) -> &'static str {
     match plan.upload_policy {
-        manifest::UploadPolicy::Always => "always",
-        manifest::UploadPolicy::OnSuccess => "on_success",
+        crate::model::UploadPolicy::Always => "always",
+        crate::model::UploadPolicy::OnSuccess => "on_success",
     }
 }
 

@@ -1,4 +1,4 @@
-//! What a non-root peer may ask of a root daemon (SPEC §7). The daemon reads secrets and writes
+//! What a non-root peer may ask of a root daemon. The daemon reads secrets and writes
 //! downloads as root, so a job submitted by a user must not make it read or write anything that
 //! user could not: secrets must be files the user owns (or the registry's own keys), never
 //! variables of the daemon's environment, and every local path must lie in a place the user owns.
@@ -6,9 +6,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::datastore::SecretRef;
 use crate::manifest::JobPlan;
-use crate::schema::Issue;
+use crate::model::SecretRef;
+use crate::model::issues::Issue;
 
 /// The reasons `plan` may not run for the non-root user `uid`; empty when it may.
 pub fn check_non_root(plan: &JobPlan, uid: u32, config_dir: &Path) -> Vec<Issue> {

@@ -1,4 +1,4 @@
-//! The job API (SPEC §7): HTTP/1.1 + JSON on a Unix socket, with the caller known from the
+//! The job API: HTTP/1.1 + JSON on a Unix socket, with the caller known from the
 //! kernel's peer credentials, never from anything it sends.
 //!
 //! `POST /v1/jobs` (manifest; `?base_dir=` for relative paths) → 201 `{"id"}`;
@@ -25,7 +25,7 @@ use tokio::net::UnixListener;
 use super::peer::Peer;
 use super::record::JobRecord;
 use super::{CancelError, Config, Daemon, DaemonError, io_error};
-use crate::schema::Issue;
+use crate::model::issues::Issue;
 
 /// Manifests are small; anything bigger is a mistake or an attack.
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
@@ -204,7 +204,7 @@ fn check_submission(
     base_dir: &std::path::Path,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let registry = crate::datastore::registry::Registry::load(&daemon.config.config_dir)
+    let registry = crate::registry::Registry::load(&daemon.config.config_dir)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let manifest_path = base_dir.join("manifest.json");
     let plan = crate::manifest::parse_bytes(body, &manifest_path, base_dir, &registry).map_err(

@@ -1,4 +1,4 @@
-//! Service mode (SPEC §7): `dataref daemon` accepts jobs over a Unix socket and runs each one as
+//! Service mode: `dataref daemon` accepts jobs over a Unix socket and runs each one as
 //! a `dataref run` child process — one supervisor per job, so a job's signals, mounts and
 //! subreaper duties stay its own, and a job that crashes cannot take the daemon down.
 //!

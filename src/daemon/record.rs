@@ -91,7 +91,7 @@ pub struct JobRecord {
     pub submitted_at: f64,
     pub started_at: Option<f64>,
     pub finished_at: Option<f64>,
-    /// The job's exit code (`dataref run`'s: the script's, or SPEC §5's codes).
+    /// The job's exit code (`dataref run`'s: the script's, or one of dataref's own).
     pub exit_code: Option<i32>,
     /// The `dataref run` process of the job while it runs.
     pub runner: Option<ProcessId>,

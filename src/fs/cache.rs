@@ -39,7 +39,7 @@ use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::store::ObjectPath;
+use crate::model::ObjectPath;
 
 /// Default block size: the largest read the kernel sends a FUSE filesystem (256 pages).
 pub const DEFAULT_BLOCK_SIZE: u64 = 1024 * 1024;
@@ -66,7 +66,7 @@ impl CacheOptions {
     /// The cache of mount `name` per the job's `mount` settings: under `cache_dir`, else under
     /// `default_root`; `None` when `cache_size_bytes` is 0 (caching off).
     pub fn from_settings(
-        settings: &crate::manifest::MountSettings,
+        settings: &crate::model::MountSettings,
         default_root: &Path,
         name: &str,
     ) -> Option<Self> {

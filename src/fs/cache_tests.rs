@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::fs::core::{FsCore, FsOptions, ROOT_INO};
+use crate::fs::filesystem::{FsCore, FsOptions, ROOT_INO};
 use crate::fs::reader::FileReader;
+use crate::model::MemoryBudget;
 use crate::store::counting::CountingStore;
 use crate::store::memory::MemoryStore;
 use crate::store::{PutOptions, Store};
-use crate::transfer::MemoryBudget;
 
 const BLOCK: u64 = 64 * 1024;
 
@@ -198,7 +198,7 @@ async fn a_changed_object_is_a_miss() {
     let store = Arc::new(CountingStore::new(Arc::new(memory.clone())));
     let options = FsOptions {
         attribute_ttl: Duration::ZERO,
-        ..FsOptions::default()
+        ..FsOptions::new(crate::model::MemoryBudget::new(256 * 1024 * 1024))
     };
     let core = FsCore::new(store.clone(), p("d"), options).with_cache(cache.clone());
     let fh = open_f(&core).await;
@@ -301,7 +301,7 @@ async fn the_directory_is_ours_alone_and_removed_on_close() {
 
 #[test]
 fn settings_choose_the_directory_and_zero_turns_the_cache_off() {
-    use crate::manifest::MountSettings;
+    use crate::model::MountSettings;
     let job = Path::new("/job/cache");
     let default = CacheOptions::from_settings(&MountSettings::default(), job, "train").unwrap();
     assert_eq!(default.dir, Path::new("/job/cache/train"));

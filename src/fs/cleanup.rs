@@ -1,4 +1,4 @@
-//! Dead-mount cleanup (SPEC §6 `dataref cleanup`, §7 "At start").
+//! Dead-mount cleanup: `dataref cleanup`, and what `dataref run` and the daemon do at start.
 //!
 //! dataref names every mount it makes `dataref:<job>:<ref>` (the mount *source*, shown by
 //! `/proc/self/mountinfo`), where `<job>` always ends in `.<pid>` of the process serving the

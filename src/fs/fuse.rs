@@ -16,7 +16,8 @@ use fuser::{
 };
 
 use super::cache::DiskCache;
-use super::core::{Attr, DirEntry, FsCore, Kind, Listing};
+use super::filesystem::{Attr, DirEntry, FsCore, FsError, Kind, Listing};
+use crate::store::StoreError;
 
 /// The largest read request we ask the kernel for. The kernel splits reads into requests of at
 /// most `max_pages` pages (256 = 1 MiB unless an admin raised `fuse.max_pages_limit`), and
@@ -40,11 +41,23 @@ struct Adapter {
     gid: u32,
 }
 
-fn errno(e: &super::core::FsError) -> Errno {
-    if matches!(e, super::core::FsError::Store(_)) {
-        tracing::warn!(error = %e, "storage error in the mount");
+/// The one place a failure becomes an errno.
+fn errno(e: &FsError) -> Errno {
+    match e {
+        FsError::NotFound | FsError::Store(StoreError::NotFound { .. }) => Errno::ENOENT,
+        FsError::NotADirectory => Errno::ENOTDIR,
+        FsError::IsADirectory => Errno::EISDIR,
+        FsError::BadHandle => Errno::EBADF,
+        FsError::ReadOnly => Errno::from_i32(libc::EROFS),
+        // ENOSYS, not ENODATA: the kernel then remembers that this filesystem has no extended
+        // attributes and stops asking (`ls -l` asks twice per entry otherwise).
+        FsError::Unsupported => Errno::from_i32(libc::ENOSYS),
+        FsError::Store(StoreError::PermissionDenied { .. }) => Errno::EACCES,
+        FsError::Store(_) => {
+            tracing::warn!(error = %e, "storage error in the mount");
+            Errno::EIO
+        }
     }
-    Errno::from_i32(e.errno())
 }
 
 /// The kernel's view of an entry: read-only permissions, owned by dataref's user.
@@ -108,7 +121,7 @@ impl Filesystem for Adapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str().map(str::to_owned) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(errno(&FsError::NotFound));
         };
         let core = self.core.clone();
         let this = self.attr_maker();
@@ -133,7 +146,7 @@ impl Filesystem for Adapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::from_i32(libc::EROFS));
+            return reply.error(errno(&FsError::ReadOnly));
         }
         let core = self.core.clone();
         self.spawn(async move {
@@ -270,13 +283,11 @@ impl Filesystem for Adapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        // ENOSYS, not ENODATA: the kernel then remembers that this filesystem has no extended
-        // attributes and stops asking (`ls -l` asks twice per entry otherwise).
-        reply.error(Errno::from_i32(libc::ENOSYS));
+        reply.error(errno(&FsError::Unsupported));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::from_i32(libc::ENOSYS));
+        reply.error(errno(&FsError::Unsupported));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -285,7 +296,7 @@ impl Filesystem for Adapter {
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
         if mask.bits() & libc::W_OK != 0 {
-            return reply.error(Errno::from_i32(libc::EROFS));
+            return reply.error(errno(&FsError::ReadOnly));
         }
         reply.ok();
     }
@@ -456,4 +467,42 @@ pub fn mount(
         cache,
         core,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_one_errno() {
+        let store_error = |e| FsError::Store(e);
+        let cases = [
+            (FsError::NotFound, libc::ENOENT),
+            (
+                store_error(StoreError::NotFound { path: "a".into() }),
+                libc::ENOENT,
+            ),
+            (FsError::NotADirectory, libc::ENOTDIR),
+            (FsError::IsADirectory, libc::EISDIR),
+            (FsError::BadHandle, libc::EBADF),
+            (FsError::ReadOnly, libc::EROFS),
+            (FsError::Unsupported, libc::ENOSYS),
+            (
+                store_error(StoreError::PermissionDenied {
+                    path: "a".into(),
+                    reason: "403".into(),
+                }),
+                libc::EACCES,
+            ),
+            (
+                store_error(StoreError::Network {
+                    message: "reset".into(),
+                }),
+                libc::EIO,
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(errno(&error), Errno::from_i32(expected), "{error:?}");
+        }
+    }
 }

@@ -1,12 +1,12 @@
 //! The `mount` mode: a read-only FUSE filesystem over any `Store`.
 //!
-//! `core` is the filesystem (namespace, attributes, reads) with no kernel involved; `reader`
+//! `filesystem` is the filesystem (namespace, attributes, reads) with no kernel involved; `reader`
 //! is the per-file read path with read-ahead; `cache` the optional on-disk block cache under
 //! it; `fuse` is the thin adapter to the kernel.
 
 pub mod cache;
 pub mod cleanup;
-pub mod core;
+pub mod filesystem;
 pub mod fuse;
 pub mod mount;
 pub mod reader;

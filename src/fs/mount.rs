@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::cache::DiskCache;
-use super::core::{FsCore, FsOptions};
+use super::filesystem::{FsCore, FsOptions};
 use super::fuse::{MountConfig, Mounted, mount};
-use crate::store::{ListRequest, ObjectPath, Store, StoreError};
+use crate::model::ObjectPath;
+use crate::store::{ListRequest, Store, StoreError};
 
 /// A mounted reference: where the data appears, and the live mount behind it.
 pub struct MountedPath {
@@ -16,7 +17,7 @@ pub struct MountedPath {
     pub mount: Mounted,
 }
 
-/// Mounts `remote` of `store` so that it appears at `local` (SPEC §3): a directory prefix is
+/// Mounts `remote` of `store` so that it appears at `local`: a directory prefix is
 /// mounted at `local`; a single object is shown as the file `local`, inside a mount of its
 /// parent directory that shows only it.
 pub async fn mount_reference(

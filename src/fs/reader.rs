@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use super::cache::{DiskCache, ObjectId};
-use crate::store::retry::RetryPolicy;
-use crate::store::{ObjectPath, Store, StoreError};
-use crate::transfer::MemoryBudget;
+use crate::model::MemoryBudget;
+use crate::model::RetryPolicy;
+use crate::model::budget::BudgetPermit;
+use crate::model::{ObjectPath, Retryable};
+use crate::store::{Store, StoreError};
 
 const FIRST_WINDOW: u64 = 1024 * 1024;
 const MAX_WINDOW: u64 = 64 * 1024 * 1024;
@@ -34,7 +35,7 @@ const MIN_RANDOM_FETCH: u64 = 256 * 1024;
 struct Buffer {
     start: u64,
     data: Bytes,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<BudgetPermit>,
 }
 
 impl Buffer {
@@ -137,7 +138,7 @@ fn align_end(end: u64, align: u64, size: u64) -> u64 {
 struct ReadAhead {
     start: u64,
     task: JoinHandle<Result<Bytes, StoreError>>,
-    permit: OwnedSemaphorePermit,
+    permit: BudgetPermit,
 }
 
 #[derive(Default)]
@@ -387,7 +388,7 @@ impl FileReader {
             if ahead < self.size {
                 state.window = (state.window * 2).min(MAX_WINDOW);
                 let until = align_end(ahead + state.window, self.source.alignment(), self.size);
-                if let Some(permit) = self.budget.try_acquire_owned(until - ahead) {
+                if let Some(permit) = self.budget.try_acquire(until - ahead) {
                     let source = self.source.clone();
                     let task = tokio::spawn(async move { source.fetch(ahead..until).await });
                     state.read_ahead = Some(ReadAhead {
@@ -520,7 +521,7 @@ mod tests {
             .await
             .unwrap();
         let budget = MemoryBudget::new(64 * 1024);
-        let _all = budget.try_acquire_owned(64 * 1024).unwrap();
+        let _all = budget.try_acquire(64 * 1024).unwrap();
         let reader = FileReader::new(Arc::new(store), path, bytes.len() as u64, budget);
         let mut offset = 0;
         while offset < bytes.len() as u64 {

@@ -1,4 +1,4 @@
-//! The child's environment and `$VAR` substitution in its arguments (SPEC §4).
+//! The child's environment and `$VAR` substitution in its arguments.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -113,8 +113,8 @@ mod tests {
     /// and `WATCHDOG_*` never reach the child, not even through the manifest's `environment`.
     #[test]
     fn child_environment_withholds_secrets_and_systemd_variables() {
-        use crate::datastore::registry::Registry;
-        use crate::schema::Issues;
+        use crate::model::issues::Issues;
+        use crate::registry::Registry;
         // The secret's variable must be set for validation to pass; PATH always is, and
         // setting a variable of our own would race with other tests' threads.
         let manifest = serde_json::json!({
@@ -134,7 +134,7 @@ mod tests {
         let mut registry = Registry::default();
         let registered = serde_json::json!({"kind": "azure_blob", "account_name": "acct",
             "container_name": "cont", "account_key": {"env": "REGISTRY_KEY"}});
-        let spec = crate::datastore::DatastoreSpec::parse(&registered, "r", w, &mut issues);
+        let spec = crate::model::DatastoreSpec::parse(&registered, "r", w, &mut issues);
         registry
             .datastores
             .insert("registered".into(), spec.unwrap());

@@ -1,4 +1,4 @@
-//! Running a job's script as another user (SPEC §7: the daemon runs each job as the peer that
+//! Running a job's script as another user (the daemon runs each job as the peer that
 //! submitted it). dataref itself stays root — FUSE mounts need it — and only the script drops to
 //! the identity; what dataref creates for the script (upload folders, downloaded files) is handed
 //! to the identity so the script can use it as its own.

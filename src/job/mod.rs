@@ -1,7 +1,9 @@
-//! A job from start to end (SPEC §3–§5): prepare inputs → run the script → stage out.
+//! A job from start to end: prepare inputs → run the script → stage out.
 //!
 //! Every phase writes what happened into `result.json` in the job directory, and `job.log`
-//! holds dataref's lines and the script's output. The exit code follows SPEC §5.
+//! holds dataref's lines and the script's output. The job reports how it ended as a typed
+//! [`JobEnd`]; the command line decides the exit code from it and [`FinishedJob::close`] records
+//! that code, so exit codes are decided in one place (`cli::exit`).
 
 pub mod env;
 pub mod identity;
@@ -14,13 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::exit::ExitCode;
 use crate::fs::cache::{CacheOptions, DiskCache};
-use crate::fs::core::FsOptions;
+use crate::fs::filesystem::FsOptions;
 use crate::fs::fuse::MountConfig;
 use crate::fs::mount::{MountedPath, mount_reference};
-use crate::manifest::{JobPlan, Mode, UploadPolicy};
-use crate::store::{self, Store};
+use crate::manifest::{JobPlan, Mode};
+use crate::model::UploadPolicy;
+use crate::store::{self, Resources, Store};
 use crate::transfer::{self, Engine, ProgressMode, TransferError, UploadJournal, UploadSource};
 use identity::Identity;
 use log::JobLog;
@@ -49,17 +51,99 @@ impl RunOptions {
     }
 }
 
-/// Runs a validated job and returns the process exit code. Must be called from the thread that
+/// What stopped a job before it had a record (nothing was prepared or run).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("datastore {datastore:?}: {source}")]
+    OpenStore {
+        datastore: String,
+        #[source]
+        source: store::StoreError,
+    },
+    #[error("cannot create job directory {}: {source}", path.display())]
+    JobDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    JobLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a job that ran (or tried to) ended: facts, from which `cli::exit` decides the code.
+#[derive(Debug)]
+pub enum JobEnd {
+    Succeeded,
+    /// The script failed on its own with this shell code (128+N for signal N; 126/127 when it
+    /// could not be started).
+    ScriptFailed {
+        code: i32,
+    },
+    /// A termination signal was forwarded to the script, which then exited with `code`.
+    Preempted {
+        code: i32,
+    },
+    /// The script exited 0 but not every output arrived.
+    StageOutFailed,
+    /// A termination signal arrived before the script started.
+    SignalledBeforeStart(nix::sys::signal::Signal),
+    /// An input could not be made available; the script did not run.
+    InputFailed(InputFailure),
+    /// `--stage-out-only`: the outputs of an interrupted run were uploaded (or not all).
+    Recovered {
+        uploads_ok: bool,
+    },
+}
+
+/// Why an input could not be made available.
+#[derive(Debug)]
+pub enum InputFailure {
+    /// A whole transfer failed (nothing matched, storage gone, disk full...).
+    Transfer(TransferError),
+    /// Some files failed; `all_local` when every failure was this machine's (disk,
+    /// permissions) rather than the store's.
+    Files { all_local: bool },
+    /// Creating a folder or giving files to the job's user failed.
+    Local,
+    /// The mount could not be made.
+    Mount,
+}
+
+/// A job that ended, waiting for its exit code to be recorded.
+#[must_use = "close() records the exit code in result.json"]
+pub struct FinishedJob {
+    pub end: JobEnd,
+    reason: EndReason,
+    result: JobResult,
+    job_dir: PathBuf,
+    log: JobLog,
+}
+
+impl FinishedJob {
+    /// Records `code` as the job's exit code in `result.json`, and returns it.
+    pub fn close(mut self, code: i32) -> i32 {
+        self.result.end(self.reason, code);
+        self.result.save(&self.job_dir, &self.log);
+        code
+    }
+}
+
+/// Runs a validated job with the resources the caller built for it (one budget, one retry
+/// policy, one HTTP client, shared by every reference). Must be called from the thread that
 /// runs the tokio runtime's `block_on` (see `supervise`).
-pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
+pub async fn run(
+    plan: &JobPlan,
+    options: &RunOptions,
+    resources: &Resources,
+) -> Result<FinishedJob, JobError> {
     // Signals first: a SIGTERM during downloads must be handled, not fatal.
-    let mut signals = match JobSignals::install() {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("dataref: error: cannot install signal handlers: {e}");
-            return ExitCode::IoErr.code();
-        }
-    };
+    let mut signals = JobSignals::install().map_err(JobError::Signals)?;
     supervise::become_subreaper();
     // A dataref killed earlier on this node may have left dead mounts (ENOTCONN) behind.
     if nix::unistd::geteuid().is_root() {
@@ -75,42 +159,37 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
         }
     }
 
-    let stores = match open_stores(plan) {
-        Ok(stores) => stores,
-        Err(message) => {
-            eprintln!("dataref: error: {message}");
-            return ExitCode::Unavailable.code();
-        }
-    };
-
-    if let Err(e) = std::fs::create_dir_all(&options.job_dir) {
-        eprintln!(
-            "dataref: error: cannot create job directory {}: {e}",
-            options.job_dir.display()
-        );
-        return ExitCode::IoErr.code();
-    }
+    let stores = open_stores(plan, resources)?;
+    std::fs::create_dir_all(&options.job_dir).map_err(|source| JobError::JobDir {
+        path: options.job_dir.clone(),
+        source,
+    })?;
     let log_path = options.job_dir.join("job.log");
-    let log = match if options.stage_out_only {
+    let log = if options.stage_out_only {
         JobLog::append(&log_path)
     } else {
         JobLog::create(&log_path)
-    } {
-        Ok(log) => log,
-        Err(e) => {
-            eprintln!("dataref: error: cannot create job.log: {e}");
-            return ExitCode::IoErr.code();
-        }
-    };
+    }
+    .map_err(|source| JobError::JobLog {
+        path: log_path.clone(),
+        source,
+    })?;
     let mut result = JobResult::new(plan, &options.job_dir);
     result.save(&options.job_dir, &log);
 
-    let engine = Engine::new(plan.memory_budget_bytes).with_progress(options.progress);
+    let engine = Engine::new(resources).with_progress(options.progress);
     let mut engine = engine;
     engine.reserved_free_disk_bytes = plan.mount.reserved_free_disk_bytes;
 
+    let finished = |end: JobEnd, reason: EndReason, result: JobResult, log: JobLog| FinishedJob {
+        end,
+        reason,
+        result,
+        job_dir: options.job_dir.clone(),
+        log,
+    };
     if options.stage_out_only {
-        return recover_outputs(
+        let (end, result) = recover_outputs(
             plan,
             &stores,
             &engine,
@@ -120,6 +199,7 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
             options.identity.as_ref(),
         )
         .await;
+        return Ok(finished(end, EndReason::Interrupted, result, log));
     }
 
     // Phase 1: inputs, raced against termination signals. Mounts made so far stay in `mounts`
@@ -130,23 +210,21 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
         sig = signals.recv() => Err(Prepare::Signalled(sig)),
     };
     if let Err(failure) = prepared {
-        let code = match failure {
+        let (end, reason) = match failure {
             Prepare::Signalled(sig) => {
                 log.line(&format!(
                     "received {sig} before the script started; stopping"
                 ));
-                result.end(EndReason::SignalBeforeStart, 128 + sig as i32);
-                128 + sig as i32
+                (
+                    JobEnd::SignalledBeforeStart(sig),
+                    EndReason::SignalBeforeStart,
+                )
             }
-            Prepare::Failed(code) => {
-                result.end(EndReason::InputFailed, code.code());
-                code.code()
-            }
+            Prepare::Failed(why) => (JobEnd::InputFailed(why), EndReason::InputFailed),
         };
         result.mark_not_run();
         unmount_all(mounts, &log).await;
-        result.save(&options.job_dir, &log);
-        return code;
+        return Ok(finished(end, reason, result, log));
     }
 
     // Phase 2: the script.
@@ -193,11 +271,14 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
             } else {
                 126
             };
-            result.end(EndReason::ScriptFailed, code);
             result.mark_not_run();
             unmount_all(std::mem::take(&mut mounts), &log).await;
-            result.save(&options.job_dir, &log);
-            return code;
+            return Ok(finished(
+                JobEnd::ScriptFailed { code },
+                EndReason::ScriptFailed,
+                result,
+                log,
+            ));
         }
     };
     result.child = Some(result::ChildResult::from(&supervised));
@@ -240,29 +321,38 @@ pub async fn run(plan: &JobPlan, options: &RunOptions) -> i32 {
 
     // A script that exited 0 (also after a forwarded SIGTERM) whose outputs did not all
     // arrive must not look like a success.
-    let (reason, code) = if script_code == 0 && !stage_out_ok {
-        (EndReason::StageOutFailed, ExitCode::TempFail.code())
+    let (end, reason) = if script_code == 0 && !stage_out_ok {
+        (JobEnd::StageOutFailed, EndReason::StageOutFailed)
     } else if supervised.forwarded.is_some() {
-        (EndReason::Preempted, script_code)
+        (
+            JobEnd::Preempted { code: script_code },
+            EndReason::Preempted,
+        )
     } else if script_code != 0 {
-        (EndReason::ScriptFailed, script_code)
+        (
+            JobEnd::ScriptFailed { code: script_code },
+            EndReason::ScriptFailed,
+        )
     } else {
-        (EndReason::Succeeded, 0)
+        (JobEnd::Succeeded, EndReason::Succeeded)
     };
     unmount_all(mounts, &log).await;
-    result.end(reason, code);
-    result.save(&options.job_dir, &log);
-    code
+    Ok(finished(end, reason, result, log))
 }
 
-fn open_stores(plan: &JobPlan) -> Result<BTreeMap<String, Arc<dyn Store>>, String> {
+fn open_stores(
+    plan: &JobPlan,
+    resources: &Resources,
+) -> Result<BTreeMap<String, Arc<dyn Store>>, JobError> {
     let mut stores = BTreeMap::new();
     for r in &plan.references {
         if stores.contains_key(&r.datastore_name) {
             continue;
         }
-        let store = store::open(&r.datastore)
-            .map_err(|e| format!("datastore {:?}: {e}", r.datastore_name))?;
+        let store = store::open(&r.datastore, resources).map_err(|source| JobError::OpenStore {
+            datastore: r.datastore_name.clone(),
+            source,
+        })?;
         stores.insert(r.datastore_name.clone(), store);
     }
     Ok(stores)
@@ -270,7 +360,7 @@ fn open_stores(plan: &JobPlan) -> Result<BTreeMap<String, Arc<dyn Store>>, Strin
 
 enum Prepare {
     Signalled(nix::sys::signal::Signal),
-    Failed(ExitCode),
+    Failed(InputFailure),
 }
 
 /// Downloads inputs and creates the parents of upload sources.
@@ -291,7 +381,7 @@ async fn prepare(
                     r.name,
                     parent.display()
                 ));
-                Prepare::Failed(ExitCode::IoErr)
+                Prepare::Failed(InputFailure::Local)
             })?;
         }
     }
@@ -313,15 +403,10 @@ async fn prepare(
                 log.line(&format!("{}: downloaded {}", r.name, report.summary()));
                 if let Some(identity) = &options.identity {
                     give_downloaded_tree(identity, &r.local, log)
-                        .map_err(|()| Prepare::Failed(ExitCode::IoErr))?;
+                        .map_err(|()| Prepare::Failed(InputFailure::Local))?;
                 }
                 let failed = !report.errors.is_empty();
-                // Only local I/O failures (the compute node's disk): 74; any store failure: 69.
-                let code = if report.errors.iter().all(|e| e.local) {
-                    ExitCode::IoErr
-                } else {
-                    ExitCode::Unavailable
-                };
+                let all_local = report.errors.iter().all(|e| e.local);
                 for e in &report.errors {
                     log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
                 }
@@ -334,32 +419,31 @@ async fn prepare(
                     },
                 );
                 if failed {
-                    return Err(Prepare::Failed(code));
+                    return Err(Prepare::Failed(InputFailure::Files { all_local }));
                 }
             }
             Err(TransferError::NothingMatched { .. }) if r.allow_empty => {
                 create_dirs_for(&r.local, options.identity.as_ref())
-                    .map_err(|_| Prepare::Failed(ExitCode::IoErr))?;
+                    .map_err(|_| Prepare::Failed(InputFailure::Local))?;
                 log.line(&format!("{}: nothing to download (allow_empty)", r.name));
                 entry.status = ReferenceStatus::Done;
                 entry.duration_seconds = started.elapsed().as_secs_f64();
             }
             Err(e) => {
-                let code = ExitCode::for_transfer(&e);
                 log.line(&format!("{}: download failed: {e}", r.name));
                 entry.fail(e.to_string(), started.elapsed());
-                return Err(Prepare::Failed(code));
+                return Err(Prepare::Failed(InputFailure::Transfer(e)));
             }
         }
     }
     for r in plan.references.iter().filter(|r| r.mode == Mode::Mount) {
         let started = Instant::now();
-        // SPEC §5: the default cache lives in the job directory (one folder per reference).
+        // The default cache lives in the job directory (one folder per reference).
         let cache =
             CacheOptions::from_settings(&plan.mount, &options.job_dir.join("cache"), &r.name);
         let fs_options = FsOptions {
             attribute_ttl: plan.mount.attribute_ttl,
-            memory_budget_bytes: plan.memory_budget_bytes,
+            budget: engine.budget.clone(),
             cache: cache.clone(),
         };
         let config = MountConfig {
@@ -399,7 +483,7 @@ async fn prepare(
                 result
                     .outcome(&r.name)
                     .fail(e.to_string(), started.elapsed());
-                return Err(Prepare::Failed(ExitCode::Unavailable));
+                return Err(Prepare::Failed(InputFailure::Mount));
             }
         }
     }
@@ -443,7 +527,7 @@ async fn recover_outputs(
     mut result: JobResult,
     job_dir: &Path,
     identity: Option<&Identity>,
-) -> i32 {
+) -> (JobEnd, JobResult) {
     log.line("recovering: uploading the outputs of an interrupted run");
     result.phase = Phase::StagingOut;
     result.save(job_dir, log);
@@ -453,10 +537,7 @@ async fn recover_outputs(
             outcome.status = ReferenceStatus::NotRun;
         }
     }
-    let code = if ok { 0 } else { ExitCode::TempFail.code() };
-    result.end(EndReason::Interrupted, code);
-    result.save(job_dir, log);
-    code
+    (JobEnd::Recovered { uploads_ok: ok }, result)
 }
 
 /// Uploads every output. Returns false when any upload failed (a missing source is only a

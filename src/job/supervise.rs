@@ -1,4 +1,4 @@
-//! Running the training command as a supervised child (SPEC §5).
+//! Running the training command as a supervised child.
 //!
 //! - The child leads its own process group and gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies
 //!   with dataref even if dataref is SIGKILLed.

@@ -1,4 +1,4 @@
-//! The job manifest (SPEC §2–§3): parsing, validation and the resolved plan.
+//! The job manifest: parsing, validation and the resolved plan.
 //!
 //! Loading a manifest never touches anything but the files it reads: every problem is collected
 //! (with its JSON path) and reported together, before any directory is created or any storage is
@@ -6,19 +6,19 @@
 //! its datastore, mode and local path.
 
 mod reference;
-mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::datastore::registry::Registry;
-use crate::datastore::{DatastoreSpec, SecretRef, check_datastore_name};
-use crate::schema::{Issue, Issues, Object, describe_value, type_name};
+use crate::model::budget::{DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET};
+use crate::model::datastore::{DatastoreSpec, SecretRef, check_datastore_name};
+use crate::model::issues::{Issue, Issues, Object, describe_value, type_name};
+use crate::model::{MountSettings, UploadPolicy, normalize_lexically, resolve_path};
+use crate::registry::Registry;
 pub use reference::{Mode, Reference};
-pub use settings::{MountSettings, UploadPolicy, parse_size};
 
 /// Top-level manifest fields (ours; the Azure ML spellings apply only to reference entries).
 const TOP_LEVEL_FIELDS: &[&str] = &[
@@ -35,9 +35,6 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
 ];
 
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
-pub const DEFAULT_MEMORY_BUDGET: u64 = 256 * 1024 * 1024;
-/// Below this, parallel transfers and prefetching cannot work sensibly.
-pub const MIN_MEMORY_BUDGET: u64 = 16 * 1024 * 1024;
 
 /// A validated job, every path absolute.
 #[derive(Debug, Clone)]
@@ -82,16 +79,30 @@ fn collect_secret_env_vars<'a>(stores: impl Iterator<Item = &'a DatastoreSpec>) 
 /// Why a manifest could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The manifest file itself is missing or unreadable (exit 66).
-    #[error("{path}: {source}")]
+    /// The manifest file itself is missing or unreadable.
+    #[error("cannot read manifest {}: {source}", path.display())]
     Missing {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// The manifest is invalid (exit 65); every problem is listed.
-    #[error("{path}: {} problem(s)", issues.len())]
+    /// The manifest is invalid; every problem is listed, one per line, each starting with its
+    /// JSON path.
+    #[error("{}", list_problems(path, issues))]
     Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+fn list_problems(path: &Path, issues: &[Issue]) -> String {
+    let mut message = format!(
+        "{} is invalid ({} problem{}):",
+        path.display(),
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" }
+    );
+    for issue in issues {
+        message.push_str(&format!("\n  {issue}"));
+    }
+    message
 }
 
 /// Reads and validates a manifest file. Touches nothing on disk.
@@ -298,7 +309,7 @@ fn parse_inline_datastores(
 }
 
 fn join_path(path: &str, key: &str) -> String {
-    crate::schema::join(path, key)
+    crate::model::issues::join(path, key)
 }
 
 fn parse_working_dir(top: &Object<'_>, base: &Path, issues: &mut Issues) -> Option<PathBuf> {
@@ -423,7 +434,7 @@ fn check_secrets(
         };
         if let Err(e) = secret.read() {
             let field = match reference.datastore.credential() {
-                Some(crate::datastore::Credential::SasToken(_)) => "sas_token",
+                Some(crate::model::Credential::SasToken(_)) => "sas_token",
                 _ => "account_key",
             };
             let path = if inline.contains_key(&reference.datastore_name) {
@@ -433,62 +444,5 @@ fn check_secrets(
             };
             issues.push(path, e.to_string());
         }
-    }
-}
-
-/// Resolves a user-written path against `base` and removes `.` and `..` lexically (the path
-/// may not exist yet, so it cannot be canonicalised).
-pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
-    let joined = if Path::new(path).is_absolute() {
-        PathBuf::from(path)
-    } else {
-        base.join(path)
-    };
-    normalize_lexically(&joined)
-}
-
-/// `/a/./b/../c` → `/a/c`. A `..` at the root stays at the root.
-pub fn normalize_lexically(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => match out.parent() {
-                Some(_) => {
-                    out.pop();
-                }
-                // `/..` is `/`; a relative path keeps its leading `..`.
-                None if out.as_os_str().is_empty() => out.push(".."),
-                None => {}
-            },
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lexical_normalisation() {
-        assert_eq!(
-            normalize_lexically(Path::new("/a/./b/../c")),
-            PathBuf::from("/a/c")
-        );
-        assert_eq!(
-            normalize_lexically(Path::new("/a/../../b")),
-            PathBuf::from("/b")
-        );
-        assert_eq!(
-            resolve_path(Path::new("/w"), "./out/"),
-            PathBuf::from("/w/out")
-        );
-        assert_eq!(resolve_path(Path::new("/w"), "/abs"), PathBuf::from("/abs"));
-        assert_eq!(
-            resolve_path(Path::new("/w/x"), "../y"),
-            PathBuf::from("/w/y")
-        );
     }
 }

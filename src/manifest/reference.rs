@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{Datastores, resolve_path};
-use crate::datastore::{DatastoreSpec, is_env_name};
-use crate::schema::{Issues, Object, did_you_mean, type_name};
-use crate::store::ObjectPath;
+use super::Datastores;
+use crate::model::datastore::{DatastoreSpec, is_env_name};
+use crate::model::issues::{Issues, Object, did_you_mean, type_name};
+use crate::model::{ObjectPath, resolve_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -310,7 +310,7 @@ fn resolve_datastore(
     }
 }
 
-/// SPEC §3: `root` = `path_on_compute` if absolute, else
+/// `root` = `path_on_compute` if absolute, else
 /// `<working_dir>/<datastore>/<path_on_compute>`; `local` = `root/<path_on_datastore>`. An
 /// upload's `local` is `path_on_compute` itself.
 fn local_path(

@@ -6,11 +6,14 @@
 //! listing is always *under* a directory (`prefix/`), so `a/b` never matches `a/b_v2.csv`.
 
 pub mod azure;
+/// Test doubles: compiled for this crate's unit tests and, with the `test-support` feature,
+/// for the integration tests; never part of the release binary.
+#[cfg(any(test, feature = "test-support"))]
 pub mod counting;
 pub mod local;
+#[cfg(any(test, feature = "test-support"))]
 pub mod memory;
-pub mod path;
-pub mod retry;
+mod resources;
 mod support;
 
 use std::collections::BTreeSet;
@@ -22,7 +25,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-pub use path::{ObjectPath, PathError};
+use crate::model::{ObjectPath, PathError, Retryable};
+pub use resources::Resources;
 
 /// A stream of body chunks, as a ranged read returns it.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
@@ -73,6 +77,33 @@ pub enum StoreError {
     },
 }
 
+impl Retryable for StoreError {
+    /// Worth retrying: throttling, server errors, broken connections.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Http { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::Network { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// How long the server asked us to wait.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn gave_up(self, attempts: u32, elapsed: std::time::Duration) -> Self {
+        Self::GaveUp {
+            attempts,
+            elapsed,
+            source: Box::new(self),
+        }
+    }
+}
+
 impl StoreError {
     pub fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -88,23 +119,6 @@ impl StoreError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
-    }
-
-    /// Worth retrying: throttling, server errors, broken connections.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Http { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            Self::Network { .. } => true,
-            _ => false,
-        }
-    }
-
-    /// How long the server asked us to wait.
-    pub fn retry_after(&self) -> Option<std::time::Duration> {
-        match self {
-            Self::Http { retry_after, .. } => *retry_after,
-            _ => None,
-        }
     }
 }
 
@@ -273,7 +287,7 @@ pub async fn list_all(store: &dyn Store, dir: &ObjectPath, delimited: bool) -> R
 pub async fn read_to_bytes(store: &dyn Store, path: &ObjectPath) -> Result<Bytes> {
     use futures::TryStreamExt;
     let meta = store.head(path).await?;
-    retry::RetryPolicy::default()
+    crate::model::RetryPolicy::default()
         .run(|| async {
             let chunks: Vec<Bytes> = store
                 .get_range(path, 0..meta.size)
@@ -285,21 +299,25 @@ pub async fn read_to_bytes(store: &dyn Store, path: &ObjectPath) -> Result<Bytes
         .await
 }
 
-/// Opens the backend for a datastore definition. Nothing is contacted yet.
-pub fn open(spec: &crate::datastore::DatastoreSpec) -> Result<std::sync::Arc<dyn Store>> {
-    use crate::datastore::DatastoreSpec;
+/// Opens the backend for a datastore definition, with the job's shared resources. Nothing is
+/// contacted yet.
+pub fn open(
+    spec: &crate::model::DatastoreSpec,
+    resources: &Resources,
+) -> Result<std::sync::Arc<dyn Store>> {
+    use crate::model::DatastoreSpec;
     match spec {
         DatastoreSpec::Local { root } => Ok(std::sync::Arc::new(local::LocalStore::new(root)?)),
         DatastoreSpec::AzureBlob(location) => {
             let url = spec.service_url().expect("Azure kinds have a service URL");
             Ok(std::sync::Arc::new(azure::blob::BlobStore::new(
-                location, &url,
+                location, &url, resources,
             )?))
         }
         DatastoreSpec::AzureFile(location) => {
             let url = spec.service_url().expect("Azure kinds have a service URL");
             Ok(std::sync::Arc::new(azure::file::FileStore::new(
-                location, &url,
+                location, &url, resources,
             )?))
         }
     }
@@ -361,6 +379,30 @@ mod tests {
         let mut refused: Vec<&str> = page.refused.iter().map(|r| r.name.as_str()).collect();
         refused.sort();
         (objects, dirs, refused)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_error_that_outlasts_the_policy_is_permanent_and_says_so() {
+        let policy = crate::model::RetryPolicy::default();
+        let error = policy
+            .run(|| async {
+                Err::<(), _>(StoreError::Http {
+                    status: 503,
+                    message: "busy".into(),
+                    retry_after: None,
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::GaveUp { attempts: 10, .. }),
+            "{error}"
+        );
+        assert!(!error.is_transient(), "no caller may retry it again");
+        assert!(
+            error.to_string().contains("gave up after 10 attempts"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

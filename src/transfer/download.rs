@@ -12,8 +12,9 @@ use md5::{Digest, Md5};
 
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
+use crate::model::{ObjectPath, Retryable};
 use crate::store::local::{create_partial, partial_name};
-use crate::store::{ObjectMeta, ObjectPath, Store, StoreError, list_all};
+use crate::store::{ObjectMeta, Store, StoreError, list_all};
 
 /// One object to fetch and where it goes.
 #[derive(Clone)]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::ObjectPath;
+use crate::model::ObjectPath;
 
 /// The journal's name in the job directory.
 pub const JOURNAL_FILE: &str = "uploads.journal";

@@ -3,7 +3,8 @@
 //!
 //! - Files are transferred many at a time; large files in parts (ranged reads into the local
 //!   file at their offsets, or parts of a multi-part upload), never whole in memory.
-//! - One byte budget (`MemoryBudget`) bounds the data in flight across every file and part.
+//! - The job's one byte budget (`MemoryBudget`, from `store::Resources`) bounds the data in
+//!   flight across every file and part, and across the job's mounts.
 //! - Nothing appears under its final name until it is complete and verified: downloads go to a
 //!   hidden temporary name and are renamed; uploads commit at the end.
 //! - Every skipped name is reported with a reason; per-file failures are collected so one bad
@@ -15,59 +16,18 @@ pub mod progress;
 mod upload;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use download::download;
 pub use journal::{JournalError, ReferenceJournal, UploadJournal};
 pub use progress::ProgressMode;
 pub use upload::{UploadSource, upload, upload_journaled};
 
-use crate::store::StoreError;
+use crate::model::{MemoryBudget, MountSettings, RetryPolicy};
+use crate::store::{Resources, StoreError};
 
 /// Default part size for ranged reads and multi-part writes.
 pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
-
-/// A byte budget shared by everything that holds transfer data in memory.
-#[derive(Debug, Clone)]
-pub struct MemoryBudget {
-    /// One permit per KiB.
-    permits: Arc<Semaphore>,
-    total_kib: u32,
-}
-
-impl MemoryBudget {
-    pub fn new(bytes: u64) -> Self {
-        let total_kib = (bytes / 1024).clamp(1, u32::MAX as u64) as u32;
-        Self {
-            permits: Arc::new(Semaphore::new(total_kib as usize)),
-            total_kib,
-        }
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.total_kib as u64 * 1024
-    }
-
-    /// Takes `bytes` now if they are free (for optional work such as read-ahead), held until
-    /// the permit is dropped.
-    pub fn try_acquire_owned(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let kib = bytes.div_ceil(1024).clamp(1, self.total_kib as u64) as u32;
-        self.permits.clone().try_acquire_many_owned(kib).ok()
-    }
-
-    /// Waits until `bytes` (capped at the whole budget, so a request can always be granted)
-    /// are free, and holds them until the permit is dropped.
-    pub async fn acquire(&self, bytes: u64) -> SemaphorePermit<'_> {
-        let kib = bytes.div_ceil(1024).clamp(1, self.total_kib as u64) as u32;
-        self.permits
-            .acquire_many(kib)
-            .await
-            .expect("the budget semaphore is never closed")
-    }
-}
 
 /// How a transfer runs.
 #[derive(Debug, Clone)]
@@ -86,15 +46,16 @@ pub struct Engine {
     /// Downloads refuse to eat into this much free disk space.
     pub reserved_free_disk_bytes: u64,
     /// How broken ranges are resumed.
-    pub retry: crate::store::retry::RetryPolicy,
+    pub retry: RetryPolicy,
     /// A read that delivers nothing for this long counts as a broken connection (and is
     /// resumed): a stalled server must not hang a job.
     pub stall_timeout: Duration,
 }
 
 impl Engine {
-    pub fn new(memory_budget_bytes: u64) -> Self {
-        let budget = MemoryBudget::new(memory_budget_bytes);
+    /// An engine drawing on the job's shared budget and retry policy.
+    pub fn new(resources: &Resources) -> Self {
+        let budget = resources.budget.clone();
         // Enough parts in flight to keep the network busy, within the budget.
         let parts_in_budget = (budget.bytes() / DEFAULT_PART_SIZE).max(1) as usize;
         Self {
@@ -104,9 +65,8 @@ impl Engine {
             part_concurrency: parts_in_budget.clamp(1, 16),
             hash_window: 4,
             progress: ProgressMode::Off,
-            reserved_free_disk_bytes: crate::manifest::MountSettings::default()
-                .reserved_free_disk_bytes,
-            retry: crate::store::retry::RetryPolicy::default(),
+            reserved_free_disk_bytes: MountSettings::default().reserved_free_disk_bytes,
+            retry: resources.retry.clone(),
             stall_timeout: Duration::from_secs(30),
         }
     }
@@ -268,19 +228,5 @@ mod tests {
         assert!(parts(0, 8).is_empty());
         assert_eq!(parts(8, 8), vec![(0, 0, 8)]);
         assert_eq!(parts(20, 8), vec![(0, 0, 8), (1, 8, 8), (2, 16, 4)]);
-    }
-
-    #[tokio::test]
-    async fn budget_blocks_until_released() {
-        let budget = MemoryBudget::new(10 * 1024);
-        let first = budget.acquire(8 * 1024).await;
-        // Only 2 KiB left: a 4 KiB request must wait.
-        let waiting = tokio::time::timeout(Duration::from_millis(50), budget.acquire(4096)).await;
-        assert!(waiting.is_err());
-        drop(first);
-        let _granted = budget.acquire(4096).await;
-        // Requests above the whole budget are capped, not deadlocked.
-        drop(_granted);
-        let _all = budget.acquire(1 << 40).await;
     }
 }

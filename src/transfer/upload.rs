@@ -13,7 +13,8 @@ use md5::{Digest, Md5};
 use super::journal::ReferenceJournal;
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
-use crate::store::{ObjectPath, PutOptions, Store, StoreError};
+use crate::model::ObjectPath;
+use crate::store::{PutOptions, Store, StoreError};
 
 /// What to upload.
 #[derive(Debug, Clone)]

@@ -7,7 +7,8 @@
 //! pagination is exercised.
 
 use bytes::Bytes;
-use dataref::store::{ListRequest, ObjectPath, PutOptions, Store, StoreError, list_all};
+use dataref::model::ObjectPath;
+use dataref::store::{ListRequest, PutOptions, Store, StoreError, list_all};
 use futures::TryStreamExt;
 
 fn p(name: &str) -> ObjectPath {

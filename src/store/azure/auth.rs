@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::datastore::{Secret, SecretError, SecretRef};
+use crate::model::datastore::{Secret, SecretError, SecretRef};
 
 /// A secret, re-read when its file changes.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::num::NonZero;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use azure_core::http::policies::Policy;
@@ -31,12 +31,14 @@ use md5::{Digest, Md5};
 
 use super::auth::{ExtraHeaders, ExtraHeadersPolicy, SasPolicy, SecretSource, SharedKeyPolicy};
 use super::{from_azure, is_auth_failure};
-use crate::datastore::{AzureLocation, Credential};
-use crate::store::retry::RetryPolicy;
+use crate::model::ObjectPath;
+use crate::model::RetryPolicy;
+use crate::model::datastore::{AzureLocation, Credential};
+use crate::store::Resources;
 use crate::store::support::{part_len, reject_root};
 use crate::store::{
-    ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, RefusedName,
-    Result, ResumedUpload, Store, StoreError,
+    ByteStream, ListPage, ListRequest, ObjectMeta, PartUpload, PutOptions, RefusedName, Result,
+    ResumedUpload, Store, StoreError,
 };
 
 /// Block blobs accept blocks up to 4000 MiB; our parts are far smaller.
@@ -67,31 +69,10 @@ struct Inner {
     page_size: u32,
 }
 
-/// One HTTP client for every pipeline: a shared connection pool, our timeouts, and no
-/// transparent decompression (it would break ranged reads).
-pub(super) fn http_client() -> Arc<reqwest::Client> {
-    static CLIENT: std::sync::OnceLock<Arc<reqwest::Client>> = std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            Arc::new(
-                reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    // Per read: a stalled body fails here and the range is resumed.
-                    .read_timeout(Duration::from_secs(30))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .gzip(false)
-                    .deflate(false)
-                    .pool_max_idle_per_host(64)
-                    .build()
-                    .expect("the HTTP client builds"),
-            )
-        })
-        .clone()
-}
-
 impl BlobStore {
-    /// A store for the container described by `location` (nothing is contacted yet).
-    pub fn new(location: &AzureLocation, service_url: &str) -> Result<Self> {
+    /// A store for the container described by `location` (nothing is contacted yet), sending
+    /// through the job's HTTP client under its retry policy.
+    pub fn new(location: &AzureLocation, service_url: &str, resources: &Resources) -> Result<Self> {
         let (auth, secret): (Option<Arc<dyn Policy>>, _) = match &location.credential {
             Credential::AccountKey(secret) => {
                 let source = Arc::new(SecretSource::new(secret.clone()));
@@ -114,7 +95,7 @@ impl BlobStore {
             per_call_policies: vec![Arc::new(ExtraHeadersPolicy)],
             per_try_policies: auth.into_iter().collect(),
             retry: RetryOptions::none(),
-            transport: Some(Transport::new(http_client())),
+            transport: Some(Transport::new(resources.http())),
             ..Default::default()
         };
         let invalid = |reason: String| StoreError::InvalidInput {
@@ -152,7 +133,7 @@ impl BlobStore {
                 container_url,
                 list_pipeline,
                 secret,
-                retry: RetryPolicy::default(),
+                retry: resources.retry.clone(),
                 page_size: DEFAULT_PAGE,
             }),
         })

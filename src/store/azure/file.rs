@@ -8,7 +8,7 @@
 //! - directories are real: uploads create parents one level at a time, listings walk them;
 //! - a file is created at its final size and written in ranges of at most 4 MiB;
 //! - nothing is atomic at the end of a write, so uploads write a hidden temporary file in the
-//!   target's directory and rename it over the final name once complete (SPEC §3, §8);
+//!   target's directory and rename it over the final name once complete (nothing partial under a final name);
 //!   temporary names never appear in listings.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -31,12 +31,14 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{SasPolicy, SecretSource, SharedKeyPolicy};
 use super::{from_azure, is_auth_failure};
-use crate::datastore::{AzureLocation, Credential};
-use crate::store::retry::RetryPolicy;
+use crate::model::ObjectPath;
+use crate::model::RetryPolicy;
+use crate::model::datastore::{AzureLocation, Credential};
+use crate::store::Resources;
 use crate::store::support::{check_part, reject_root};
 use crate::store::{
-    ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, RefusedName,
-    Result, Store, StoreError,
+    ByteStream, ListPage, ListRequest, ObjectMeta, PartUpload, PutOptions, RefusedName, Result,
+    Store, StoreError,
 };
 
 /// FileREST version of every request: Rename File needs 2021-04-10 or later, and from
@@ -152,8 +154,9 @@ fn new_smb_properties(request: &mut Request) {
 }
 
 impl FileStore {
-    /// A store for the share described by `location` (nothing is contacted yet).
-    pub fn new(location: &AzureLocation, service_url: &str) -> Result<Self> {
+    /// A store for the share described by `location` (nothing is contacted yet), sending
+    /// through the job's HTTP client under its retry policy.
+    pub fn new(location: &AzureLocation, service_url: &str, resources: &Resources) -> Result<Self> {
         let (auth, secret, sas): (Arc<dyn Policy>, _, _) = match &location.credential {
             Credential::AccountKey(secret) => {
                 let source = Arc::new(SecretSource::new(secret.clone()));
@@ -191,7 +194,7 @@ impl FileStore {
         let options = ClientOptions {
             per_try_policies: vec![auth],
             retry: RetryOptions::none(),
-            transport: Some(Transport::new(super::blob::http_client())),
+            transport: Some(Transport::new(resources.http())),
             ..Default::default()
         };
         let pipeline = Pipeline::new(
@@ -209,7 +212,7 @@ impl FileStore {
                 share_url,
                 secret: Some(secret),
                 sas,
-                retry: RetryPolicy::default(),
+                retry: resources.retry.clone(),
                 page_size: DEFAULT_PAGE,
             }),
         })

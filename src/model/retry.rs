@@ -1,12 +1,13 @@
-//! Retries with exponential backoff and full jitter, honouring `Retry-After` — in one place.
+//! Retries with exponential backoff, jittered to 50–100 % of each step, honouring `Retry-After`
+//! — in one place.
 //!
 //! Backends wrap each request in `RetryPolicy::run`, except ranged reads: `Store::get_range` is
-//! one attempt, and its callers (the transfer engine, the mount's reader) retry it under this
-//! policy, resuming a body that broke mid-way. One retry layer per request keeps one bound:
-//! an error that outlasted the policy comes back as `StoreError::GaveUp`, which is permanent,
+//! one attempt, and the store's resumable read retries it under this policy, resuming a body
+//! that broke mid-way. One retry layer per request keeps one bound: an error that outlasted the
+//! policy comes back as the error's "gave up" form (`Retryable::gave_up`), which is permanent,
 //! so no caller retries it again.
 //!
-//! The bound (doc/RELIABILITY.md): 10 attempts with a backoff of 0.2 s doubling up to 15 s,
+//! The bound (docs/RELIABILITY.md): 10 attempts with a backoff of 0.2 s doubling up to 15 s,
 //! jittered to 50–100 % — 27.7 to 55.4 s of waiting when every attempt fails at once
 //! (connection refused) — and no new attempt once 120 s have passed (storage that accepts
 //! connections and then hangs: each attempt ends at the HTTP read timeout or the engine's stall
@@ -15,7 +16,14 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::StoreError;
+/// An error the policy can judge: whether it is worth another attempt, how long the server
+/// asked us to wait, and how it reads once the policy gave up on it.
+pub trait Retryable: Sized {
+    fn is_transient(&self) -> bool;
+    fn retry_after(&self) -> Option<Duration>;
+    /// The permanent error reported after `attempts` tries over `elapsed`.
+    fn gave_up(self, attempts: u32, elapsed: Duration) -> Self;
+}
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -49,7 +57,7 @@ impl RetryPolicy {
         }
     }
 
-    /// The delay before attempt `attempt + 1`: full jitter over an exponential ceiling, or the
+    /// The delay before attempt `attempt + 1`: 50–100 % of an exponential ceiling, or the
     /// server's `Retry-After` when it gave one (capped at `max_backoff`).
     pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(after) = retry_after {
@@ -63,7 +71,7 @@ impl RetryPolicy {
     }
 
     /// Whether another attempt is allowed after `attempts` tries that started at `started`.
-    pub fn allows(&self, attempts: u32, started: Instant, error: &StoreError) -> bool {
+    pub fn allows(&self, attempts: u32, started: Instant, error: &impl Retryable) -> bool {
         error.is_transient()
             && attempts < self.max_attempts
             && started.elapsed() < self.give_up_after
@@ -71,23 +79,20 @@ impl RetryPolicy {
 
     /// The error to report once no further attempt is allowed: a transient error that was
     /// retried becomes `GaveUp`, saying how long and how often it was tried.
-    pub fn give_up(&self, attempts: u32, started: Instant, error: StoreError) -> StoreError {
+    pub fn give_up<E: Retryable>(&self, attempts: u32, started: Instant, error: E) -> E {
         if error.is_transient() && self.max_attempts > 1 {
-            StoreError::GaveUp {
-                attempts,
-                elapsed: started.elapsed(),
-                source: Box::new(error),
-            }
+            error.gave_up(attempts, started.elapsed())
         } else {
             error
         }
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the policy gives up.
-    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    pub async fn run<T, E, F, Fut>(&self, mut op: F) -> Result<T, E>
     where
+        E: Retryable + std::fmt::Display,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let started = Instant::now();
         let mut attempts = 0;
@@ -125,11 +130,28 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn transient() -> StoreError {
-        StoreError::Http {
-            status: 503,
-            message: "busy".into(),
-            retry_after: None,
+    #[derive(Debug, PartialEq)]
+    enum TestError {
+        Busy,
+        Missing,
+        GaveUp(u32),
+    }
+
+    impl std::fmt::Display for TestError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl Retryable for TestError {
+        fn is_transient(&self) -> bool {
+            *self == TestError::Busy
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            None
+        }
+        fn gave_up(self, attempts: u32, _: Duration) -> Self {
+            TestError::GaveUp(attempts)
         }
     }
 
@@ -139,7 +161,7 @@ mod tests {
         let result = RetryPolicy::default()
             .run(|| async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 3 {
-                    Err(transient())
+                    Err(TestError::Busy)
                 } else {
                     Ok(7)
                 }
@@ -155,10 +177,10 @@ mod tests {
         let result: Result<(), _> = RetryPolicy::default()
             .run(|| async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err(StoreError::NotFound { path: "x".into() })
+                Err(TestError::Missing)
             })
             .await;
-        assert!(result.unwrap_err().is_not_found());
+        assert_eq!(result.unwrap_err(), TestError::Missing);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
         let calls = AtomicU32::new(0);
@@ -166,21 +188,12 @@ mod tests {
         let result: Result<(), _> = policy
             .run(|| async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err(transient())
+                Err(TestError::Busy)
             })
             .await;
-        let error = result.unwrap_err();
+        // Exhausted: the permanent form, so that no caller retries it once more.
+        assert_eq!(result.unwrap_err(), TestError::GaveUp(policy.max_attempts));
         assert_eq!(calls.load(Ordering::SeqCst), policy.max_attempts);
-        // Exhausted: permanent, so that no caller retries it once more.
-        assert!(
-            matches!(error, StoreError::GaveUp { attempts: 10, .. }),
-            "{error}"
-        );
-        assert!(!error.is_transient());
-        assert!(
-            error.to_string().contains("gave up after 10 attempts"),
-            "{error}"
-        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The datastore registry, `<config-dir>/datastores.json` (SPEC §1): the compute-side twin of
+//! The datastore registry, `<config-dir>/datastores.json`: the compute-side twin of
 //! `Datastore.register_*`, `Datastore.get`, `ws.datastores` and `set_default_datastore`.
 
 use std::collections::BTreeMap;
@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::DatastoreSpec;
-use crate::schema::{Issue, Issues, Object};
+use crate::model::DatastoreSpec;
+use crate::model::issues::{Issue, Issues, Object};
 
 pub const REGISTRY_FILE: &str = "datastores.json";
 
@@ -81,9 +81,9 @@ impl Registry {
             if let Some(stores) = Object::new(stores, "datastores", issues) {
                 for (name, spec) in stores.map {
                     let path = stores.field_path(name);
-                    // The name becomes a directory under working_dir (SPEC §3): a hand-edited
+                    // The name becomes a directory under working_dir: a hand-edited
                     // registry must not smuggle in `..` or `/`.
-                    if let Err(message) = super::check_datastore_name(name) {
+                    if let Err(message) = crate::model::datastore::check_datastore_name(name) {
                         issues.push(&path, message);
                         continue;
                     }

@@ -18,12 +18,13 @@ use bytes::Bytes;
 
 use super::cache::{CacheOptions, DiskCache, ObjectId};
 use super::reader::{FileReader, Outage};
-use crate::store::{ObjectPath, Store, StoreError, list_all};
-use crate::transfer::MemoryBudget;
+use crate::model::MemoryBudget;
+use crate::model::ObjectPath;
+use crate::store::{Store, StoreError, list_all};
 
 pub const ROOT_INO: u64 = 1;
 
-/// What the core can fail with; the adapter maps each to one errno.
+/// What the core can fail with; the adapter (`fs::fuse::errno`) maps each to one errno.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     #[error("no such file or directory")]
@@ -34,22 +35,14 @@ pub enum FsError {
     IsADirectory,
     #[error("bad file handle")]
     BadHandle,
+    /// A write of any kind: the mount is read-only.
+    #[error("read-only filesystem")]
+    ReadOnly,
+    /// An operation this filesystem never supports (extended attributes).
+    #[error("not supported")]
+    Unsupported,
     #[error("{0}")]
     Store(#[from] StoreError),
-}
-
-impl FsError {
-    pub fn errno(&self) -> i32 {
-        match self {
-            FsError::NotFound => libc::ENOENT,
-            FsError::NotADirectory => libc::ENOTDIR,
-            FsError::IsADirectory => libc::EISDIR,
-            FsError::BadHandle => libc::EBADF,
-            FsError::Store(StoreError::NotFound { .. }) => libc::ENOENT,
-            FsError::Store(StoreError::PermissionDenied { .. }) => libc::EACCES,
-            FsError::Store(_) => libc::EIO,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,17 +170,18 @@ impl Inodes {
 pub struct FsOptions {
     /// How long listings and attributes are trusted.
     pub attribute_ttl: Duration,
-    /// Bytes of read-ahead memory across all open files.
-    pub memory_budget_bytes: u64,
+    /// The job's one memory budget: every buffer of every open file takes its bytes from it.
+    pub budget: MemoryBudget,
     /// The on-disk block cache; `None` = reads are served from storage (and memory) only.
     pub cache: Option<CacheOptions>,
 }
 
-impl Default for FsOptions {
-    fn default() -> Self {
+impl FsOptions {
+    /// Attributes trusted for 60 s, no disk cache, memory from `budget`.
+    pub fn new(budget: MemoryBudget) -> Self {
         Self {
             attribute_ttl: Duration::from_secs(60),
-            memory_budget_bytes: 256 * 1024 * 1024,
+            budget,
             cache: None,
         }
     }
@@ -237,7 +231,7 @@ impl FsCore {
         );
         inodes.by_path.insert((root.clone(), true), ROOT_INO);
         Self {
-            budget: MemoryBudget::new(options.memory_budget_bytes),
+            budget: options.budget.clone(),
             store,
             root,
             only: None,

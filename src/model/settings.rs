@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::schema::{Issues, Object};
+use super::issues::{Issues, Object};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,7 +16,7 @@ pub enum UploadPolicy {
 }
 
 impl UploadPolicy {
-    pub(super) fn parse(top: &Object<'_>, issues: &mut Issues) -> Self {
+    pub fn parse(top: &Object<'_>, issues: &mut Issues) -> Self {
         match top.string("upload_policy", issues) {
             None | Some("always") => UploadPolicy::Always,
             Some("on_success") => UploadPolicy::OnSuccess,
@@ -34,7 +34,7 @@ impl UploadPolicy {
 pub const DEFAULT_RESERVED_FREE_DISK: u64 = 150 * 1024 * 1024;
 pub const DEFAULT_ATTRIBUTE_TTL: Duration = Duration::from_secs(60);
 
-/// How mounts cache (SPEC §2 `mount`).
+/// How mounts cache (the manifest's `mount` object).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSettings {
     /// Disk cache directory; `None` = under the job directory.
@@ -60,7 +60,7 @@ impl Default for MountSettings {
 impl MountSettings {
     /// Reads `mount`, then fills what it leaves unset from the Azure ML variables in
     /// `environment`. An explicit `mount` field wins over a variable.
-    pub(super) fn parse(
+    pub fn parse(
         top: &Object<'_>,
         environment: &[(String, String)],
         base: &Path,

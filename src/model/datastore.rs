@@ -1,16 +1,13 @@
 //! Datastore definitions: one schema shared by the registry and a manifest's inline
-//! `datastores` (SPEC §1).
-
-pub mod registry;
-pub mod secret;
+//! `datastores`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::schema::{Issues, Object, did_you_mean};
-pub use secret::{Secret, SecretError, SecretRef};
+use super::issues::{Issues, Object, did_you_mean};
+pub use super::secret::{Secret, SecretError, SecretRef};
 
 /// How a datastore authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +100,7 @@ impl DatastoreSpec {
                 obj.reject_unknown(&["kind", "root"], issues);
                 let root = obj.required_string("root", issues)?;
                 Some(DatastoreSpec::Local {
-                    root: crate::manifest::resolve_path(base, root),
+                    root: super::resolve_path(base, root),
                 })
             }
             "azure_blob" => {
@@ -297,7 +294,7 @@ pub fn parse_secret_ref(
         }
         (Some(_), None) => obj
             .required_string("file", issues)
-            .map(|f| SecretRef::File(crate::manifest::resolve_path(base, f))),
+            .map(|f| SecretRef::File(super::resolve_path(base, f))),
         (None, Some(_)) => {
             let var = obj.required_string("env", issues)?;
             if !is_env_name(var) {
@@ -323,7 +320,7 @@ pub fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Datastore names become a directory under `working_dir` (SPEC §3), so they must be safe path
+/// Datastore names become a directory under `working_dir`, so they must be safe path
 /// segments; Azure ML allows letters, digits and underscores.
 pub fn check_datastore_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 255 {
