@@ -56,7 +56,7 @@ def cell(x, size=None, unit="", fmt="{:.2f}"):
     """A median as table text: "—" for none, with the rate in parentheses when size is given."""
     if x is None:
         return "—"
-    return fmt.format(x) + (f" ({fmt_mib_s(size, x)}{unit})" if size else "")
+    return fmt.format(x) + (f" ({fmt_mib_s(size, x)}{unit})" if size is not None else "")
 
 
 def _titled(case, args):
@@ -105,7 +105,7 @@ def mount_table(results, cases, args, sizes):
         runs = results.get(case, {})
 
         def c(tool, key="wall", fmt="{:.2f}"):
-            return cell(med(results, case, tool, key), size if key == "wall" else None,
+            return cell(med(results, case, tool, key), size if size and key == "wall" else None,
                         " MiB/s", fmt)
 
         vs_rclone, vs_rclone_text = speed_ratio(runs, "rclone")

@@ -8,7 +8,7 @@ import shutil
 
 from .azurite import CONTAINER, fresh_loaded
 from .cases import round_order
-from .procs import die, log
+from .procs import die
 
 # rclone, tuned as in the brief.
 RCLONE_FLAGS = {
