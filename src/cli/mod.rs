@@ -109,8 +109,22 @@ fn quiet_library_backtraces() {
     }
 }
 
+/// Large buffers are mmapped and unmapped, always. glibc otherwise raises its mmap threshold to
+/// the size of each large block freed (up to 32 MiB) and serves later windows from its arenas,
+/// which keep freed memory: resident memory then grows far past what the budget lets the job
+/// hold. The buffer pool (`fs::buffers`) is what keeps the page faults of fresh maps rare.
+/// Four arenas are plenty for the runtime's threads and bound the same effect across them.
+fn bound_the_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> i32 {
+    bound_the_allocator();
     quiet_library_backtraces();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -18,7 +18,8 @@
 //!   (checked with statvfs before each insert: evict, else skip). When others take the disk
 //!   below that floor, the cache evicts its own blocks on the next read or insert until the
 //!   floor is back (or the cache is empty). Writes wait for nothing: when
-//!   more than `PENDING_WRITE_BYTES` are already queued for the disk, the block is not cached.
+//!   more than `PENDING_WRITE_BYTES` are already queued for the disk, or the job's memory
+//!   budget has no room for the queued bytes, the block is not cached.
 //! - **Lifetime**: the directory belongs to one mount (an exclusive `flock` on a lock file in it)
 //!   and is deleted when the mount ends. A directory left by a dataref that was killed is wiped
 //!   when it is opened again; a non-empty directory without the lock file is never touched.
@@ -39,7 +40,7 @@ use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::model::ObjectPath;
+use crate::model::{MemoryBudget, ObjectPath};
 
 /// Default block size: the largest read the kernel sends a FUSE filesystem (256 pages).
 pub const DEFAULT_BLOCK_SIZE: u64 = 1024 * 1024;
@@ -244,6 +245,8 @@ pub struct DiskCache {
     /// One permit per KiB of blocks waiting to be written.
     writes: Arc<Semaphore>,
     write_permits: u32,
+    /// Queued blocks are memory the job holds: each write holds their bytes from the budget.
+    budget: MemoryBudget,
     closed: AtomicBool,
     counters: Counters,
     lock: Mutex<Option<Flock<File>>>,
@@ -259,7 +262,7 @@ impl std::fmt::Debug for DiskCache {
 impl DiskCache {
     /// Creates (or takes over a dead dataref's) cache directory. Blocking: call it off the
     /// async workers.
-    pub fn open(options: CacheOptions) -> Result<Arc<Self>, CacheError> {
+    pub fn open(options: CacheOptions, budget: MemoryBudget) -> Result<Arc<Self>, CacheError> {
         let dir = &options.dir;
         let existed = dir.exists();
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -310,6 +313,7 @@ impl DiskCache {
             index: Mutex::new(Index::default()),
             writes: Arc::new(Semaphore::new(write_permits as usize)),
             write_permits,
+            budget,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
             lock: Mutex::new(Some(lock)),
@@ -499,9 +503,13 @@ impl DiskCache {
             self.counters.skipped.fetch_add(blocks, Ordering::Relaxed);
             return;
         };
+        let Some(held) = self.budget.try_acquire(data.len() as u64) else {
+            self.counters.skipped.fetch_add(blocks, Ordering::Relaxed);
+            return;
+        };
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _permits = (permit, held);
             for (n, chunk) in data.chunks(block).enumerate() {
                 this.insert_block((id, first + n as u64), chunk);
             }

@@ -53,6 +53,7 @@ fn reader(store: &Arc<CountingStore>, len: usize, cache: &Arc<DiskCache>) -> Fil
         p("f"),
         len as u64,
         MemoryBudget::new(64 * 1024 * 1024),
+        crate::fs::buffers::BufferPool::new(MemoryBudget::new(64 * 1024 * 1024), 0),
     )
     .with_cache(cache.clone(), id(1))
 }
@@ -82,7 +83,7 @@ fn files_in(dir: &Path) -> usize {
 #[tokio::test]
 async fn second_read_is_served_from_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = DiskCache::open(options(dir.path())).unwrap();
+    let cache = DiskCache::open(options(dir.path()), MemoryBudget::new(256 * 1024 * 1024)).unwrap();
     let len = 20 * BLOCK as usize + 123;
     let (store, bytes) = store_with(len).await;
 
@@ -116,10 +117,13 @@ async fn second_read_is_served_from_disk() {
 #[tokio::test]
 async fn cap_evicts_the_least_recently_used_block() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = DiskCache::open(CacheOptions {
-        max_bytes: Some(4 * BLOCK),
-        ..options(dir.path())
-    })
+    let cache = DiskCache::open(
+        CacheOptions {
+            max_bytes: Some(4 * BLOCK),
+            ..options(dir.path())
+        },
+        MemoryBudget::new(256 * 1024 * 1024),
+    )
     .unwrap();
     let block = Bytes::from(data(BLOCK as usize, 2));
     for i in 0..4 {
@@ -141,10 +145,13 @@ async fn cap_evicts_the_least_recently_used_block() {
     assert_eq!(allocated(&cache), 4 * BLOCK);
 
     // A block larger than the cap is never cached (and evicts nothing).
-    let small = DiskCache::open(CacheOptions {
-        max_bytes: Some(BLOCK / 2),
-        ..options(&dir.path().join("small"))
-    })
+    let small = DiskCache::open(
+        CacheOptions {
+            max_bytes: Some(BLOCK / 2),
+            ..options(&dir.path().join("small"))
+        },
+        MemoryBudget::new(256 * 1024 * 1024),
+    )
     .unwrap();
     small.insert(id(1), 0, block);
     small.wait_idle().await;
@@ -155,10 +162,13 @@ async fn cap_evicts_the_least_recently_used_block() {
 async fn free_space_floor_is_respected() {
     let dir = tempfile::tempdir().unwrap();
     // No disk has this much free: nothing may be cached, reads must still be right.
-    let cache = DiskCache::open(CacheOptions {
-        reserved_free_bytes: u64::MAX / 2,
-        ..options(dir.path())
-    })
+    let cache = DiskCache::open(
+        CacheOptions {
+            reserved_free_bytes: u64::MAX / 2,
+            ..options(dir.path())
+        },
+        MemoryBudget::new(256 * 1024 * 1024),
+    )
     .unwrap();
     let len = 8 * BLOCK as usize;
     let (store, bytes) = store_with(len).await;
@@ -179,7 +189,7 @@ async fn free_space_floor_is_respected() {
 #[tokio::test]
 async fn a_changed_object_is_a_miss() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = DiskCache::open(options(dir.path())).unwrap();
+    let cache = DiskCache::open(options(dir.path()), MemoryBudget::new(256 * 1024 * 1024)).unwrap();
     let memory = MemoryStore::new();
     let len = 3 * BLOCK as usize;
     let put = |seed: u8| {
@@ -225,7 +235,7 @@ async fn open_f(core: &FsCore) -> u64 {
 #[tokio::test]
 async fn a_corrupt_or_missing_block_is_fetched_again() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = DiskCache::open(options(dir.path())).unwrap();
+    let cache = DiskCache::open(options(dir.path()), MemoryBudget::new(256 * 1024 * 1024)).unwrap();
     let len = 4 * BLOCK as usize;
     let (store, bytes) = store_with(len).await;
     assert!(read_all(&reader(&store, len, &cache), len).await == bytes);
@@ -267,12 +277,12 @@ async fn the_directory_is_ours_alone_and_removed_on_close() {
     std::fs::create_dir_all(&options.dir).unwrap();
     std::fs::write(options.dir.join(LOCK_FILE), b"").unwrap();
     std::fs::write(options.dir.join("stale.0"), b"old").unwrap();
-    let cache = DiskCache::open(options.clone()).unwrap();
+    let cache = DiskCache::open(options.clone(), MemoryBudget::new(256 * 1024 * 1024)).unwrap();
     assert!(!options.dir.join("stale.0").exists());
 
     // A live cache cannot be shared.
     assert!(matches!(
-        DiskCache::open(options.clone()),
+        DiskCache::open(options.clone(), MemoryBudget::new(256 * 1024 * 1024)),
         Err(CacheError::InUse { .. })
     ));
 
@@ -290,10 +300,13 @@ async fn the_directory_is_ours_alone_and_removed_on_close() {
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("thesis.tex"), b"precious").unwrap();
     assert!(matches!(
-        DiskCache::open(CacheOptions {
-            dir: foreign.clone(),
-            ..options
-        }),
+        DiskCache::open(
+            CacheOptions {
+                dir: foreign.clone(),
+                ..options
+            },
+            MemoryBudget::new(256 * 1024 * 1024)
+        ),
         Err(CacheError::NotOurs { .. })
     ));
     assert!(foreign.join("thesis.tex").exists());

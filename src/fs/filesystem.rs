@@ -16,8 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+use super::buffers::BufferPool;
 use super::cache::{CacheOptions, DiskCache, ObjectId};
-use super::reader::{FileReader, Outage};
+use super::reader::{FileReader, IdleFiles, Outage};
 use crate::model::MemoryBudget;
 use crate::model::ObjectPath;
 use crate::store::{Store, StoreError, list_all};
@@ -187,6 +188,11 @@ impl FsOptions {
     }
 }
 
+/// Freed windows kept for reuse: at most 128 MiB, and never more than a quarter of the budget.
+fn pool_bytes(budget: &MemoryBudget) -> usize {
+    (budget.bytes() / 4).min(128 * 1024 * 1024) as usize
+}
+
 /// The filesystem over `store`, rooted at `root` (a directory of the store).
 pub struct FsCore {
     store: Arc<dyn Store>,
@@ -197,6 +203,10 @@ pub struct FsCore {
     handles: Mutex<HashMap<u64, Arc<FileReader>>>,
     next_handle: AtomicU64,
     budget: MemoryBudget,
+    /// Recycled windows of this mount's files.
+    pool: Arc<BufferPool>,
+    /// What this mount's idle open files hold, for the budget's waiters to take back.
+    idle: Arc<IdleFiles>,
     cache: Option<Arc<DiskCache>>,
     /// Shared by every open file: storage that gave up for one gives up for all.
     outage: Arc<Outage>,
@@ -232,6 +242,8 @@ impl FsCore {
         inodes.by_path.insert((root.clone(), true), ROOT_INO);
         Self {
             budget: options.budget.clone(),
+            pool: BufferPool::new(options.budget.clone(), pool_bytes(&options.budget)),
+            idle: IdleFiles::new(&options.budget),
             store,
             root,
             only: None,
@@ -448,8 +460,10 @@ impl FsCore {
             node.path,
             node.size,
             self.budget.clone(),
+            self.pool.clone(),
         )
-        .with_outage(self.outage.clone());
+        .with_outage(self.outage.clone())
+        .with_idle_files(&self.idle);
         if let (Some(cache), Some(id)) = (&self.cache, node.id) {
             reader = reader.with_cache(cache.clone(), id);
         }

@@ -87,6 +87,7 @@ async fn mount_at(
         source: e,
     })?;
     let cache_options = options.cache.clone();
+    let budget = options.budget.clone();
     let mut core = FsCore::new(store, root, options);
     if let Some(name) = &single {
         core = core.single_file(name);
@@ -94,7 +95,7 @@ async fn mount_at(
     // A cache that cannot be set up costs speed, not the mount.
     if let Some(cache_options) = cache_options {
         let dir = cache_options.dir.clone();
-        match tokio::task::spawn_blocking(move || DiskCache::open(cache_options)).await {
+        match tokio::task::spawn_blocking(move || DiskCache::open(cache_options, budget)).await {
             Ok(Ok(cache)) => core = core.with_cache(cache),
             Ok(Err(e)) => tracing::warn!(error = %e, "mounting without a disk cache"),
             Err(e) => {

@@ -4,9 +4,13 @@
 //! previous one ended is sequential. Sequential reads are served from a buffer filled ahead of
 //! them; each time a new read-ahead starts, the window doubles, from 1 MiB up to 64 MiB. A read
 //! elsewhere (a seek) drops the read-ahead, resets the window and fetches only what was asked
-//! (at least 256 KiB), so random small reads do not pull whole windows. Read-ahead memory is
-//! taken from the mount's byte budget and skipped when the budget is exhausted: the read still
-//! works, only without read-ahead.
+//! (at least 256 KiB), so random small reads do not pull whole windows.
+//!
+//! Every byte a reader holds is the job's budget's: a demand fetch waits for its bytes (asking
+//! for only what the kernel asked when a whole window is not free), read-ahead happens only
+//! when its window is free, and no window is larger than a quarter of the budget. Between reads
+//! an open file's buffer and read-ahead sit in a slot of the mount's `IdleFiles`, so that a
+//! request waiting for memory can take back what files nobody is reading hold.
 //!
 //! With a disk cache (`fs::cache`), every fetch goes through `Source::fetch`: cached blocks are
 //! read from disk, the rest is fetched from storage in one GET per run of missing blocks and
@@ -14,17 +18,19 @@
 //! on one and no block is fetched twice.
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
 use tokio::task::JoinHandle;
 
+use super::buffers::BufferPool;
 use super::cache::{DiskCache, ObjectId};
 use crate::model::MemoryBudget;
 use crate::model::RetryPolicy;
-use crate::model::budget::BudgetPermit;
+use crate::model::budget::{BudgetPermit, Reclaim};
 use crate::model::{ObjectPath, Retryable};
 use crate::store::{Store, StoreError};
 
@@ -35,7 +41,7 @@ const MIN_RANDOM_FETCH: u64 = 256 * 1024;
 struct Buffer {
     start: u64,
     data: Bytes,
-    _permit: Option<BudgetPermit>,
+    permit: BudgetPermit,
 }
 
 impl Buffer {
@@ -78,6 +84,7 @@ struct Source {
     size: u64,
     cache: Option<(Arc<DiskCache>, ObjectId)>,
     outage: Arc<Outage>,
+    pool: Arc<BufferPool>,
 }
 
 impl Source {
@@ -89,7 +96,14 @@ impl Source {
     /// Exactly the bytes `range` (within the object).
     async fn fetch(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
         let Some((cache, id)) = &self.cache else {
-            return fetch(self.store.clone(), self.path.clone(), range, &self.outage).await;
+            return fetch(
+                self.store.clone(),
+                self.path.clone(),
+                range,
+                &self.outage,
+                &self.pool,
+            )
+            .await;
         };
         let block = cache.block_size();
         let blocks = range.start / block..range.end.div_ceil(block);
@@ -111,8 +125,14 @@ impl Source {
             let data = match cached {
                 Some(data) => data,
                 None => {
-                    let data =
-                        fetch(self.store.clone(), self.path.clone(), run, &self.outage).await?;
+                    let data = fetch(
+                        self.store.clone(),
+                        self.path.clone(),
+                        run,
+                        &self.outage,
+                        &self.pool,
+                    )
+                    .await?;
                     cache.record_misses(end - first);
                     cache.insert(*id, first, data.clone());
                     data
@@ -137,14 +157,81 @@ fn align_end(end: u64, align: u64, size: u64) -> u64 {
 
 struct ReadAhead {
     start: u64,
-    task: JoinHandle<Result<Bytes, StoreError>>,
+    task: AbortOnDrop<Result<Bytes, StoreError>>,
     permit: BudgetPermit,
 }
 
+/// A task stopped when its handle goes: a read-ahead dropped (a seek, a closed file, memory
+/// taken back) must not go on fetching bytes nobody pays for.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What an open file holds between reads.
 #[derive(Default)]
-struct State {
+struct Held {
     buffer: Option<Buffer>,
     read_ahead: Option<ReadAhead>,
+}
+
+impl Held {
+    fn bytes(&self) -> u64 {
+        self.buffer.as_ref().map_or(0, |b| b.permit.bytes())
+            + self.read_ahead.as_ref().map_or(0, |r| r.permit.bytes())
+    }
+}
+
+/// An open file's place in `IdleFiles`: what it holds while no read runs, and since when.
+struct Slot {
+    held: Mutex<(Held, Instant)>,
+}
+
+/// The open files of one mount: a request waiting for memory takes back what idle ones hold.
+#[derive(Default)]
+pub struct IdleFiles {
+    slots: Mutex<Vec<Weak<Slot>>>,
+}
+
+impl IdleFiles {
+    /// A registry whose idle files give memory back to `budget`'s waiters.
+    pub fn new(budget: &MemoryBudget) -> Arc<Self> {
+        let idle = Arc::new(Self::default());
+        budget.add_reclaimer(Arc::downgrade(&idle) as Weak<dyn Reclaim>);
+        idle
+    }
+
+    fn add(&self, slot: &Arc<Slot>) {
+        let mut slots = self.slots.lock().unwrap();
+        slots.retain(|s| s.strong_count() > 0);
+        slots.push(Arc::downgrade(slot));
+    }
+}
+
+impl Reclaim for IdleFiles {
+    fn reclaim(&self, idle_for: Duration) -> u64 {
+        let slots: Vec<Arc<Slot>> = {
+            let mut slots = self.slots.lock().unwrap();
+            slots.retain(|s| s.strong_count() > 0);
+            slots.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut freed = 0;
+        for slot in slots {
+            let mut held = slot.held.lock().unwrap();
+            if held.1.elapsed() >= idle_for {
+                freed += held.0.bytes();
+                // Dropping them frees the bytes and aborts a read-ahead in flight.
+                held.0 = Held::default();
+            }
+        }
+        freed
+    }
+}
+
+struct State {
     /// Where a sequential read would start.
     next_sequential: u64,
     window: u64,
@@ -154,15 +241,11 @@ pub struct FileReader {
     source: Source,
     size: u64,
     budget: MemoryBudget,
+    /// No window larger than this: one file never holds the whole budget.
+    max_window: u64,
+    slot: Arc<Slot>,
+    /// Serialises this file's reads (the kernel may send several at once).
     state: tokio::sync::Mutex<State>,
-}
-
-impl Drop for FileReader {
-    fn drop(&mut self) {
-        if let Some(read_ahead) = &self.state.get_mut().read_ahead {
-            read_ahead.task.abort();
-        }
-    }
 }
 
 /// Fetches a whole range into memory, retrying transient failures (unless storage is known to
@@ -172,6 +255,7 @@ async fn fetch(
     path: ObjectPath,
     range: Range<u64>,
     outage: &Outage,
+    pool: &Arc<BufferPool>,
 ) -> Result<Bytes, StoreError> {
     let result = outage
         .policy()
@@ -181,7 +265,7 @@ async fn fetch(
             let range = range.clone();
             async move {
                 let want = (range.end - range.start) as usize;
-                let mut out = pool::WINDOWS.take(want);
+                let mut out = pool.take(want);
                 let mut stream = store.get_range(&path, range).await?;
                 while let Some(chunk) = stream.try_next().await? {
                     out.extend_from_slice(&chunk);
@@ -191,7 +275,7 @@ async fn fetch(
                         message: format!("{path}: received {} of {want} bytes", out.len()),
                     });
                 }
-                Ok(pool::WINDOWS.freeze(out))
+                Ok(pool.freeze(out))
             }
         })
         .await;
@@ -199,94 +283,17 @@ async fn fetch(
     result
 }
 
-/// Read-ahead buffers are recycled. A fresh allocation of several MiB is a fresh mmap whose
-/// pages the kernel faults in and zeroes one by one: a fifth of the mount's CPU on a 1 GiB
-/// sequential read. Freed buffers wait here (at most `KEEP_BYTES` in all) for the next window of
-/// a similar size.
-mod pool {
-    use bytes::Bytes;
-    use std::sync::Mutex;
-
-    /// Smaller buffers come from the allocator's own free lists.
-    const MIN_LEN: usize = 1024 * 1024;
-
-    pub struct Pool {
-        free: Mutex<Vec<Vec<u8>>>,
-        keep_bytes: usize,
-    }
-
-    /// The read-ahead windows of every mount in the process.
-    pub static WINDOWS: Pool = Pool::new(128 * 1024 * 1024);
-
-    impl Pool {
-        pub const fn new(keep_bytes: usize) -> Self {
-            Self {
-                free: Mutex::new(Vec::new()),
-                keep_bytes,
-            }
-        }
-
-        /// An empty buffer with room for `len` bytes (and not much more: a 64 MiB buffer is
-        /// not spent on a 1 MiB read).
-        pub fn take(&self, len: usize) -> Vec<u8> {
-            if len >= MIN_LEN {
-                let mut free = self.free.lock().unwrap();
-                let fits = free
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 2 * len)
-                    .min_by_key(|(_, b)| b.capacity())
-                    .map(|(i, _)| i);
-                if let Some(i) = fits {
-                    return free.swap_remove(i);
-                }
-            }
-            Vec::with_capacity(len)
-        }
-
-        /// `buffer`'s bytes, shared; the buffer comes back when the last slice is dropped.
-        pub fn freeze(&'static self, buffer: Vec<u8>) -> Bytes {
-            if buffer.capacity() < MIN_LEN {
-                return Bytes::from(buffer);
-            }
-            Bytes::from_owner(Recycled { buffer, pool: self })
-        }
-
-        fn give_back(&self, mut buffer: Vec<u8>) {
-            buffer.clear();
-            let mut free = self.free.lock().unwrap();
-            let kept: usize = free.iter().map(Vec::capacity).sum();
-            if kept + buffer.capacity() <= self.keep_bytes {
-                free.push(buffer);
-            }
-        }
-
-        #[cfg(test)]
-        pub fn kept(&self) -> usize {
-            self.free.lock().unwrap().iter().map(Vec::capacity).sum()
-        }
-    }
-
-    struct Recycled {
-        buffer: Vec<u8>,
-        pool: &'static Pool,
-    }
-
-    impl AsRef<[u8]> for Recycled {
-        fn as_ref(&self) -> &[u8] {
-            &self.buffer
-        }
-    }
-
-    impl Drop for Recycled {
-        fn drop(&mut self) {
-            self.pool.give_back(std::mem::take(&mut self.buffer));
-        }
-    }
-}
-
 impl FileReader {
-    pub fn new(store: Arc<dyn Store>, path: ObjectPath, size: u64, budget: MemoryBudget) -> Self {
+    /// A reader of `path` (`size` bytes) whose buffers are paid for from `budget` and recycled
+    /// through `pool`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        path: ObjectPath,
+        size: u64,
+        budget: MemoryBudget,
+        pool: Arc<BufferPool>,
+    ) -> Self {
+        let max_window = (budget.bytes() / 4).clamp(FIRST_WINDOW, MAX_WINDOW);
         Self {
             source: Source {
                 store,
@@ -294,12 +301,17 @@ impl FileReader {
                 size,
                 cache: None,
                 outage: Arc::default(),
+                pool,
             },
             size,
             budget,
+            max_window,
+            slot: Arc::new(Slot {
+                held: Mutex::new((Held::default(), Instant::now())),
+            }),
             state: tokio::sync::Mutex::new(State {
+                next_sequential: 0,
                 window: FIRST_WINDOW,
-                ..Default::default()
             }),
         }
     }
@@ -316,6 +328,12 @@ impl FileReader {
         self
     }
 
+    /// Lets the mount's waiters for memory take back what this file holds while it is idle.
+    pub fn with_idle_files(self, idle: &IdleFiles) -> Self {
+        idle.add(&self.slot);
+        self
+    }
+
     /// Bytes `offset..offset+len`, fewer only at the end of the file.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         if offset >= self.size || len == 0 {
@@ -323,35 +341,62 @@ impl FileReader {
         }
         let end = (offset + len).min(self.size);
         let mut state = self.state.lock().await;
+        // Out of the slot while this read runs, so that nobody takes it back from under it. A
+        // read cut short (the kernel gave up) drops it, which only costs the buffered bytes.
+        let mut held = std::mem::take(&mut self.slot.held.lock().unwrap().0);
+        let result = self.read_held(&mut state, &mut held, offset, end).await;
+        *self.slot.held.lock().unwrap() = (held, Instant::now());
+        result
+    }
+
+    #[cfg(test)]
+    fn holds_read_ahead(&self) -> bool {
+        self.slot.held.lock().unwrap().0.read_ahead.is_some()
+    }
+
+    async fn read_held(
+        &self,
+        state: &mut State,
+        held: &mut Held,
+        offset: u64,
+        end: u64,
+    ) -> Result<Bytes, StoreError> {
         let sequential = offset == state.next_sequential && offset != 0
-            || state.buffer.as_ref().is_some_and(|b| b.covers(offset));
+            || held.buffer.as_ref().is_some_and(|b| b.covers(offset));
         if !sequential {
-            if let Some(read_ahead) = state.read_ahead.take() {
-                read_ahead.task.abort();
-            }
+            held.read_ahead = None;
             state.window = FIRST_WINDOW;
         }
+        let align = self.source.alignment();
 
         // Slices of the buffers, copied into one only when a read spans two of them: most
         // reads lie inside one buffer and go to the kernel without a copy.
         let mut parts: Vec<Bytes> = Vec::with_capacity(1);
         let mut pos = offset;
         while pos < end {
-            if let Some(buffer) = state.buffer.as_ref().filter(|b| b.covers(pos)) {
+            if let Some(buffer) = held.buffer.as_ref().filter(|b| b.covers(pos)) {
                 let from = (pos - buffer.start) as usize;
                 let to = ((end - buffer.start) as usize).min(buffer.data.len());
                 parts.push(buffer.data.slice(from..to));
                 pos = buffer.start + to as u64;
                 continue;
             }
-            if let Some(read_ahead) = state.read_ahead.take() {
+            // The buffer is done with. What this reply took from it is copied first, so that
+            // its memory really goes back to the budget with its permit.
+            if let Some(done) = held.buffer.take() {
+                if !parts.is_empty() {
+                    parts = vec![concat(std::mem::take(&mut parts))];
+                }
+                drop(done);
+            }
+            if let Some(mut read_ahead) = held.read_ahead.take() {
                 if read_ahead.start == pos {
-                    match read_ahead.task.await {
+                    match (&mut read_ahead.task.0).await {
                         Ok(Ok(data)) => {
-                            state.buffer = Some(Buffer {
+                            held.buffer = Some(Buffer {
                                 start: pos,
                                 data,
-                                _permit: Some(read_ahead.permit),
+                                permit: read_ahead.permit,
                             });
                             continue;
                         }
@@ -359,8 +404,6 @@ impl FileReader {
                         Ok(Err(e)) => tracing::debug!(error = %e, "read-ahead failed"),
                         Err(_) => {}
                     }
-                } else {
-                    read_ahead.task.abort();
                 }
             }
             let want = if sequential {
@@ -368,32 +411,42 @@ impl FileReader {
             } else {
                 (end - pos).max(MIN_RANDOM_FETCH)
             };
-            let range = pos..align_end(pos + want, self.source.alignment(), self.size);
+            let mut range = pos..align_end(pos + want, align, self.size);
+            // Fetches start on a block boundary below `pos` when there is a disk cache.
+            let fetched = |range: &Range<u64>| range.end - range.start / align * align;
+            // The whole window when it is free; otherwise only what was asked, waiting for it.
+            let permit = match self.budget.try_acquire(fetched(&range)) {
+                Some(permit) => permit,
+                None => {
+                    range.end = align_end(end, align, self.size);
+                    self.budget.acquire(fetched(&range)).await
+                }
+            };
             let data = self.source.fetch(range).await?;
-            state.buffer = Some(Buffer {
+            held.buffer = Some(Buffer {
                 start: pos,
                 data,
-                _permit: None,
+                permit,
             });
         }
         state.next_sequential = end;
 
-        // Keep one window ahead of a sequential reader.
-        if sequential && state.read_ahead.is_none() {
-            let ahead = state
+        // Keep one window ahead of a sequential reader, when the budget has it to spare.
+        if sequential && held.read_ahead.is_none() {
+            let ahead = held
                 .buffer
                 .as_ref()
                 .map(|b| b.start + b.data.len() as u64)
                 .unwrap_or(end);
             if ahead < self.size {
-                state.window = (state.window * 2).min(MAX_WINDOW);
-                let until = align_end(ahead + state.window, self.source.alignment(), self.size);
-                if let Some(permit) = self.budget.try_acquire(until - ahead) {
+                state.window = (state.window * 2).min(self.max_window);
+                let until = align_end(ahead + state.window, align, self.size);
+                if let Some(permit) = self.budget.try_acquire(until - ahead / align * align) {
                     let source = self.source.clone();
                     let task = tokio::spawn(async move { source.fetch(ahead..until).await });
-                    state.read_ahead = Some(ReadAhead {
+                    held.read_ahead = Some(ReadAhead {
                         start: ahead,
-                        task,
+                        task: AbortOnDrop(task),
                         permit,
                     });
                 }
@@ -432,12 +485,9 @@ mod tests {
             .put(&path, bytes.clone().into(), &PutOptions::default())
             .await
             .unwrap();
-        let reader = FileReader::new(
-            Arc::new(store),
-            path,
-            len as u64,
-            MemoryBudget::new(256 * 1024 * 1024),
-        );
+        let budget = MemoryBudget::new(256 * 1024 * 1024);
+        let pool = BufferPool::new(budget.clone(), 128 * 1024 * 1024);
+        let reader = FileReader::new(Arc::new(store), path, len as u64, budget, pool);
         (reader, bytes)
     }
 
@@ -452,10 +502,7 @@ mod tests {
             offset += chunk.len() as u64;
             got.extend_from_slice(&chunk);
             if offset == 256 * 1024 {
-                assert!(
-                    reader.state.lock().await.read_ahead.is_some(),
-                    "no read-ahead"
-                );
+                assert!(reader.holds_read_ahead(), "no read-ahead");
             }
         }
         assert!(got == bytes);
@@ -463,33 +510,6 @@ mod tests {
             reader.read(offset, 10).await.unwrap().is_empty(),
             "EOF reads are empty"
         );
-    }
-
-    #[test]
-    fn window_buffers_are_reused_and_the_pool_is_bounded() {
-        let mib = 1024 * 1024;
-        let pool: &'static pool::Pool = Box::leak(Box::new(pool::Pool::new(128 * mib)));
-        let mut first = pool.take(8 * mib);
-        first.extend_from_slice(&vec![1u8; 8 * mib]);
-        let address = first.as_ptr();
-        let shared = pool.freeze(first);
-        let slice = shared.slice(10..20);
-        drop(shared);
-        assert_eq!(&slice[..], &[1u8; 10], "a slice keeps its bytes");
-        assert_eq!(pool.kept(), 0, "recycled while a slice was alive");
-        drop(slice);
-        // The same memory serves the next window of a similar size, empty.
-        let again = pool.take(6 * mib);
-        assert_eq!(again.as_ptr(), address);
-        assert!(again.is_empty());
-        // Never much larger than asked for: a 1 MiB read does not hold 8 MiB.
-        drop(pool.freeze(again));
-        let small = pool.take(mib);
-        assert_ne!(small.as_ptr(), address);
-        // Bounded: freeing far more than the limit keeps at most the limit.
-        let many: Vec<Bytes> = (0..40).map(|_| pool.freeze(pool.take(8 * mib))).collect();
-        drop(many);
-        assert_eq!(pool.kept(), 128 * mib);
     }
 
     #[tokio::test]
@@ -511,24 +531,76 @@ mod tests {
         assert_eq!(state.window, FIRST_WINDOW);
     }
 
-    #[tokio::test]
-    async fn read_ahead_is_skipped_without_budget() {
-        let store = MemoryStore::new();
-        let bytes = data(4 * 1024 * 1024);
+    async fn stored(len: usize) -> (Arc<MemoryStore>, ObjectPath, Vec<u8>) {
+        let store = Arc::new(MemoryStore::new());
+        let bytes = data(len);
         let path = ObjectPath::parse("f").unwrap();
         store
             .put(&path, bytes.clone().into(), &PutOptions::default())
             .await
             .unwrap();
-        let budget = MemoryBudget::new(64 * 1024);
-        let _all = budget.try_acquire(64 * 1024).unwrap();
-        let reader = FileReader::new(Arc::new(store), path, bytes.len() as u64, budget);
+        (store, path, bytes)
+    }
+
+    async fn read_all(reader: &FileReader, len: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < len {
+            let chunk = reader.read(got.len() as u64, 128 * 1024).await.unwrap();
+            assert!(!chunk.is_empty());
+            got.extend_from_slice(&chunk);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn read_ahead_is_skipped_without_budget() {
+        let (store, path, bytes) = stored(4 * 1024 * 1024).await;
+        let budget = MemoryBudget::new(1024 * 1024);
+        // Someone else holds all but 256 KiB: enough for what the kernel asks, not a window.
+        let _others = budget.try_acquire(768 * 1024).unwrap();
+        let pool = BufferPool::new(budget.clone(), 0);
+        let reader = FileReader::new(store, path, bytes.len() as u64, budget.clone(), pool);
         let mut offset = 0;
         while offset < bytes.len() as u64 {
             let chunk = reader.read(offset, 128 * 1024).await.unwrap();
             assert!(chunk[..] == bytes[offset as usize..offset as usize + chunk.len()]);
             offset += chunk.len() as u64;
-            assert!(reader.state.lock().await.read_ahead.is_none());
+            assert!(!reader.holds_read_ahead());
+            assert!(budget.held_bytes() <= budget.bytes());
         }
+        assert_eq!(budget.peak_bytes(), budget.bytes());
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_its_bytes_and_takes_back_what_idle_files_hold() {
+        let (store, path, bytes) = stored(8 * 1024 * 1024).await;
+        let budget = MemoryBudget::new(16 * 1024 * 1024);
+        let pool = BufferPool::new(budget.clone(), 0);
+        let idle = IdleFiles::new(&budget);
+        let open = |n: u64| {
+            FileReader::new(store.clone(), path.clone(), n, budget.clone(), pool.clone())
+                .with_idle_files(&idle)
+        };
+        // An open file read half-way holds a window and a read-ahead, then goes idle.
+        let first = open(bytes.len() as u64);
+        let half = 4 * 1024 * 1024;
+        let mut offset = 0;
+        while offset < half {
+            offset += first.read(offset, 128 * 1024).await.unwrap().len() as u64;
+        }
+        assert!(budget.held_bytes() > 0, "the idle file holds its buffers");
+        // Someone active takes most of the rest and keeps it.
+        let free = budget.bytes() - budget.held_bytes();
+        let _active = budget.acquire(free.saturating_sub(64 * 1024)).await;
+        // A second file must wait for its bytes: it gets them from the idle one.
+        let second = open(bytes.len() as u64);
+        let got = tokio::time::timeout(Duration::from_secs(60), read_all(&second, bytes.len()))
+            .await
+            .expect("the idle file's memory was taken back");
+        assert!(got == bytes);
+        assert!(budget.peak_bytes() <= budget.bytes());
+        // The first file still reads correctly after losing its buffers.
+        let rest = first.read(half, 1024).await.unwrap();
+        assert!(rest[..] == bytes[half as usize..half as usize + 1024]);
     }
 }

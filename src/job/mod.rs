@@ -123,11 +123,13 @@ pub struct FinishedJob {
     result: JobResult,
     job_dir: PathBuf,
     log: JobLog,
+    budget: crate::model::MemoryBudget,
 }
 
 impl FinishedJob {
     /// Records `code` as the job's exit code in `result.json`, and returns it.
     pub fn close(mut self, code: i32) -> i32 {
+        self.result.memory = Some(result::MemoryUse::of(&self.budget));
         self.result.end(self.reason, code);
         self.result.save(&self.job_dir, &self.log);
         code
@@ -187,6 +189,7 @@ pub async fn run(
         result,
         job_dir: options.job_dir.clone(),
         log,
+        budget: resources.budget.clone(),
     };
     if options.stage_out_only {
         let (end, result) = recover_outputs(
@@ -363,7 +366,7 @@ enum Prepare {
     Failed(InputFailure),
 }
 
-/// Downloads inputs and creates the parents of upload sources.
+/// Creates the parents of upload sources, mounts, then downloads inputs.
 async fn prepare(
     plan: &JobPlan,
     options: &RunOptions,
@@ -383,6 +386,58 @@ async fn prepare(
                 ));
                 Prepare::Failed(InputFailure::Local)
             })?;
+        }
+    }
+    // Mounts first: they are quick to fail, and they stay usable while downloads run.
+    for r in plan.references.iter().filter(|r| r.mode == Mode::Mount) {
+        let started = Instant::now();
+        // The default cache lives in the job directory (one folder per reference).
+        let cache =
+            CacheOptions::from_settings(&plan.mount, &options.job_dir.join("cache"), &r.name);
+        let fs_options = FsOptions {
+            attribute_ttl: plan.mount.attribute_ttl,
+            budget: engine.budget.clone(),
+            cache: cache.clone(),
+        };
+        let config = MountConfig {
+            fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("run"), &r.name),
+            // A script running as someone else must be let in (files 0444, dirs 0555).
+            allow_other: options
+                .identity
+                .as_ref()
+                .is_some_and(Identity::is_other_than_self),
+        };
+        let store = stores[&r.datastore_name].clone();
+        match mount_reference(store, &r.path_on_datastore, &r.local, fs_options, &config).await {
+            Ok(mounted) => {
+                log.line(&format!(
+                    "{}: mounted {}:{} at {} (read-only)",
+                    r.name,
+                    r.datastore_name,
+                    r.path_on_datastore,
+                    r.local.display()
+                ));
+                match (mounted.mount.cache(), &cache) {
+                    (Some(c), _) => log.line(&format!("{}: {}", r.name, describe_cache(c))),
+                    (None, Some(wanted)) => log.line(&format!(
+                        "{}: warning: no disk cache (could not use {}; see the log above)",
+                        r.name,
+                        wanted.dir.display()
+                    )),
+                    (None, None) => log.line(&format!("{}: disk cache off", r.name)),
+                }
+                let entry = result.outcome(&r.name);
+                entry.status = ReferenceStatus::Done;
+                entry.duration_seconds = started.elapsed().as_secs_f64();
+                mounts.push(mounted);
+            }
+            Err(e) => {
+                log.line(&format!("{}: mount failed: {e}", r.name));
+                result
+                    .outcome(&r.name)
+                    .fail(e.to_string(), started.elapsed());
+                return Err(Prepare::Failed(InputFailure::Mount));
+            }
         }
     }
     for r in plan.references.iter().filter(|r| r.mode == Mode::Download) {
@@ -433,57 +488,6 @@ async fn prepare(
                 log.line(&format!("{}: download failed: {e}", r.name));
                 entry.fail(e.to_string(), started.elapsed());
                 return Err(Prepare::Failed(InputFailure::Transfer(e)));
-            }
-        }
-    }
-    for r in plan.references.iter().filter(|r| r.mode == Mode::Mount) {
-        let started = Instant::now();
-        // The default cache lives in the job directory (one folder per reference).
-        let cache =
-            CacheOptions::from_settings(&plan.mount, &options.job_dir.join("cache"), &r.name);
-        let fs_options = FsOptions {
-            attribute_ttl: plan.mount.attribute_ttl,
-            budget: engine.budget.clone(),
-            cache: cache.clone(),
-        };
-        let config = MountConfig {
-            fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("run"), &r.name),
-            // A script running as someone else must be let in (files 0444, dirs 0555).
-            allow_other: options
-                .identity
-                .as_ref()
-                .is_some_and(Identity::is_other_than_self),
-        };
-        let store = stores[&r.datastore_name].clone();
-        match mount_reference(store, &r.path_on_datastore, &r.local, fs_options, &config).await {
-            Ok(mounted) => {
-                log.line(&format!(
-                    "{}: mounted {}:{} at {} (read-only)",
-                    r.name,
-                    r.datastore_name,
-                    r.path_on_datastore,
-                    r.local.display()
-                ));
-                match (mounted.mount.cache(), &cache) {
-                    (Some(c), _) => log.line(&format!("{}: {}", r.name, describe_cache(c))),
-                    (None, Some(wanted)) => log.line(&format!(
-                        "{}: warning: no disk cache (could not use {}; see the log above)",
-                        r.name,
-                        wanted.dir.display()
-                    )),
-                    (None, None) => log.line(&format!("{}: disk cache off", r.name)),
-                }
-                let entry = result.outcome(&r.name);
-                entry.status = ReferenceStatus::Done;
-                entry.duration_seconds = started.elapsed().as_secs_f64();
-                mounts.push(mounted);
-            }
-            Err(e) => {
-                log.line(&format!("{}: mount failed: {e}", r.name));
-                result
-                    .outcome(&r.name)
-                    .fail(e.to_string(), started.elapsed());
-                return Err(Prepare::Failed(InputFailure::Mount));
             }
         }
     }

@@ -130,6 +130,36 @@ pub struct JobResult {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub signals_during_stage_out: Vec<String>,
     pub references: BTreeMap<String, ReferenceOutcome>,
+    /// What the job held in memory, recorded when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryUse>,
+}
+
+/// The job's memory: its budget, the most it held from it at once, and the agent's peak RSS
+/// (which adds the fixed overhead of the runtime, the FUSE threads and replies in flight).
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryUse {
+    pub budget_bytes: u64,
+    pub peak_held_bytes: u64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl MemoryUse {
+    pub fn of(budget: &crate::model::MemoryBudget) -> Self {
+        Self {
+            budget_bytes: budget.bytes(),
+            peak_held_bytes: budget.peak_bytes(),
+            peak_rss_bytes: peak_rss_bytes(),
+        }
+    }
+}
+
+/// `VmHWM` of this process: the most resident memory it ever had.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn now() -> f64 {
@@ -181,6 +211,7 @@ impl JobResult {
             child: None,
             signals_during_stage_out: Vec::new(),
             references,
+            memory: None,
         }
     }
 

@@ -2,11 +2,29 @@
 //! read-ahead windows, demand fetches, recycled buffers, cache writes — is covered by a
 //! [`BudgetPermit`] taken from it, so a job with many mounts and transfers stays within one
 //! bound. It counts what is held and the peak, so the bound can be checked, not assumed.
+//!
+//! Some holders keep memory only to go faster: an idle open file's buffer, a pool of recycled
+//! allocations. They register as [`Reclaim`]ers, and a request that must wait first asks them to
+//! give back what they hold (what has been idle for a while first, then, if the wait goes on,
+//! anything idle): so a reader that waits for memory held by a file nobody is reading, or a
+//! transfer that waits behind a mount's idle windows, is never stuck.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
+
+/// Something that holds budget only to go faster and can give it back on request.
+pub trait Reclaim: Send + Sync {
+    /// Drops what has been idle for at least `idle_for`; returns the bytes given back.
+    fn reclaim(&self, idle_for: Duration) -> u64;
+}
+
+/// How long an idle holder keeps its memory while someone waits, before a waiter takes it.
+const PATIENT_IDLE: Duration = Duration::from_millis(500);
+/// How often a waiter looks again for memory gone idle meanwhile.
+const RECHECK: Duration = Duration::from_millis(20);
 
 /// Bytes in flight across a job when the manifest does not say.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 256 * 1024 * 1024;
@@ -19,13 +37,22 @@ pub struct MemoryBudget {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     /// One permit per KiB.
     permits: Semaphore,
     total_kib: u32,
     held_kib: AtomicU64,
     peak_kib: AtomicU64,
+    reclaimers: Mutex<Vec<Weak<dyn Reclaim>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBudget")
+            .field("total_kib", &self.total_kib)
+            .field("held_kib", &self.held_kib)
+            .finish()
+    }
 }
 
 impl MemoryBudget {
@@ -37,6 +64,7 @@ impl MemoryBudget {
                 total_kib,
                 held_kib: AtomicU64::new(0),
                 peak_kib: AtomicU64::new(0),
+                reclaimers: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -78,16 +106,46 @@ impl MemoryBudget {
     }
 
     /// Waits until `bytes` are free (capped at the whole budget) and holds them until the
-    /// permit is dropped.
+    /// permit is dropped. While it waits, idle holders are asked to give memory back: first
+    /// what was idle for a while, then, once the wait itself has gone on that long, anything
+    /// idle.
     pub async fn acquire(&self, bytes: u64) -> BudgetPermit {
         let kib = self.kib(bytes);
-        self.inner
-            .permits
-            .acquire_many(kib)
-            .await
-            .expect("the budget semaphore is never closed")
-            .forget();
-        self.granted(kib)
+        let mut waited = Duration::ZERO;
+        loop {
+            if let Ok(permit) = self.inner.permits.try_acquire_many(kib) {
+                permit.forget();
+                return self.granted(kib);
+            }
+            if self.reclaim(PATIENT_IDLE.saturating_sub(waited)) > 0 {
+                continue;
+            }
+            let permits = &self.inner.permits;
+            tokio::select! {
+                permit = permits.acquire_many(kib) => {
+                    permit.expect("the budget semaphore is never closed").forget();
+                    return self.granted(kib);
+                }
+                _ = tokio::time::sleep(RECHECK) => waited += RECHECK,
+            }
+        }
+    }
+
+    /// Registers a holder of optional memory (forgotten once it is dropped).
+    pub fn add_reclaimer(&self, reclaimer: Weak<dyn Reclaim>) {
+        let mut reclaimers = self.inner.reclaimers.lock().unwrap();
+        reclaimers.retain(|r| r.strong_count() > 0);
+        reclaimers.push(reclaimer);
+    }
+
+    /// Asks every live reclaimer to drop what has been idle for `idle_for`.
+    fn reclaim(&self, idle_for: Duration) -> u64 {
+        let live: Vec<Arc<dyn Reclaim>> = {
+            let mut reclaimers = self.inner.reclaimers.lock().unwrap();
+            reclaimers.retain(|r| r.strong_count() > 0);
+            reclaimers.iter().filter_map(Weak::upgrade).collect()
+        };
+        live.iter().map(|r| r.reclaim(idle_for)).sum()
     }
 }
 
@@ -117,7 +175,6 @@ impl Drop for BudgetPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn blocks_until_released_and_counts_what_is_held() {
@@ -139,5 +196,48 @@ mod tests {
         // Requests above the whole budget are capped, not deadlocked.
         let all = budget.acquire(1 << 40).await;
         assert_eq!(all.bytes(), budget.bytes());
+    }
+
+    /// A holder that keeps one permit until asked, idle since it was made.
+    struct IdleHolder {
+        permit: Mutex<Option<BudgetPermit>>,
+        idle_since: std::time::Instant,
+    }
+
+    impl Reclaim for IdleHolder {
+        fn reclaim(&self, idle_for: Duration) -> u64 {
+            if self.idle_since.elapsed() < idle_for {
+                return 0;
+            }
+            self.permit.lock().unwrap().take().map_or(0, |p| p.bytes())
+        }
+    }
+
+    fn idle_holder(permit: BudgetPermit) -> Arc<IdleHolder> {
+        Arc::new(IdleHolder {
+            permit: Mutex::new(Some(permit)),
+            idle_since: std::time::Instant::now(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_waiter_takes_back_memory_an_idle_holder_keeps() {
+        let budget = MemoryBudget::new(64 * 1024);
+        let holder = idle_holder(budget.acquire(64 * 1024).await);
+        budget.add_reclaimer(Arc::downgrade(&holder) as Weak<dyn Reclaim>);
+        // Nobody would release it on their own: without reclaiming, this waits forever.
+        let permit = tokio::time::timeout(Duration::from_secs(30), budget.acquire(16 * 1024))
+            .await
+            .expect("the idle holder's memory was taken back");
+        assert!(holder.permit.lock().unwrap().is_none());
+        assert_eq!(budget.held_bytes(), 16 * 1024);
+        assert!(budget.peak_bytes() <= budget.bytes());
+        drop(permit);
+
+        // An optional request never takes memory from others.
+        let other = idle_holder(budget.acquire(64 * 1024).await);
+        budget.add_reclaimer(Arc::downgrade(&other) as Weak<dyn Reclaim>);
+        assert!(budget.try_acquire(1024).is_none());
+        assert!(other.permit.lock().unwrap().is_some());
     }
 }
