@@ -148,18 +148,15 @@ pub async fn run(
     let mut signals = JobSignals::install().map_err(JobError::Signals)?;
     supervise::become_subreaper();
     // A dataref killed earlier on this node may have left dead mounts (ENOTCONN) behind.
-    if nix::unistd::geteuid().is_root() {
-        let report = tokio::task::spawn_blocking(crate::fs::cleanup::cleanup_dead_mounts)
-            .await
-            .unwrap_or_default();
-        for mount in &report.removed {
-            eprintln!(
-                "dataref: removed a dead mount at {} ({})",
-                mount.mountpoint.display(),
-                mount.fsname
-            );
+    let removed = match nix::unistd::geteuid().is_root() {
+        true => {
+            tokio::task::spawn_blocking(crate::fs::cleanup::cleanup_dead_mounts)
+                .await
+                .unwrap_or_default()
+                .removed
         }
-    }
+        false => Vec::new(),
+    };
 
     let stores = open_stores(plan, resources)?;
     std::fs::create_dir_all(&options.job_dir).map_err(|source| JobError::JobDir {
@@ -176,11 +173,17 @@ pub async fn run(
         path: log_path.clone(),
         source,
     })?;
+    for mount in &removed {
+        log.line(&format!(
+            "removed a dead mount at {} ({})",
+            mount.mountpoint.display(),
+            mount.fsname
+        ));
+    }
     let mut result = JobResult::new(plan, &options.job_dir);
     result.save(&options.job_dir, &log);
 
-    let engine = Engine::new(resources).with_progress(options.progress);
-    let mut engine = engine;
+    let mut engine = Engine::new(resources).with_progress(options.progress);
     engine.reserved_free_disk_bytes = plan.mount.reserved_free_disk_bytes;
 
     let finished = |end: JobEnd, reason: EndReason, result: JobResult, log: JobLog| FinishedJob {
@@ -460,20 +463,11 @@ async fn prepare(
                     give_downloaded_tree(identity, &r.local, log)
                         .map_err(|()| Prepare::Failed(InputFailure::Local))?;
                 }
-                let failed = !report.errors.is_empty();
                 let all_local = report.errors.iter().all(|e| e.local);
                 for e in &report.errors {
                     log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
                 }
-                entry.record(
-                    report,
-                    if failed {
-                        ReferenceStatus::Failed
-                    } else {
-                        ReferenceStatus::Done
-                    },
-                );
-                if failed {
+                if entry.record(report) {
                     return Err(Prepare::Failed(InputFailure::Files { all_local }));
                 }
             }
@@ -619,16 +613,7 @@ async fn stage_out(
                 for e in &report.errors {
                     log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
                 }
-                let failed = !report.errors.is_empty();
-                ok &= !failed;
-                entry.record(
-                    report,
-                    if failed {
-                        ReferenceStatus::Failed
-                    } else {
-                        ReferenceStatus::Done
-                    },
-                );
+                ok &= !entry.record(report);
             }
             Err(e) => {
                 log.line(&format!("{}: upload failed: {e}", r.name));

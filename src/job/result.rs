@@ -67,13 +67,20 @@ pub struct ReferenceOutcome {
 }
 
 impl ReferenceOutcome {
-    pub fn record(&mut self, report: TransferReport, status: ReferenceStatus) {
-        self.status = status;
+    /// Records a transfer's report: done, or failed when any file failed. Returns whether it
+    /// failed.
+    pub fn record(&mut self, report: TransferReport) -> bool {
+        let failed = !report.errors.is_empty();
+        self.status = match failed {
+            true => ReferenceStatus::Failed,
+            false => ReferenceStatus::Done,
+        };
         self.files = report.files;
         self.bytes = report.bytes;
         self.skipped = report.skipped;
         self.errors = report.errors;
         self.duration_seconds = round(report.duration);
+        failed
     }
 
     pub fn fail(&mut self, error: String, elapsed: Duration) {
