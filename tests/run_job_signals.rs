@@ -29,10 +29,7 @@ fn sigterm_reaches_the_script_and_outputs_are_still_uploaded() {
              touch ready
              while :; do sleep 0.05; done"),
     }));
-    let mut child = job.spawn(&manifest);
-    poll("the script's ready marker", Duration::from_secs(10), || {
-        job.work.join("ready").exists()
-    });
+    let mut child = job.spawn_until_ready(&manifest);
     signal(&child, Signal::SIGTERM);
     let code = job.code(&mut child);
     job.expect_code(code, 143);
@@ -66,10 +63,7 @@ fn script_ignoring_sigterm_is_killed_after_grace() {
              touch ready
              while :; do sleep 0.05; done"),
     }));
-    let mut child = job.spawn(&manifest);
-    poll("the script's ready marker", Duration::from_secs(10), || {
-        job.work.join("ready").exists()
-    });
+    let mut child = job.spawn_until_ready(&manifest);
     let signalled = Instant::now();
     signal(&child, Signal::SIGTERM);
     let code = job.code(&mut child);
@@ -224,10 +218,7 @@ fn script_and_agent_signalled_together_count_as_preempted() {
         "upload_policy": "on_success",
         "command": sh("mkdir -p outputs; echo saved > outputs/o.txt; touch ready; sleep 30"),
     }));
-    let mut child = job.spawn(&manifest);
-    poll("the script's ready marker", Duration::from_secs(10), || {
-        job.work.join("ready").exists()
-    });
+    let mut child = job.spawn_until_ready(&manifest);
     let group = job.result()["script_pid"]
         .as_i64()
         .expect("script_pid while running");
@@ -254,10 +245,7 @@ fn stage_out_failure_after_preemption_with_exit_0_exits_75() {
              touch ready
              while :; do sleep 0.05; done"),
     }));
-    let mut child = job.spawn(&manifest);
-    poll("the script's ready marker", Duration::from_secs(10), || {
-        job.work.join("ready").exists()
-    });
+    let mut child = job.spawn_until_ready(&manifest);
     signal(&child, Signal::SIGTERM);
     let code = job.code(&mut child);
     job.expect_code(code, 75);

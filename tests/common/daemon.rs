@@ -99,7 +99,8 @@ impl Area {
         Daemon { child: Some(child) }
     }
 
-    pub fn client(&self, args: &[&str]) -> cli::Outcome {
+    /// `dataref ARGS[0] --socket SOCKET ARGS[1..]` from `work/`.
+    fn client_command(&self, args: &[&str]) -> std::process::Command {
         let mut command = cli::command();
         command
             .current_dir(self.path("work"))
@@ -107,20 +108,16 @@ impl Area {
             .arg("--socket")
             .arg(self.socket())
             .args(&args[1..]);
-        cli::output(&mut command)
+        command
     }
 
+    pub fn client(&self, args: &[&str]) -> cli::Outcome {
+        cli::output(&mut self.client_command(args))
+    }
+
+    /// The client as another user.
     pub fn client_as(&self, uid: u32, gid: u32, args: &[&str]) -> cli::Outcome {
-        let mut command = cli::command();
-        command
-            .current_dir(self.path("work"))
-            .arg(args[0])
-            .arg("--socket")
-            .arg(self.socket())
-            .args(&args[1..])
-            .uid(uid)
-            .gid(gid);
-        cli::output(&mut command)
+        cli::output(self.client_command(args).uid(uid).gid(gid))
     }
 
     pub fn status(&self, id: &str) -> Value {

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use super::fs::write;
-use super::wait::exit_within;
+use super::wait::{exit_within, poll_or};
 
 /// How long any single dataref run may take before the test gives up on it.
 pub const RUN_LIMIT: Duration = Duration::from_secs(20);
@@ -91,6 +91,18 @@ impl Job {
 
     pub fn spawn(&self, manifest: &Path) -> Child {
         self.command(manifest).spawn().expect("dataref starts")
+    }
+
+    /// Spawns the job and waits until its script has created `work/ready`.
+    pub fn spawn_until_ready(&self, manifest: &Path) -> Child {
+        let child = self.spawn(manifest);
+        poll_or(
+            "the script's ready marker",
+            Duration::from_secs(10),
+            || self.describe(),
+            || self.work.join("ready").exists(),
+        );
+        child
     }
 
     /// Runs the job to its end and returns dataref's exit code.
