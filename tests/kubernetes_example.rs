@@ -319,10 +319,12 @@ fn pod_runs_the_job_and_uploads_its_outputs() {
 #[test]
 fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
     let mut pod = Pod::new();
-    // A long run, and ten orphans (`sleep 2` whose parent shell exits at once) before the
-    // example's script starts: they are reparented to PID 1.
+    // A long run, and ten orphans (`sleep 6` whose parent shell exits at once) before the
+    // example's script starts: they are reparented to PID 1. They must still be alive when the
+    // first checkpoint is seen, about 0.5 s after the start (2 s on a loaded 2-core machine):
+    // 6 s is 3x that.
     pod.manifest["environment"]["EPOCHS"] = "1000".into();
-    let orphans = "(sleep 2 &); ".repeat(10);
+    let orphans = "(sleep 6 &); ".repeat(10);
     let command = pod.manifest["command"].as_array().unwrap().clone();
     let mut wrapped: Vec<Value> = vec![
         "sh".into(),
@@ -359,7 +361,7 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
     );
     poll_or(
         "ten orphans reparented to PID 1",
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         || pod.describe(),
         || {
             let sleeps = children_of(pid1)
@@ -369,10 +371,11 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
             (sleeps == 10).then_some(())
         },
     );
-    // Once they exit, PID 1 must reap them: a zombie stays its child until reaped.
+    // Once they exit (6 s after the start), PID 1 must reap them: a zombie stays its child
+    // until reaped.
     poll_or(
         "the orphans to be reaped",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || pod.describe(),
         || {
             let children = children_of(pid1);
