@@ -69,60 +69,16 @@ fn register_azure_blob_with_a_key_file_keeps_only_a_reference() {
 #[test]
 fn a_relative_key_file_is_stored_as_an_absolute_path() {
     let env = Env::new();
-    env.ok(&[
-        "register",
-        "azure-blob",
-        "--name",
-        "blob",
-        "--account",
-        "acct1",
-        "--container",
-        "data",
-        "--key-file",
-        "keys/account.key",
-    ]);
+    env.ok(&blob_args("blob", &["--key-file", "keys/account.key"]));
     assert_eq!(env.get("blob")["account_key"], json!({"file": env.key()}));
 }
 
 #[test]
 fn register_with_sas_env_sas_file_key_env_and_anonymous() {
     let env = Env::new();
-    env.ok(&[
-        "register",
-        "azure-blob",
-        "--name",
-        "by_sas_env",
-        "--account",
-        "acct1",
-        "--container",
-        "data",
-        "--sas-env",
-        SAS_VAR,
-    ]);
-    env.ok(&[
-        "register",
-        "azure-blob",
-        "--name",
-        "by_sas_file",
-        "--account",
-        "acct1",
-        "--container",
-        "data",
-        "--sas-file",
-        &env.sas_file(),
-    ]);
-    env.ok(&[
-        "register",
-        "azure-blob",
-        "--name",
-        "by_key_env",
-        "--account",
-        "acct1",
-        "--container",
-        "data",
-        "--key-env",
-        "MY_ACCOUNT_KEY",
-    ]);
+    env.ok(&blob_args("by_sas_env", &["--sas-env", SAS_VAR]));
+    env.ok(&blob_args("by_sas_file", &["--sas-file", &env.sas_file()]));
+    env.ok(&blob_args("by_key_env", &["--key-env", "MY_ACCOUNT_KEY"]));
     env.ok(&[
         "register",
         "azure-blob",

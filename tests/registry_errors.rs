@@ -108,18 +108,10 @@ fn a_group_readable_key_file_is_refused_and_nothing_is_written() {
     // With an existing registry, it is left byte for byte as it was.
     env.register_local("ok");
     let registry = env.registry_text();
-    let out = env.ds(&[
-        "register",
-        "azure-blob",
-        "--name",
+    let out = env.ds(&blob_args(
         "loose",
-        "--account",
-        "acct1",
-        "--container",
-        "data",
-        "--sas-file",
-        loose.to_str().unwrap(),
-    ]);
+        &["--sas-file", loose.to_str().unwrap()],
+    ));
     assert_eq!(out.code, 65, "{}", out.stderr);
     assert_eq!(env.registry_text(), registry);
 }
@@ -128,18 +120,10 @@ fn a_group_readable_key_file_is_refused_and_nothing_is_written() {
 fn missing_key_file_and_symlinked_secret() {
     let env = Env::new();
     let missing = env.root.join("keys/nope.key");
-    let out = env.ds(&[
-        "register",
-        "azure-blob",
-        "--name",
+    let out = env.ds(&blob_args(
         "blob",
-        "--account",
-        "acct1",
-        "--container",
-        "data",
-        "--key-file",
-        missing.to_str().unwrap(),
-    ]);
+        &["--key-file", missing.to_str().unwrap()],
+    ));
     assert_eq!(out.code, 65, "{}", out.stderr);
     assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
     assert!(!env.config.exists());
@@ -148,18 +132,7 @@ fn missing_key_file_and_symlinked_secret() {
     write_file(&env.root.join("secret/..data/key"), KEY, 0o400);
     let link = env.root.join("secret/key");
     std::os::unix::fs::symlink(env.root.join("secret/..data/key"), &link).unwrap();
-    env.ok(&[
-        "register",
-        "azure-blob",
-        "--name",
-        "blob",
-        "--account",
-        "acct1",
-        "--container",
-        "data",
-        "--key-file",
-        link.to_str().unwrap(),
-    ]);
+    env.ok(&blob_args("blob", &["--key-file", link.to_str().unwrap()]));
     assert_eq!(env.get("blob")["account_key"], json!({"file": link}));
 }
 
@@ -294,19 +267,14 @@ fn invalid_names_and_locations_exit_65() {
         assert!(out.stderr.contains(flag), "{args:?}: {}", out.stderr);
     }
     // An endpoint carrying a SAS query is refused without echoing it.
-    let out = env.ds(&[
-        "register",
-        "azure-blob",
-        "--name",
+    let out = env.ds(&blob_args(
         "blob",
-        "--account",
-        "acct1",
-        "--container",
-        "data",
-        "--anonymous",
-        "--endpoint",
-        "http://127.0.0.1:10000/acct1?sv=1&sig=TOPSECRETSASSIGNATURE",
-    ]);
+        &[
+            "--anonymous",
+            "--endpoint",
+            "http://127.0.0.1:10000/acct1?sv=1&sig=TOPSECRETSASSIGNATURE",
+        ],
+    ));
     assert_eq!(out.code, 65, "{}", out.stderr);
     assert!(
         !env.config.exists(),

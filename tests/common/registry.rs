@@ -130,3 +130,20 @@ pub fn assert_no_secret(text: &str) {
 pub fn list_lines(out: &Outcome) -> Vec<String> {
     out.stdout.lines().map(str::to_owned).collect()
 }
+
+/// `register azure-blob --name NAME --account acct1 --container data` and `credential` (the
+/// flags a test is about).
+pub fn blob_args<'a>(name: &'a str, credential: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "register",
+        "azure-blob",
+        "--name",
+        name,
+        "--account",
+        "acct1",
+        "--container",
+        "data",
+    ];
+    args.extend_from_slice(credential);
+    args
+}
