@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::stores::{Hooked, RangeHook};
+
 use common::data::{p, pattern_at};
 use common::fs::files as files_under;
 use common::mounts::test_config as mount_config;
@@ -21,10 +23,7 @@ use dataref::fs::core::FsOptions;
 use dataref::fs::mount::mount_into;
 use dataref::store::azure::blob::BlobStore;
 use dataref::store::memory::MemoryStore;
-use dataref::store::{
-    ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions,
-    Result as StoreResult, Store,
-};
+use dataref::store::{ByteStream, ObjectPath, PutOptions, Result as StoreResult, Store};
 use dataref::transfer;
 
 use common::engines::defaults as engine;
@@ -36,21 +35,19 @@ async fn blob_store(endpoint: &str, dir: &Path) -> Arc<BlobStore> {
     Arc::new(azurite::fresh_store(endpoint, dir, "disk-full").await)
 }
 
-/// Delegates to `inner`, but holds every ranged read until `parties` different objects have
-/// been asked for: each download's up-front free-space check (made before its first read) has
-/// then passed before any byte is written, however the two downloads are scheduled.
+/// Holds every ranged read until `parties` different objects have been asked for: each
+/// download's up-front free-space check (made before its first read) has then passed before
+/// any byte is written, however the two downloads are scheduled.
 #[derive(Debug)]
 struct Gate {
-    inner: Arc<dyn Store>,
     parties: usize,
     asked: std::sync::Mutex<std::collections::HashSet<String>>,
     open: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gate {
-    fn new(inner: Arc<dyn Store>, parties: usize) -> Self {
+    fn new(parties: usize) -> Self {
         Self {
-            inner,
             parties,
             asked: Default::default(),
             open: tokio::sync::watch::channel(false).0,
@@ -59,20 +56,13 @@ impl Gate {
 }
 
 #[async_trait::async_trait]
-impl Store for Gate {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn max_part_size(&self) -> u64 {
-        self.inner.max_part_size()
-    }
-    async fn list(&self, request: &ListRequest) -> StoreResult<ListPage> {
-        self.inner.list(request).await
-    }
-    async fn head(&self, path: &ObjectPath) -> StoreResult<ObjectMeta> {
-        self.inner.head(path).await
-    }
-    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> StoreResult<ByteStream> {
+impl RangeHook for Gate {
+    async fn get_range(
+        &self,
+        inner: &dyn Store,
+        path: &ObjectPath,
+        range: Range<u64>,
+    ) -> StoreResult<ByteStream> {
         let mut open = self.open.subscribe();
         let asked = {
             let mut asked = self.asked.lock().unwrap();
@@ -83,16 +73,7 @@ impl Store for Gate {
             self.open.send_replace(true);
         }
         open.wait_for(|open| *open).await.unwrap();
-        self.inner.get_range(path, range).await
-    }
-    async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> StoreResult<()> {
-        self.inner.put(path, data, options).await
-    }
-    async fn start_upload(&self, path: &ObjectPath, size: u64) -> StoreResult<Box<dyn PartUpload>> {
-        self.inner.start_upload(path, size).await
-    }
-    async fn delete(&self, path: &ObjectPath) -> StoreResult<()> {
-        self.inner.delete(path).await
+        inner.get_range(path, range).await
     }
 }
 
@@ -178,7 +159,10 @@ async fn a_disk_that_fills_up_mid_download_leaves_no_partial_file() {
     }
     let tmpfs = Tmpfs::mount(&dir.path().join("small"), "64m");
     let engine = engine();
-    let store: Arc<dyn Store> = Arc::new(Gate::new(store, 2));
+    let store: Arc<dyn Store> = Arc::new(Hooked {
+        inner: store,
+        hook: Gate::new(2),
+    });
     let (d0, d1) = (tmpfs.path().join("d0"), tmpfs.path().join("d1"));
     let (r0, r1) = (p("d0"), p("d1"));
     let (first, second) = tokio::join!(

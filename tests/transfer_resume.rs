@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::stores::{Hooked, RangeHook};
+
 use common::data::{p, pattern, put_with_md5 as put};
 use common::fs::tree;
 
@@ -18,40 +20,33 @@ use md5::{Digest, Md5};
 
 use common::engines::small_parts as engine;
 
-/// Delegates to a memory store, but the first `failures` streams break after half their bytes;
-/// records every range requested.
+/// Ranged reads of which the first `failures` break after half their bytes; records every
+/// range requested.
 #[derive(Debug)]
-struct FlakyStore {
-    inner: MemoryStore,
+struct Flaky {
     failures: std::sync::atomic::AtomicU32,
     ranges: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
 }
 
+fn flaky(inner: MemoryStore, failures: u32) -> Arc<Hooked<Flaky>> {
+    let hook = Flaky {
+        failures: failures.into(),
+        ranges: Default::default(),
+    };
+    Hooked::new(inner, hook)
+}
+
 #[async_trait::async_trait]
-impl Store for FlakyStore {
-    fn describe(&self) -> String {
-        "flaky".into()
-    }
-    fn max_part_size(&self) -> u64 {
-        self.inner.max_part_size()
-    }
-    async fn list(
-        &self,
-        request: &dataref::store::ListRequest,
-    ) -> dataref::store::Result<dataref::store::ListPage> {
-        self.inner.list(request).await
-    }
-    async fn head(&self, path: &ObjectPath) -> dataref::store::Result<dataref::store::ObjectMeta> {
-        self.inner.head(path).await
-    }
+impl RangeHook for Flaky {
     async fn get_range(
         &self,
+        inner: &dyn Store,
         path: &ObjectPath,
         range: std::ops::Range<u64>,
     ) -> dataref::store::Result<dataref::store::ByteStream> {
         use futures::StreamExt;
         self.ranges.lock().unwrap().push(range.clone());
-        let data = read_to_bytes(&self.inner, path).await?;
+        let data = read_to_bytes(inner, path).await?;
         let slice = data.slice(range.start as usize..range.end.min(data.len() as u64) as usize);
         let fail = self
             .failures
@@ -73,24 +68,6 @@ impl Store for FlakyStore {
         }
         Ok(futures::stream::iter(vec![Ok(slice)]).boxed())
     }
-    async fn put(
-        &self,
-        path: &ObjectPath,
-        data: Bytes,
-        o: &PutOptions,
-    ) -> dataref::store::Result<()> {
-        self.inner.put(path, data, o).await
-    }
-    async fn start_upload(
-        &self,
-        path: &ObjectPath,
-        size: u64,
-    ) -> dataref::store::Result<Box<dyn dataref::store::PartUpload>> {
-        self.inner.start_upload(path, size).await
-    }
-    async fn delete(&self, path: &ObjectPath) -> dataref::store::Result<()> {
-        self.inner.delete(path).await
-    }
 }
 
 #[tokio::test]
@@ -98,11 +75,7 @@ async fn a_range_broken_mid_body_resumes_from_the_missing_byte() {
     let inner = MemoryStore::new();
     let data = pattern(64 * 1024 * 3, 5); // three parts of the test engine's 64 KiB
     put(&inner, "f.bin", &data).await;
-    let store = Arc::new(FlakyStore {
-        inner,
-        failures: 2.into(),
-        ranges: Default::default(),
-    });
+    let store = flaky(inner, 2);
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
     engine.part_concurrency = 1; // deterministic order of requests
@@ -118,7 +91,7 @@ async fn a_range_broken_mid_body_resumes_from_the_missing_byte() {
     .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), data);
-    let ranges = store.ranges.lock().unwrap().clone();
+    let ranges = store.hook.ranges.lock().unwrap().clone();
     // The first range broke at its middle and was resumed there, twice; the rest went once.
     let part = 64 * 1024u64;
     assert_eq!(
@@ -138,11 +111,7 @@ async fn a_small_file_broken_mid_body_resumes_from_the_missing_byte() {
     let inner = MemoryStore::new();
     let data = pattern(10_000, 9); // one part: fetched into memory, written once
     put(&inner, "small.bin", &data).await;
-    let store = Arc::new(FlakyStore {
-        inner,
-        failures: 1.into(),
-        ranges: Default::default(),
-    });
+    let store = flaky(inner, 1);
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
     engine.retry.initial_backoff = std::time::Duration::from_millis(1);
@@ -158,7 +127,7 @@ async fn a_small_file_broken_mid_body_resumes_from_the_missing_byte() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(std::fs::read(dir.path().join("small.bin")).unwrap(), data);
     assert_eq!(
-        *store.ranges.lock().unwrap(),
+        *store.hook.ranges.lock().unwrap(),
         vec![0..10_000, 5_000..10_000]
     );
     assert_eq!(tree(dir.path()), vec!["small.bin"], "no partial file left");
@@ -171,33 +140,18 @@ enum RangeEvent {
     Completed(u64),
 }
 
-/// Delegates to a memory store; every ranged read waits a little before its body, and records
-/// when it was requested and when its body ended.
-#[derive(Debug)]
-struct SlowStore {
-    inner: MemoryStore,
+/// Ranged reads that wait a little before their body, recording when each was requested and
+/// when its body ended.
+#[derive(Debug, Default)]
+struct Slow {
     events: Arc<std::sync::Mutex<Vec<RangeEvent>>>,
 }
 
 #[async_trait::async_trait]
-impl Store for SlowStore {
-    fn describe(&self) -> String {
-        "slow".into()
-    }
-    fn max_part_size(&self) -> u64 {
-        self.inner.max_part_size()
-    }
-    async fn list(
-        &self,
-        request: &dataref::store::ListRequest,
-    ) -> dataref::store::Result<dataref::store::ListPage> {
-        self.inner.list(request).await
-    }
-    async fn head(&self, path: &ObjectPath) -> dataref::store::Result<dataref::store::ObjectMeta> {
-        self.inner.head(path).await
-    }
+impl RangeHook for Slow {
     async fn get_range(
         &self,
+        inner: &dyn Store,
         path: &ObjectPath,
         range: std::ops::Range<u64>,
     ) -> dataref::store::Result<dataref::store::ByteStream> {
@@ -207,7 +161,7 @@ impl Store for SlowStore {
             .lock()
             .unwrap()
             .push(RangeEvent::Requested(start));
-        let data = read_to_bytes(&self.inner, path).await?;
+        let data = read_to_bytes(inner, path).await?;
         let slice = data.slice(range.start as usize..range.end.min(data.len() as u64) as usize);
         let events = self.events.clone();
         let body = futures::stream::unfold(Some(slice), move |next| {
@@ -226,24 +180,6 @@ impl Store for SlowStore {
             }
         });
         Ok(body.boxed())
-    }
-    async fn put(
-        &self,
-        path: &ObjectPath,
-        data: Bytes,
-        o: &PutOptions,
-    ) -> dataref::store::Result<()> {
-        self.inner.put(path, data, o).await
-    }
-    async fn start_upload(
-        &self,
-        path: &ObjectPath,
-        size: u64,
-    ) -> dataref::store::Result<Box<dyn dataref::store::PartUpload>> {
-        self.inner.start_upload(path, size).await
-    }
-    async fn delete(&self, path: &ObjectPath) -> dataref::store::Result<()> {
-        self.inner.delete(path).await
     }
 }
 
@@ -264,10 +200,7 @@ async fn hashed_download_requests_parts_in_order_within_the_window() {
     // With an MD5.
     let inner = MemoryStore::new();
     put(&inner, "big.bin", &data).await;
-    let store = Arc::new(SlowStore {
-        inner,
-        events: Default::default(),
-    });
+    let store = Hooked::new(inner, Slow::default());
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("big.bin");
     let report = transfer::download(&engine, store.clone(), &p("big.bin"), &target, false)
@@ -275,7 +208,7 @@ async fn hashed_download_requests_parts_in_order_within_the_window() {
         .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(std::fs::read(&target).unwrap(), data);
-    let events = store.events.lock().unwrap().clone();
+    let events = store.hook.events.lock().unwrap().clone();
     let requested: Vec<u64> = events
         .iter()
         .filter_map(|e| match e {
@@ -312,17 +245,14 @@ async fn hashed_download_requests_parts_in_order_within_the_window() {
         )
         .await
         .unwrap();
-    let store = Arc::new(SlowStore {
-        inner,
-        events: Default::default(),
-    });
+    let store = Hooked::new(inner, Slow::default());
     let target = dir.path().join("raw.bin");
     let report = transfer::download(&engine, store.clone(), &p("raw.bin"), &target, false)
         .await
         .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(std::fs::read(&target).unwrap(), data);
-    let events = store.events.lock().unwrap().clone();
+    let events = store.hook.events.lock().unwrap().clone();
     let before_first_completion = events
         .iter()
         .take_while(|e| matches!(e, RangeEvent::Requested(_)))
