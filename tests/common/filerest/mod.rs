@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod http;
+mod model;
 mod ops;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
