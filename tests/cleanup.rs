@@ -12,12 +12,13 @@
 
 mod common;
 
+use common::serial;
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::cli::{Outcome, command, output};
@@ -27,12 +28,6 @@ use nix::mount::MntFlags;
 const MOUNTER_ENV: &str = "DATAREF_TEST_MOUNTER";
 const MOUNTER_FSNAME_ENV: &str = "DATAREF_TEST_MOUNTER_FSNAME";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 // ---------------------------------------------------------------------------------------------
 // The serving child.
@@ -316,7 +311,7 @@ impl Drop for Reaped {
 
 #[test]
 fn a_live_mount_of_another_job_survives_cleanup() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let mount = Mount::new("dataref:jobid123.{pid}:train");
     assert_served(&mount);
 
@@ -344,7 +339,7 @@ fn a_live_mount_of_another_job_survives_cleanup() {
 
 #[test]
 fn a_live_server_that_does_not_say_dataref_is_recognised_by_its_dev_fuse() {
-    let _serial = serial();
+    let _serial = serial::lock();
     // A filesystem served from inside another program (a test binary, say): its command line
     // does not mention dataref, but it holds /dev/fuse open, so its pid was not reused.
     let mount = Mount::served_by("dataref:embedded.{pid}:data", "fuse-server");
@@ -362,7 +357,7 @@ fn a_live_server_that_does_not_say_dataref_is_recognised_by_its_dev_fuse() {
 
 #[test]
 fn a_killed_jobs_mount_is_removed_and_the_directory_usable_again() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let mut mount = Mount::new("dataref:run.{pid}:train");
     assert_served(&mount);
     mount.kill_server();
@@ -389,7 +384,7 @@ fn a_killed_jobs_mount_is_removed_and_the_directory_usable_again() {
 
 #[test]
 fn mounts_that_are_not_datarefs_are_never_touched() {
-    let _serial = serial();
+    let _serial = serial::lock();
     // Dead (server killed) and live, with sources that only look like dataref's.
     let mut dead = Mount::new("other:thing.{pid}:x");
     let lookalike = Mount::new("dataref-other:run.{pid}:x");
@@ -412,7 +407,7 @@ fn mounts_that_are_not_datarefs_are_never_touched() {
 
 #[test]
 fn a_pid_now_running_another_program_means_the_owner_is_gone() {
-    let _serial = serial();
+    let _serial = serial::lock();
     // The label names a live `sleep`, as when the kernel has reused a dead job's pid.
     let sleeper = Reaped(idle_process("sleep"));
     let mut mount = Mount::new(&format!("dataref:reused.{}:data", sleeper.0.id()));
@@ -435,7 +430,7 @@ fn a_pid_now_running_another_program_means_the_owner_is_gone() {
 
 #[test]
 fn a_mount_answering_enotconn_is_removed_even_if_its_owner_lives() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let owner = Reaped(idle_process("dataref-idle-owner"));
     let mut mount = Mount::new(&format!("dataref:idle.{}:data", owner.0.id()));
     assert!(!mount.listed().unwrap().dead);
@@ -453,7 +448,7 @@ fn a_mount_answering_enotconn_is_removed_even_if_its_owner_lives() {
 
 #[test]
 fn a_covered_dead_mount_is_reported_and_what_covers_it_is_kept() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let mut mount = Mount::new("dataref:covered.{pid}:data");
     // A tmpfs on top of the same mount point: unmounting by path would remove it instead.
     nix::mount::mount(
@@ -504,7 +499,7 @@ impl Drop for TmpfsGuard {
 
 #[test]
 fn a_non_root_caller_with_dead_mounts_gets_a_clear_error() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let mut mount = Mount::new("dataref:run.{pid}:data");
     mount.kill_server();
     wait_not_connected(&mount.point);

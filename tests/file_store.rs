@@ -4,21 +4,19 @@
 
 mod common;
 
+use common::data::p;
+use common::secrets::{sas_expiry, secret_file};
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use common::filerest::http::HttpRequest;
 use common::filerest::{self, FileRest, auth};
-use dataref::model::ObjectPath;
 use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::file::{FileStore, MAX_RANGE, is_temp_name};
 use dataref::store::{ListRequest, PutOptions, Store, StoreError, list_all};
 use md5::{Digest, Md5};
-
-fn p(name: &str) -> ObjectPath {
-    ObjectPath::parse(name).unwrap()
-}
 
 fn store(server: &FileRest, share: &str, credential: Credential) -> FileStore {
     let location = AzureLocation {
@@ -36,7 +34,7 @@ fn store(server: &FileRest, share: &str, credential: Credential) -> FileStore {
 }
 
 fn key_store(server: &FileRest, dir: &Path, share: &str) -> FileStore {
-    let key = filerest::secret_file(dir, "account.key", filerest::KEY);
+    let key = secret_file(dir, "account.key", filerest::KEY);
     store(server, share, Credential::AccountKey(SecretRef::File(key)))
 }
 
@@ -75,8 +73,8 @@ async fn file_store_conforms_with_a_sas_and_server_side_paging() {
     let dir = tempfile::tempdir().unwrap();
     let share = filerest::unique_share("sas");
     server.create_share(&share);
-    let sas = server.share_sas(&share, "rcwdl", &filerest::sas_time(3600));
-    let sas_file = filerest::secret_file(dir.path(), "share.sas", &sas);
+    let sas = server.share_sas(&share, "rcwdl", &sas_expiry(3600));
+    let sas_file = secret_file(dir.path(), "share.sas", &sas);
     let store = store(
         &server,
         &share,
@@ -408,7 +406,7 @@ async fn a_bad_or_expired_sas_is_refused_and_a_rotated_one_is_picked_up() {
     let dir = tempfile::tempdir().unwrap();
     let share = filerest::unique_share("rot");
     server.create_share(&share);
-    let valid = server.share_sas(&share, "rcwdl", &filerest::sas_time(3600));
+    let valid = server.share_sas(&share, "rcwdl", &sas_expiry(3600));
 
     // One character of the signature changed.
     let sig_start = valid.find("sig=").unwrap() + 4;
@@ -419,8 +417,8 @@ async fn a_bad_or_expired_sas_is_refused_and_a_rotated_one_is_picked_up() {
         b'A'
     };
     let wrong = String::from_utf8(wrong).unwrap();
-    let expired = server.share_sas(&share, "rcwdl", &filerest::sas_time(-60));
-    let read_only = server.share_sas(&share, "rl", &filerest::sas_time(3600));
+    let expired = server.share_sas(&share, "rcwdl", &sas_expiry(-60));
+    let read_only = server.share_sas(&share, "rl", &sas_expiry(3600));
 
     let sas_path = dir.path().join("share.sas");
     let store = store(
@@ -436,7 +434,7 @@ async fn a_bad_or_expired_sas_is_refused_and_a_rotated_one_is_picked_up() {
         (&expired, "expired"),
         (&read_only, "read-only"),
     ] {
-        filerest::secret_file(dir.path(), "share.sas", token);
+        secret_file(dir.path(), "share.sas", token);
         let err = put().await.unwrap_err();
         assert!(
             matches!(err, StoreError::PermissionDenied { .. }),
@@ -447,7 +445,7 @@ async fn a_bad_or_expired_sas_is_refused_and_a_rotated_one_is_picked_up() {
         assert!(!text.contains(&token[sig_start..]), "{what}: {text}");
     }
     // The file is rotated to a valid token: the same store works without being rebuilt.
-    filerest::secret_file(dir.path(), "share.sas", &valid);
+    secret_file(dir.path(), "share.sas", &valid);
     put().await.unwrap();
     assert_eq!(
         server.files(&share),
@@ -473,6 +471,6 @@ async fn a_rotated_account_key_is_re_read() {
     assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
     assert!(!err.to_string().contains(new_key) && !err.to_string().contains(filerest::KEY));
     // ...until the key file is updated; the running store picks it up.
-    filerest::secret_file(dir.path(), "account.key", new_key);
+    secret_file(dir.path(), "account.key", new_key);
     assert_eq!(store.head(&p("a")).await.unwrap().size, 1);
 }

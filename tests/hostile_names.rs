@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::fs::files as files_under;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::sync::Arc;
 
 use common::azurite;
@@ -65,23 +66,6 @@ fn put_raw(container: &str, encoded_name: &str, sas: &str, body: &[u8]) {
     );
 }
 
-fn files_under(root: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.insert(path.strip_prefix(root).unwrap().to_string_lossy().into());
-            }
-        }
-    }
-    walk(root, root, &mut out);
-    out
-}
-
 /// Every file the mount shows, by walking the filesystem core the FUSE adapter serves.
 async fn files_in_mount(fs: &FsCore) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -128,7 +112,7 @@ async fn hostile_blob_names_are_refused_by_download_and_mount() {
         .unwrap(),
     );
     store.create_container().await.unwrap();
-    let sas = azurite::account_sas(&azurite::expiry_in(3600));
+    let sas = azurite::account_sas(&common::secrets::sas_expiry(3600));
     let long = "L".repeat(300);
     for (encoded, _) in REFUSED.iter().chain(ACCEPTED) {
         put_raw(&container, encoded, &sas, encoded.as_bytes());

@@ -11,6 +11,10 @@
 
 mod common;
 
+use common::fs::sorted_names;
+use common::procs::children_of;
+use common::wait::poll_or;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -272,56 +276,6 @@ impl Pod {
     }
 }
 
-/// (pid, state, comm) of every process whose parent is `parent`, from the host's /proc.
-fn children_of(parent: i32) -> Vec<(i32, char, String)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let mut fields = stat[close + 1..].split_whitespace();
-        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        if fields.next() == Some(parent.to_string().as_str()) {
-            out.push((pid, state, stat[open + 1..close].to_string()));
-        }
-    }
-    out
-}
-
-fn poll<T>(what: &str, limit: Duration, pod: &Pod, mut ready: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = ready() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            pod.describe()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sorted_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 // The pod as shipped: inputs downloaded with the key from the 0400 Secret file, the script
 // trained, every output uploaded byte for byte, and the pod's exit code is the script's.
 #[test]
@@ -365,10 +319,12 @@ fn pod_runs_the_job_and_uploads_its_outputs() {
 #[test]
 fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
     let mut pod = Pod::new();
-    // A long run, and ten orphans (`sleep 2` whose parent shell exits at once) before the
-    // example's script starts: they are reparented to PID 1.
+    // A long run, and ten orphans (`sleep 6` whose parent shell exits at once) before the
+    // example's script starts: they are reparented to PID 1. They must still be alive when the
+    // first checkpoint is seen, about 0.5 s after the start (2 s on a loaded 2-core machine):
+    // 6 s is 3x that.
     pod.manifest["environment"]["EPOCHS"] = "1000".into();
-    let orphans = "(sleep 2 &); ".repeat(10);
+    let orphans = "(sleep 6 &); ".repeat(10);
     let command = pod.manifest["command"].as_array().unwrap().clone();
     let mut wrapped: Vec<Value> = vec![
         "sh".into(),
@@ -379,10 +335,10 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
     pod.manifest["command"] = wrapped.into();
 
     let mut unshare = pod.spawn(&[("EPOCH_SECONDS", "0.2")]);
-    let pid1 = poll(
+    let pid1 = poll_or(
         "the namespace's PID 1",
         Duration::from_secs(5),
-        &pod,
+        || pod.describe(),
         || children_of(unshare.id() as i32).first().map(|c| c.0),
     );
     let status = fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
@@ -392,10 +348,10 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
         "dataref is not PID 1 in its namespace: {nspid}"
     );
 
-    poll(
+    poll_or(
         "the first checkpoint",
         Duration::from_secs(20),
-        &pod,
+        || pod.describe(),
         || {
             pod.scratch()
                 .join("outputs/checkpoint-1.txt")
@@ -403,10 +359,10 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
                 .then_some(())
         },
     );
-    poll(
+    poll_or(
         "ten orphans reparented to PID 1",
-        Duration::from_secs(2),
-        &pod,
+        Duration::from_secs(5),
+        || pod.describe(),
         || {
             let sleeps = children_of(pid1)
                 .into_iter()
@@ -415,11 +371,12 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
             (sleeps == 10).then_some(())
         },
     );
-    // Once they exit, PID 1 must reap them: a zombie stays its child until reaped.
-    poll(
+    // Once they exit (6 s after the start), PID 1 must reap them: a zombie stays its child
+    // until reaped.
+    poll_or(
         "the orphans to be reaped",
-        Duration::from_secs(5),
-        &pod,
+        Duration::from_secs(20),
+        || pod.describe(),
         || {
             let children = children_of(pid1);
             let zombies = children.iter().filter(|c| c.1 == 'Z').count();

@@ -4,6 +4,9 @@
 
 mod common;
 
+use common::data::{p, pattern};
+use common::mounts::{blocking, is_mounted, test_config as config};
+
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,35 +15,12 @@ use bytes::Bytes;
 use common::tmpfs::Tmpfs;
 use dataref::fs::cache::{CacheOptions, DEFAULT_BLOCK_SIZE, LOCK_FILE};
 use dataref::fs::filesystem::FsOptions;
-use dataref::fs::fuse::MountConfig;
 use dataref::fs::mount::{MountedPath, mount_into};
-use dataref::model::ObjectPath;
 use dataref::store::counting::CountingStore;
 use dataref::store::memory::MemoryStore;
 use dataref::store::{PutOptions, Store};
 
 const MIB: u64 = 1024 * 1024;
-
-fn p(name: &str) -> ObjectPath {
-    ObjectPath::parse(name).unwrap()
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
-        .collect()
-}
-
-fn config(job: &str) -> MountConfig {
-    MountConfig {
-        fsname: format!("dataref:test-{job}.{}:data", std::process::id()),
-        allow_other: false,
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
 
 /// A counted in-memory store holding `data/big.bin`.
 async fn store_with(len: usize) -> (Arc<CountingStore>, Vec<u8>) {
@@ -70,22 +50,8 @@ async fn mount(store: Arc<CountingStore>, mountpoint: &Path, cache: CacheOptions
 /// Reads the file in 1 MiB reads, comparing, then drops its pages from the kernel's cache so
 /// that the next read reaches the filesystem again.
 fn read_and_compare(path: PathBuf, expected: Arc<Vec<u8>>) {
-    use std::io::Read;
     let mut file = std::fs::File::open(&path).unwrap();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut offset = 0;
-    loop {
-        let n = file.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        assert!(
-            buf[..n] == expected[offset..offset + n],
-            "differs at {offset}"
-        );
-        offset += n;
-    }
-    assert_eq!(offset, expected.len());
+    common::fs::assert_reads_as(&mut file, &expected, &path.display().to_string());
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(rc, 0);
 }
@@ -94,13 +60,6 @@ fn read_and_compare(path: PathBuf, expected: Arc<Vec<u8>>) {
 fn allocated(cache: &dataref::fs::cache::DiskCache) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(cache.data_path()).unwrap().blocks() * 512
-}
-
-fn is_mounted(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

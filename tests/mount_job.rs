@@ -3,41 +3,16 @@
 
 mod common;
 
+use common::mounts::is_mounted;
+use common::serial;
+use common::wait::poll;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::cli::{run, run_in};
+use common::cli::run;
 use serde_json::json;
-
-/// `dataref run` and `dataref cleanup` remove dead dataref mounts machine-wide: the tests of
-/// this file run one at a time so that one test's cleanup never takes another's dead mount.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn mountinfo() -> String {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
-}
-
-/// Mount points of dataref mounts whose fsname contains `needle`.
-fn dataref_mounts(needle: &str) -> Vec<String> {
-    mountinfo()
-        .lines()
-        .filter(|l| l.contains(" - fuse") && l.contains("dataref:") && l.contains(needle))
-        .map(|l| l.split(' ').nth(4).unwrap().to_owned())
-        .collect()
-}
-
-fn poll(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -53,85 +28,8 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 }
 
 #[test]
-fn a_job_reads_its_mounts_through_the_variables() {
-    let _serial = serial();
-    let (dir, store, work) = setup();
-    let manifest = json!({
-        "datastores": {"ds": {"kind": "local", "root": store}},
-        "data_references": {
-            "data": {"datastore": "ds", "path_on_datastore": "data"},
-            "model": {"datastore": "ds", "path_on_datastore": "model.pt", "mode": "MOUNT",
-                      "path_on_compute": "weights"},
-            "out": {"datastore": "ds", "path_on_datastore": "results", "mode": "upload",
-                    "path_on_compute": "outputs"}
-        },
-        "command": ["sh", "-c", r#"
-            set -e
-            mkdir -p outputs
-            grep " $AZUREML_DATAREFERENCE_data " /proc/self/mountinfo | grep -c 'dataref:' > outputs/mounted.txt
-            cat "$AZUREML_DATAREFERENCE_data/a.txt" "$AZUREML_DATAREFERENCE_data/sub/b.txt" > outputs/read.txt
-            cat "$AZUREML_DATAREFERENCE_model" > outputs/model.txt
-            ls "$(dirname "$AZUREML_DATAREFERENCE_model")" > outputs/single-dir.txt
-            if touch "$AZUREML_DATAREFERENCE_data/new" 2> outputs/touch.err; then echo writable; fi
-            echo "$AZUREML_DATAREFERENCE_data" > outputs/var.txt
-            ls -A .dataref/cache/data > outputs/cache.txt
-        "#]
-    });
-    std::fs::write(work.join("job.json"), manifest.to_string()).unwrap();
-    let config = dir.path().join("config");
-    let out = run_in(&work, &config, &["run", "--no-progress", "job.json"]);
-    out.expect_code(0);
-
-    let results = store.join("results");
-    let read = |name: &str| std::fs::read_to_string(results.join(name)).unwrap();
-    assert_eq!(read("mounted.txt"), "1\n");
-    assert_eq!(read("read.txt"), "alpha\nbeta\n");
-    assert_eq!(read("model.txt"), "weights\n");
-    assert_eq!(
-        read("single-dir.txt"),
-        "model.pt\n",
-        "a single-blob mount shows only it"
-    );
-    assert!(
-        read("touch.err").contains("Read-only file system"),
-        "{}",
-        read("touch.err")
-    );
-    // SPEC §3: the variable is root/<path_on_datastore>, the same as a download would use.
-    assert_eq!(
-        read("var.txt").trim(),
-        work.join("ds/data").to_str().unwrap()
-    );
-
-    // The default disk cache lives in the job directory while the job runs, and goes with it.
-    assert!(
-        read("cache.txt").contains(".dataref-cache.lock"),
-        "{}",
-        read("cache.txt")
-    );
-    assert!(
-        !work.join(".dataref/cache/data").exists(),
-        "cache left behind"
-    );
-    let log = std::fs::read_to_string(work.join(".dataref/job.log")).unwrap();
-    assert!(log.contains("data: disk cache at"), "{log}");
-
-    // Everything unmounted after the job.
-    let leftover: Vec<String> = dataref_mounts("dataref:run.")
-        .into_iter()
-        .filter(|m| m.starts_with(dir.path().to_str().unwrap()))
-        .collect();
-    assert!(leftover.is_empty(), "mounts left behind: {leftover:?}");
-    let result: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(work.join(".dataref/result.json")).unwrap())
-            .unwrap();
-    assert_eq!(result["references"]["data"]["status"], "done");
-    assert_eq!(result["references"]["model"]["status"], "done");
-}
-
-#[test]
 fn mounts_are_removed_after_preemption() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let (dir, store, work) = setup();
     let manifest = json!({
         "datastores": {"ds": {"kind": "local", "root": store}},
@@ -157,7 +55,7 @@ fn mounts_are_removed_after_preemption() {
     poll("the script to start", Duration::from_secs(20), || {
         work.join("ready").exists()
     });
-    assert!(mountinfo().contains(mountpoint.to_str().unwrap()));
+    assert!(is_mounted(&mountpoint));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -166,7 +64,7 @@ fn mounts_are_removed_after_preemption() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
     assert!(
-        !mountinfo().contains(&format!(" {} ", mountpoint.display())),
+        !is_mounted(&mountpoint),
         "the mount outlived the preempted job"
     );
 }
@@ -211,7 +109,7 @@ fn foreground_mount(config: &Path, mountpoint: &Path, extra: &[&str]) -> Foregro
         mountpoint: mountpoint.to_path_buf(),
     };
     poll("the mount", Duration::from_secs(20), || {
-        mountinfo().contains(&format!(" {} ", mountpoint.display()))
+        is_mounted(mountpoint)
     });
     guard
 }
@@ -237,22 +135,10 @@ fn as_nobody(script: &str) -> (i32, String) {
 
 #[test]
 fn other_users_read_only_with_allow_other() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let (dir, store, _work) = setup();
     let config = dir.path().join("config");
-    run(
-        &config,
-        &[
-            "datastore",
-            "register",
-            "local",
-            "--name",
-            "ds",
-            "--root",
-            store.to_str().unwrap(),
-        ],
-    )
-    .expect_code(0);
+    common::cli::register_local(&config, "ds", &store);
     // The mount points live where `nobody` can reach them.
     let base = tempfile::Builder::new()
         .prefix("dataref-mnt")
@@ -322,7 +208,7 @@ fn waiting_job(dir: &Path, store: &Path, name: &str) -> (std::process::Child, Pa
 
 #[test]
 fn cleanup_never_removes_live_jobs_mounts() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let (dir, store, _work) = setup();
     let (mut first, first_mount, first_work) = waiting_job(dir.path(), &store, "one");
     let (mut second, second_mount, second_work) = waiting_job(dir.path(), &store, "two");
@@ -330,7 +216,7 @@ fn cleanup_never_removes_live_jobs_mounts() {
     out.expect_code(0);
     for mountpoint in [&first_mount, &second_mount] {
         assert!(
-            mountinfo().contains(&format!(" {} ", mountpoint.display())),
+            is_mounted(mountpoint),
             "cleanup removed a live job's mount: {}",
             out.stdout
         );
@@ -350,7 +236,7 @@ fn cleanup_never_removes_live_jobs_mounts() {
 
 #[test]
 fn a_killed_agents_mount_is_usable_again_after_cleanup() {
-    let _serial = serial();
+    let _serial = serial::lock();
     let (dir, store, _work) = setup();
     let (mut agent, mountpoint, _work) = waiting_job(dir.path(), &store, "killed");
     agent.kill().unwrap(); // SIGKILL: no unmount happens
@@ -369,7 +255,7 @@ fn a_killed_agents_mount_is_usable_again_after_cleanup() {
         "{}",
         out.stdout
     );
-    assert!(!mountinfo().contains(&format!(" {} ", mountpoint.display())));
+    assert!(!is_mounted(&mountpoint));
     // A plain directory again: usable by the next job.
     std::fs::write(mountpoint.join("probe"), "x").unwrap();
 }

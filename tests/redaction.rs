@@ -10,6 +10,9 @@
 
 mod common;
 
+use common::fs::read;
+use common::secrets::{sas_expiry, sas_signature, secret_file};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -52,17 +55,6 @@ impl Secrets {
     }
 }
 
-fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, value).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// Two containers with one input blob each: `keyed` (account key) and `signed` (SAS).
 struct Setup {
     dir: tempfile::TempDir,
@@ -79,7 +71,7 @@ fn setup() -> Setup {
     let keys = dir.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let key_file = secret_file(&keys, "account.key", azurite::KEY);
-    let sas = azurite::account_sas(&azurite::expiry_in(3600));
+    let sas = azurite::account_sas(&sas_expiry(3600));
     let sas_file = secret_file(&keys, "container.sas", &sas);
     let keyed = azurite::unique_container("keyed");
     let signed = azurite::unique_container("signed");
@@ -127,7 +119,7 @@ impl Setup {
     fn secrets(&self) -> Secrets {
         let mut secrets = Secrets(Vec::new());
         secrets.add(azurite::KEY, "account key");
-        secrets.add(&azurite::sas_signature(&self.sas), "SAS signature");
+        secrets.add(&sas_signature(&self.sas), "SAS signature");
         secrets
     }
 

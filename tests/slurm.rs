@@ -13,6 +13,11 @@
 
 mod common;
 
+use common::fs::{read, sorted_names};
+use common::mounts::has_mount_point;
+use common::procs::children_of;
+use common::wait::poll_or;
+
 use std::collections::HashMap;
 use std::fs;
 use std::net::TcpListener;
@@ -25,9 +30,11 @@ use serde_json::{Value, json};
 
 const DATAREF: &str = env!("CARGO_BIN_EXE_dataref");
 const NODE: &str = "dataref-node";
-/// Slurm's SIGTERM → SIGKILL window after a cancel. Long enough that "finished before KillWait"
-/// proves dataref finished on its own, short enough for a failing test to end quickly.
-const KILL_WAIT: Duration = Duration::from_secs(15);
+/// Slurm's SIGTERM → SIGKILL window after a cancel. "Finished before KillWait" proves dataref
+/// finished on its own: after scancel it needs the script's trap (it exits at once), two small
+/// uploads, killing one leftover process and Slurm's bookkeeping, about 2 s, 5 s on a loaded
+/// 2-core machine; 45 s is 9x that, and a failing test still ends within a minute.
+const KILL_WAIT: Duration = Duration::from_secs(45);
 /// Daemons and binaries the cluster needs; `scripts/test` installs them (slurm-wlm, munge).
 const REQUIRED: &[&str] = &[
     "munged",
@@ -66,28 +73,6 @@ fn free_ports() -> (u16, u16) {
 fn write_executable(path: &Path, text: &str) {
     fs::write(path, text).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Polls `ready` until it returns `Some`; panics with `describe()` after `limit`.
-fn poll<T>(
-    what: &str,
-    limit: Duration,
-    describe: impl Fn() -> String,
-    mut ready: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = ready() {
-            return value;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out after {limit:?} waiting for {what}\n{}",
-                describe()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A running single-node cluster; dropping it kills the whole pid namespace.
@@ -226,13 +211,13 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
             _tmp: tmp,
         };
         let unshare_pid = cluster.unshare.id() as i32;
-        cluster.init = poll(
+        cluster.init = poll_or(
             "the namespace's init",
             Duration::from_secs(5),
             || cluster.describe(),
-            || children_of(unshare_pid).into_iter().next(),
+            || children_of(unshare_pid).first().map(|c| c.0),
         );
-        poll(
+        poll_or(
             "the node to become idle",
             Duration::from_secs(20),
             || cluster.describe(),
@@ -317,7 +302,7 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
             "OUT_OF_MEMORY",
             "PREEMPTED",
         ];
-        poll(
+        poll_or(
             &format!("job {id} to end"),
             limit,
             || self.describe(),
@@ -382,30 +367,6 @@ fn glob_job_files(dir: &Path, name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Pids whose parent is `parent`, from the host's /proc.
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if after.split_whitespace().nth(1) == Some(parent.to_string().as_str()) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// What running the example leaves beside its files (git-ignored); never copied.
 const RUN_OUTPUTS: &[&str] = &[".dataref", "outputs", "shared", "runs"];
 
@@ -426,31 +387,15 @@ fn copy_example(from: &Path, to: &Path) {
     }
 }
 
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn result_json(work: &Path, id: u32) -> Value {
     let path = work.join(format!(".dataref/slurm-{id}/result.json"));
     serde_json::from_str(&read(&path)).unwrap()
 }
 
-fn sorted_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Whether a mount point is in the namespace's mount table.
 fn ns_mounted(cluster: &Cluster, mountpoint: &Path) -> bool {
-    let table = fs::read_to_string(format!("/proc/{}/mountinfo", cluster.init)).unwrap();
-    let wanted = mountpoint.display().to_string();
-    table
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+    let table = read(Path::new(&format!("/proc/{}/mountinfo", cluster.init)));
+    has_mount_point(&table, mountpoint)
 }
 
 /// Leaves a dead dataref FUSE mount in the cluster's mount namespace: `dataref mount` entered
@@ -484,7 +429,7 @@ fn dead_mount_in_namespace(cluster: &Cluster) -> PathBuf {
         .stderr(fs::File::create(cluster.dir.join("mount.err")).unwrap())
         .spawn()
         .unwrap();
-    poll(
+    poll_or(
         "the FUSE mount in the cluster's namespace",
         Duration::from_secs(10),
         || read_or_empty(&cluster.dir.join("mount.err")),
@@ -510,7 +455,7 @@ fn example_batch_job_uploads_outputs_and_epilog_cleans_dead_mounts() {
 
     // While the job trains (dataref's own start-up cleanup is over once the script runs),
     // another agent dies and leaves its mount behind.
-    poll(
+    poll_or(
         "the first checkpoint",
         Duration::from_secs(30),
         || cluster.describe(),
@@ -605,7 +550,7 @@ while :; do sleep 0.1; done
     fs::write(work.join("long.json"), manifest.to_string()).unwrap();
     let id = cluster.sbatch(&work, &["long.json"], &[]);
 
-    let grandchild: i32 = poll(
+    let grandchild: i32 = poll_or(
         "the long job to start",
         Duration::from_secs(30),
         || cluster.describe(),

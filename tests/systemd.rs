@@ -5,6 +5,9 @@
 
 mod common;
 
+use common::mounts::has_mount_point;
+use common::wait::poll;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -83,6 +86,30 @@ const HOST_CHANGING_UNITS: &[&str] = &[
     "ldconfig.service",
 ];
 
+/// The top directories under `/tmp` or `/var/tmp` (e.g. `/tmp/x` for `/tmp/x/target/...`) that
+/// hold any of `paths`, once each: bound into the namespace's fresh `/tmp` and `/var/tmp`.
+fn kept_under_tmp(paths: &[&Path]) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    for path in paths {
+        let path = std::fs::canonicalize(path).unwrap();
+        for tmp in ["/tmp", "/var/tmp"] {
+            let Ok(rest) = path.strip_prefix(tmp) else {
+                continue;
+            };
+            let top = Path::new(tmp).join(rest.components().next().unwrap());
+            let top = top.to_str().expect("a UTF-8 path").to_owned();
+            assert!(
+                !top.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)),
+                "{top}: a path the namespace's shell script cannot quote"
+            );
+            if !kept.contains(&top) {
+                kept.push(top);
+            }
+        }
+    }
+    kept
+}
+
 /// A systemd booted as PID 1 of new namespaces; halted and killed on drop.
 struct BootedSystemd {
     unshare: Child,
@@ -115,7 +142,11 @@ impl BootedSystemd {
             std::os::unix::fs::symlink("/dev/null", units.join(unit)).unwrap();
         }
         cli::mkdir(&root.join("config"));
-        // Inside the new mount namespace: a private /run, state and config directories, the
+        // What must stay visible under the fresh /tmp and /var/tmp: this test's directory and
+        // the binary under test live there when the checkout does (`git clone ... /tmp/x`).
+        let keep = kept_under_tmp(&[root, Path::new(env!("CARGO_BIN_EXE_dataref"))]);
+        // Inside the new mount namespace: a private /run, /tmp and /var/tmp (with the kept
+        // directories bound back in from the old ones), state and config directories, the
         // test's units in place of the machine's, cgroup2 for systemd.
         let setup = format!(
             "set -e
@@ -123,8 +154,20 @@ impl BootedSystemd {
              # (their pids are in another pid namespace) and sit under the /tmp hidden below.
              findmnt -rn -t fuse,fuse.dataref -o TARGET | xargs -r -n1 umount -l
              mount -t tmpfs tmpfs /run
-             mount -t tmpfs tmpfs /tmp
-             mount -t tmpfs tmpfs /var/tmp
+             for tmp in /tmp /var/tmp; do
+                 old=/run/dataref-test-old$(echo $tmp | tr / -)
+                 mkdir -p $old
+                 mount --bind $tmp $old
+                 mount -t tmpfs tmpfs $tmp
+                 for kept in {keep}; do
+                     case $kept in $tmp/*)
+                         mkdir -p $kept
+                         mount --bind $old${{kept#$tmp}} $kept ;;
+                     esac
+                 done
+                 umount -l $old
+                 rmdir $old
+             done
              mkdir -p /var/lib/dataref /etc/dataref
              mount -t tmpfs tmpfs /var/lib/dataref
              mount --bind {config} /etc/dataref
@@ -133,6 +176,7 @@ impl BootedSystemd {
              exec /lib/systemd/systemd --system --unit=dataref-test.target --log-target=console",
             config = root.join("config").display(),
             units = units.display(),
+            keep = keep.join(" "),
         );
         let unshare = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--"])
@@ -223,14 +267,6 @@ impl Drop for BootedSystemd {
     }
 }
 
-fn poll(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_real_systemd_runs_the_service_and_its_job_mounts_are_visible_outside_it() {
     for program in ["unshare", "nsenter", "systemctl", "/lib/systemd/systemd"] {
@@ -240,7 +276,8 @@ fn a_real_systemd_runs_the_service_and_its_job_mounts_are_visible_outside_it() {
         nix::unistd::geteuid().is_root(),
         "booting systemd in namespaces needs root"
     );
-    // Not under /tmp: the namespace gets its own /tmp.
+    // Not under /tmp (the namespace gets its own /tmp) unless the checkout is there: then the
+    // namespace's /tmp gets this directory bound back in.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let root = dir.path().to_path_buf();
     let booted = BootedSystemd::boot(&root);
@@ -308,7 +345,7 @@ fn a_real_systemd_runs_the_service_and_its_job_mounts_are_visible_outside_it() {
     // Seen from a process outside the service: the mount is not private to it.
     let mountinfo = booted.run(&["cat", "/proc/self/mountinfo"]).stdout;
     assert!(
-        mountinfo.contains(&format!(" {} ", mountpoint.display())),
+        has_mount_point(&mountinfo, &mountpoint),
         "mount {} not visible outside the service:\n{mountinfo}",
         mountpoint.display()
     );
@@ -332,7 +369,7 @@ fn a_real_systemd_runs_the_service_and_its_job_mounts_are_visible_outside_it() {
     );
     let mountinfo = booted.run(&["cat", "/proc/self/mountinfo"]).stdout;
     assert!(
-        !mountinfo.contains(&format!(" {} ", mountpoint.display())),
+        !has_mount_point(&mountinfo, &mountpoint),
         "the mount was removed"
     );
 }

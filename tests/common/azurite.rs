@@ -14,6 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use dataref::model::{AzureLocation, Credential, SecretRef};
+use dataref::store::Store;
+use dataref::store::azure::blob::BlobStore;
+
 pub const ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's published development key (not a secret).
 pub const KEY: &str =
@@ -238,45 +242,66 @@ pub fn account_sas(expiry: &str) -> String {
     )
 }
 
-/// An expiry `seconds` from now, in the SAS format.
-pub fn expiry_in(seconds: i64) -> String {
-    let at =
-        azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::seconds(seconds);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    )
-}
-
-/// The signature part of a SAS token (what must never leak).
-pub fn sas_signature(sas: &str) -> String {
-    let sig = sas.split('&').find_map(|p| p.strip_prefix("sig=")).unwrap();
-    percent_encoding::percent_decode_str(sig)
-        .decode_utf8()
-        .unwrap()
-        .into_owned()
-}
-
-/// A container name no other test of this run uses (3-63 lowercase characters).
+/// A container name no other test of this run uses.
 pub fn unique_container(prefix: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    )
+    super::data::unique_name(prefix)
 }
 
 /// The account key in a file of mode 0600 under `dir`.
 pub fn key_file(dir: &std::path::Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("account.key");
-    std::fs::write(&path, KEY).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
+    super::secrets::secret_file(dir, "account.key", KEY)
+}
+
+/// A blob store with a fresh container of its own (created) on `endpoint` (Azurite, or a proxy
+/// in front of it), authenticated with the account key written under `dir`.
+pub async fn fresh_store(endpoint: &str, dir: &std::path::Path, prefix: &str) -> BlobStore {
+    let location = AzureLocation {
+        account_name: ACCOUNT.into(),
+        container: unique_container(prefix),
+        endpoint: Some(endpoint.to_owned()),
+        credential: Credential::AccountKey(SecretRef::File(key_file(dir))),
+    };
+    let store = BlobStore::new(
+        &location,
+        endpoint,
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap();
+    store.create_container().await.unwrap();
+    store
+}
+
+/// `datastore register azure-blob` of `container` at `endpoint` (Azurite, or a proxy in front of
+/// it) with the key file `key`, as `name`; must succeed (storage is not contacted).
+pub fn register(
+    config_dir: &std::path::Path,
+    name: &str,
+    container: &str,
+    key: &std::path::Path,
+    endpoint: &str,
+) {
+    super::cli::run(
+        config_dir,
+        &[
+            "datastore",
+            "register",
+            "azure-blob",
+            "--name",
+            name,
+            "--account",
+            ACCOUNT,
+            "--container",
+            container,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--endpoint",
+            endpoint,
+        ],
+    )
+    .expect_code(0);
+}
+
+/// The container a blob store works on.
+pub fn container_of(store: &BlobStore) -> String {
+    store.describe().rsplit('/').next().unwrap().to_owned()
 }

@@ -9,7 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Environment variables that would change the binary's behaviour behind a test's back.
+/// Environment variables that would change the binary's behaviour (or what a job's script
+/// sees) behind a test's back.
 const SCRUBBED_ENV: &[&str] = &[
     "DATAREF_CONFIG_DIR",
     "DATAREF_JOB_DIR",
@@ -17,6 +18,9 @@ const SCRUBBED_ENV: &[&str] = &[
     "DATAREF_STATE_DIR",
     "DATAREF_LOG_FORMAT",
     "RUST_LOG",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 /// What one run of the binary produced.
@@ -60,10 +64,16 @@ impl Outcome {
 /// `--config-dir` (or `DATAREF_CONFIG_DIR`), so `/etc/dataref` is never read.
 pub fn command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dataref"));
+    scrub(&mut command);
+    command
+}
+
+/// Removes the variables of `SCRUBBED_ENV` from a command's environment (for a wrapper such as
+/// `unshare` or `script` that runs the binary).
+pub fn scrub(command: &mut Command) {
     for var in SCRUBBED_ENV {
         command.env_remove(var);
     }
-    command
 }
 
 /// Runs a prepared command and collects its outcome.
@@ -177,4 +187,26 @@ fn walk(root: &Path, dir: &Path, entries: &mut BTreeMap<PathBuf, Entry>) {
 /// Lines of `text` that report a problem (the indented lines under "... is invalid (N problems):").
 pub fn problem_lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| l.starts_with("  ")).collect()
+}
+
+/// A manifest `command` that runs `script` with `sh -c`.
+pub fn sh(script: &str) -> serde_json::Value {
+    serde_json::json!(["sh", "-c", script])
+}
+
+/// `datastore register local --name NAME --root ROOT`, which must succeed.
+pub fn register_local(config_dir: &Path, name: &str, root: &Path) {
+    run(
+        config_dir,
+        &[
+            "datastore",
+            "register",
+            "local",
+            "--name",
+            name,
+            "--root",
+            root.to_str().unwrap(),
+        ],
+    )
+    .expect_code(0);
 }

@@ -7,13 +7,10 @@
 //! pagination is exercised.
 
 use bytes::Bytes;
-use dataref::model::ObjectPath;
 use dataref::store::{ListRequest, PutOptions, Store, StoreError, list_all};
 use futures::TryStreamExt;
 
-fn p(name: &str) -> ObjectPath {
-    ObjectPath::parse(name).unwrap()
-}
+use super::data::p;
 
 async fn read(store: &dyn Store, name: &str, range: std::ops::Range<u64>) -> Vec<u8> {
     let chunks: Vec<Bytes> = store

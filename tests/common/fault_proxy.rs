@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[derive(Debug, Clone)]
 pub enum Fault {
@@ -68,33 +68,17 @@ pub struct FaultProxy {
 impl FaultProxy {
     pub fn start(upstream_port: u16) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        let (tx, rx) = std::sync::mpsc::channel();
         let shared = state.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap().port()).unwrap();
-                let upstream: SocketAddr = ([127, 0, 0, 1], upstream_port).into();
-                loop {
-                    let (client, _) = listener.accept().await.unwrap();
-                    let state = shared.clone();
-                    tokio::spawn(async move {
-                        if let Ok(server) = TcpStream::connect(upstream).await {
-                            relay(client, server, state).await;
-                        }
-                    });
+        let upstream: SocketAddr = ([127, 0, 0, 1], upstream_port).into();
+        let port = super::net::listen(move |client| {
+            let state = shared.clone();
+            async move {
+                if let Ok(server) = TcpStream::connect(upstream).await {
+                    relay(client, server, state).await;
                 }
-            });
+            }
         });
-        Self {
-            port: rx.recv().unwrap(),
-            state,
-        }
+        Self { port, state }
     }
 
     pub fn endpoint(&self) -> String {
@@ -304,4 +288,13 @@ async fn respond(
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A rule for the next ranged GET (a body read).
+pub fn ranged_get(fault: Fault) -> Rule {
+    Rule {
+        method: Some("GET"),
+        ranged_only: true,
+        fault,
+    }
 }

@@ -1,9 +1,24 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests, one module per concern.
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod backend;
 pub mod cli;
 pub mod conformance;
+pub mod daemon;
+pub mod data;
+pub mod engines;
 pub mod fault_proxy;
 pub mod filerest;
+pub mod fs;
+pub mod job;
+pub mod manifests;
+pub mod mounts;
+pub mod net;
+pub mod procs;
+pub mod registry;
+pub mod secrets;
+pub mod serial;
+pub mod stores;
 pub mod tmpfs;
+pub mod wait;

@@ -9,10 +9,9 @@
 
 pub mod auth;
 pub mod http;
+mod model;
 mod ops;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -64,34 +63,12 @@ impl FileRest {
             largest_range: AtomicUsize::new(0),
             auth_failures: AtomicUsize::new(0),
         });
-        let (tx, rx) = std::sync::mpsc::channel();
         let server = shared.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-                    .await
-                    .unwrap();
-                tx.send(listener.local_addr().unwrap().port()).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let server = server.clone();
-                    tokio::spawn(async move {
-                        http::serve(stream, move |request| ops::handle(&server, request)).await
-                    });
-                }
-            });
+        let port = super::net::listen(move |stream| {
+            let server = server.clone();
+            async move { http::serve(stream, move |request| ops::handle(&server, request)).await }
         });
-        Self {
-            port: rx.recv().expect("the FileREST server starts"),
-            shared,
-        }
+        Self { port, shared }
     }
 
     /// The service URL, e.g. `http://127.0.0.1:41234/filetestacct`.
@@ -138,39 +115,7 @@ impl FileRest {
     }
 }
 
-/// A secret file of mode 0600 under `dir`.
-pub fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    // Replace the file (a new inode), as a rotation by a secret manager does.
-    let temp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&temp, value).unwrap();
-    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::rename(&temp, &path).unwrap();
-    path
-}
-
 /// A share name no other test of this run uses.
 pub fn unique_share(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// An RFC 3339 time `seconds` from now (negative: in the past), the SAS `se` format.
-pub fn sas_time(seconds: i64) -> String {
-    let at =
-        azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::seconds(seconds);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    )
+    super::data::unique_name(prefix)
 }
