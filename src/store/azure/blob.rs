@@ -2,9 +2,10 @@
 //!
 //! The SDK does the typed operations (properties, ranged GET, Put Blob, Put Block, Put Block
 //! List, delete, create container). Listing with a delimiter is not in SDK 1.1 (and its model
-//! cannot read Blob and BlobPrefix entries interleaved), so `list` sends the request through an
-//! azure_core pipeline of ours and reads the XML itself. Retries are ours (`RetryPolicy`), not
-//! the SDK's, so that every call and every broken body follow one policy.
+//! cannot read Blob and BlobPrefix entries interleaved), so `list` sends the request through the
+//! shared Azure client's pipeline and reads the XML itself. The SDK's clients send through the
+//! same policies and transport, and every call runs under the client's retry loop
+//! (`client::AzureClient::call`), so that every call and every broken body follow one policy.
 
 use std::collections::BTreeMap;
 use std::num::NonZero;
@@ -13,11 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use azure_core::http::policies::Policy;
-use azure_core::http::{
-    ClientMethodOptions, ClientOptions, Context, Method, NoFormat, Pipeline, Request,
-    RequestContent, RetryOptions, Transport, Url,
-};
+use azure_core::http::{ClientMethodOptions, Context, Method, NoFormat, RequestContent};
 use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobClientUploadOptions,
     BlockBlobClientCommitBlockListOptions, BlockListType, BlockLookupList,
@@ -29,11 +26,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
-use super::auth::{ExtraHeaders, ExtraHeadersPolicy, SasPolicy, SecretSource, SharedKeyPolicy};
-use super::{from_azure, is_auth_failure};
+use super::auth::ExtraHeaders;
+use super::client::{AzureClient, Failed, Service, from_azure};
 use crate::model::ObjectPath;
 use crate::model::RetryPolicy;
-use crate::model::datastore::{AzureLocation, Credential};
+use crate::model::datastore::AzureLocation;
 use crate::store::Resources;
 use crate::store::support::{part_len, reject_root};
 use crate::store::{
@@ -43,10 +40,11 @@ use crate::store::{
 
 /// Block blobs accept blocks up to 4000 MiB; our parts are far smaller.
 const MAX_BLOCK: u64 = 4000 * 1024 * 1024;
-/// The REST version of our own raw list requests.
-const LIST_VERSION: &str = "2025-01-05";
-/// Listing page size (the service's maximum).
-const DEFAULT_PAGE: u32 = 5000;
+/// The Blob service, as our own (list) requests speak to it.
+const SERVICE: Service = Service {
+    kind: "azure_blob",
+    api_version: "2025-01-05",
+};
 
 #[derive(Clone)]
 pub struct BlobStore {
@@ -55,102 +53,52 @@ pub struct BlobStore {
 
 impl std::fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.inner.description)
+        f.write_str(self.inner.client.description())
     }
 }
 
 struct Inner {
+    client: AzureClient,
+    /// The SDK's client, sending through `client`'s policies and transport.
     container: BlobContainerClient,
-    container_url: Url,
-    list_pipeline: Pipeline,
-    description: String,
-    secret: Option<Arc<SecretSource>>,
-    retry: RetryPolicy,
-    page_size: u32,
 }
 
 impl BlobStore {
     /// A store for the container described by `location` (nothing is contacted yet), sending
     /// through the job's HTTP client under its retry policy.
     pub fn new(location: &AzureLocation, service_url: &str, resources: &Resources) -> Result<Self> {
-        let (auth, secret): (Option<Arc<dyn Policy>>, _) = match &location.credential {
-            Credential::AccountKey(secret) => {
-                let source = Arc::new(SecretSource::new(secret.clone()));
-                let policy = SharedKeyPolicy {
-                    account: location.account_name.clone(),
-                    key: source.clone(),
-                };
-                (Some(Arc::new(policy)), Some(source))
-            }
-            Credential::SasToken(secret) => {
-                let source = Arc::new(SecretSource::new(secret.clone()));
-                let policy = SasPolicy {
-                    token: source.clone(),
-                };
-                (Some(Arc::new(policy)), Some(source))
-            }
-            Credential::Anonymous => (None, None),
-        };
-        let client_options = ClientOptions {
-            per_call_policies: vec![Arc::new(ExtraHeadersPolicy)],
-            per_try_policies: auth.into_iter().collect(),
-            retry: RetryOptions::none(),
-            transport: Some(Transport::new(resources.http())),
-            ..Default::default()
-        };
-        let invalid = |reason: String| StoreError::InvalidInput {
-            path: service_url.to_owned(),
-            reason,
-        };
-        let mut container_url =
-            Url::parse(service_url).map_err(|e| invalid(format!("invalid endpoint: {e}")))?;
-        container_url
-            .path_segments_mut()
-            .map_err(|()| invalid("the endpoint cannot take a path".into()))?
-            .pop_if_empty()
-            .push(&location.container);
+        let client = AzureClient::new(SERVICE, location, service_url, resources)?;
         let container = BlobContainerClient::new(
-            container_url.clone(),
+            client.base_url().clone(),
             None,
             Some(BlobContainerClientOptions {
-                client_options: client_options.clone(),
+                client_options: client.options(),
                 ..Default::default()
             }),
         )
-        .map_err(|e| invalid(e.to_string()))?;
-        let list_pipeline = Pipeline::new(
-            Some("dataref"),
-            Some(env!("CARGO_PKG_VERSION")),
-            client_options,
-            Vec::new(),
-            Vec::new(),
-            None,
-        );
+        .map_err(|e| StoreError::InvalidInput {
+            path: service_url.to_owned(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                container,
-                description: format!("azure_blob:{}/{}", service_url, location.container),
-                container_url,
-                list_pipeline,
-                secret,
-                retry: resources.retry.clone(),
-                page_size: DEFAULT_PAGE,
-            }),
+            inner: Arc::new(Inner { client, container }),
         })
     }
 
-    fn inner_mut(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.inner).expect("configured before use")
+    fn client_mut(&mut self) -> &mut AzureClient {
+        &mut Arc::get_mut(&mut self.inner)
+            .expect("configured before use")
+            .client
     }
 
     /// Smaller listing pages, so that tests exercise continuation markers.
     pub fn with_page_size(mut self, page_size: u32) -> Self {
-        self.inner_mut().page_size = page_size.max(1);
+        self.client_mut().set_page_size(page_size);
         self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.inner_mut().retry = retry;
+        self.client_mut().retry = retry;
         self
     }
 
@@ -158,7 +106,8 @@ impl BlobStore {
     pub async fn create_container(&self) -> Result<()> {
         let inner = &self.inner;
         match inner
-            .call(&inner.description, || inner.container.create(None))
+            .client
+            .call(inner.client.description(), || inner.container.create(None))
             .await
         {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
@@ -172,57 +121,21 @@ impl Inner {
         self.container.blob_client(path.as_str())
     }
 
-    /// Runs one operation under the retry policy; a 403 re-reads a rotated secret once.
-    async fn call<T, F, Fut>(&self, context: &str, op: F) -> Result<T>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = azure_core::Result<T>>,
-    {
-        self.call_with(&self.retry, context, op).await
-    }
-
-    /// `call` under `retry` (a single attempt for ranged reads, which their callers retry).
-    async fn call_with<T, F, Fut>(&self, retry: &RetryPolicy, context: &str, op: F) -> Result<T>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = azure_core::Result<T>>,
-    {
-        let mut reloaded = false;
-        loop {
-            let result = retry
-                .run(|| async { op().await.map_err(|e| from_azure(context, e)) })
-                .await;
-            match result {
-                Err(e) if !reloaded && is_auth_failure(&e) => {
-                    reloaded = true;
-                    match &self.secret {
-                        Some(secret) if secret.reload() => {
-                            tracing::info!(
-                                "{context}: access denied; retrying with the re-read secret"
-                            );
-                        }
-                        _ => return Err(e),
-                    }
-                }
-                other => return other,
-            }
-        }
-    }
-
     async fn list_page(&self, request: &ListRequest) -> Result<listing::Page> {
+        let client = &self.client;
         let prefix = if request.dir.is_root() {
             String::new()
         } else {
             format!("{}/", request.dir.as_str())
         };
-        let mut url = self.container_url.clone();
+        let mut url = client.base_url().clone();
         {
             let mut query = url.query_pairs_mut();
             query
                 .append_pair("restype", "container")
                 .append_pair("comp", "list")
                 .append_pair("include", "metadata")
-                .append_pair("maxresults", &self.page_size.to_string());
+                .append_pair("maxresults", &client.page_size.to_string());
             if !prefix.is_empty() {
                 query.append_pair("prefix", &prefix);
             }
@@ -233,30 +146,22 @@ impl Inner {
                 query.append_pair("marker", marker);
             }
         }
-        let body = self
-            .call(&self.description, || async {
-                let mut raw = Request::new(url.clone(), Method::Get);
-                raw.insert_header("x-ms-version", LIST_VERSION);
-                let response = self
-                    .list_pipeline
-                    .send(&Context::new(), &mut raw, None)
-                    .await?;
-                Ok(response.into_body())
+        let body = client
+            .send(client.description(), || {
+                client.request(url.clone(), Method::Get)
             })
-            .await?;
-        azure_core::xml::from_xml::<_, listing::EnumerationResults>(&body)
+            .await?
+            .into_body();
+        client
+            .parse_xml::<listing::EnumerationResults>("listing", &body)
             .map(listing::Page::from)
-            .map_err(|e| StoreError::Service {
-                context: self.description.clone(),
-                message: format!("unreadable listing: {e}"),
-            })
     }
 }
 
 #[async_trait]
 impl Store for BlobStore {
     fn describe(&self) -> String {
-        self.inner.description.clone()
+        self.inner.client.description().to_owned()
     }
 
     fn max_part_size(&self) -> u64 {
@@ -310,6 +215,7 @@ impl Store for BlobStore {
         let context = path.to_string();
         let properties = self
             .inner
+            .client
             .call(&context, || blob.get_properties(None))
             .await?;
         let header = |e: azure_core::Error| from_azure(&context, e);
@@ -341,10 +247,11 @@ impl Store for BlobStore {
         let blob = self.inner.blob(path);
         let context = path.to_string();
         let len = range.end - range.start;
-        // One attempt: the caller retries and resumes (see `store::retry`).
+        // One attempt: the caller retries and resumes (`store::ranged`).
         let response = self
             .inner
-            .call_with(&RetryPolicy::none(), &context, || {
+            .client
+            .call_once(&context, || {
                 blob.download(Some(BlobClientDownloadOptions {
                     range: Some(range.clone().into()),
                     // One GET whose body streams from the socket: the engine does the
@@ -358,10 +265,11 @@ impl Store for BlobStore {
         let response = match response {
             Ok(response) => response,
             // A range that starts at or past the end: nothing there.
-            Err(StoreError::Http { status: 416, .. }) => {
-                return Ok(futures::stream::empty().boxed());
-            }
-            Err(e) => return Err(e),
+            Err(Failed {
+                error: StoreError::Http { status: 416, .. },
+                ..
+            }) => return Ok(futures::stream::empty().boxed()),
+            Err(failed) => return Err(failed.into()),
         };
         let stream = response.body.map_err(move |e| from_azure(&context, e));
         Ok(stream.boxed())
@@ -375,6 +283,7 @@ impl Store for BlobStore {
             .content_md5
             .unwrap_or_else(|| Md5::digest(&data).into());
         self.inner
+            .client
             .call(&path.to_string(), || {
                 let context = Context::new()
                     .with_value(ExtraHeaders(vec![("content-md5".into(), B64.encode(md5))]));
@@ -423,6 +332,7 @@ impl Store for BlobStore {
         let context = path.to_string();
         let listed = match self
             .inner
+            .client
             .call(&context, || {
                 block_blob.get_block_list(BlockListType::Uncommitted, None)
             })
@@ -462,6 +372,7 @@ impl Store for BlobStore {
     async fn delete(&self, path: &ObjectPath) -> Result<()> {
         let blob = self.inner.blob(path);
         self.inner
+            .client
             .call(&path.to_string(), || blob.delete(None))
             .await?;
         Ok(())
@@ -504,6 +415,7 @@ impl PartUpload for BlockUpload {
         let block_blob = self.blob.block_blob_client();
         let len = data.len() as u64;
         self.inner
+            .client
             .call(&self.path.to_string(), || {
                 block_blob.stage_block(
                     &id,
@@ -530,6 +442,7 @@ impl PartUpload for BlockUpload {
         let ids: Vec<Vec<u8>> = staged.keys().map(|i| block_id(*i)).collect();
         let block_blob = self.blob.block_blob_client();
         self.inner
+            .client
             .call(&self.path.to_string(), || {
                 let list = BlockLookupList {
                     latest: Some(ids.clone()),
@@ -562,8 +475,9 @@ impl PartUpload for BlockUpload {
 mod listing {
     use std::time::SystemTime;
 
-    use base64::Engine as _;
     use serde::Deserialize;
+
+    use crate::store::azure::client::{XmlName as Name, http_date, md5_from_base64};
 
     #[derive(Debug, Deserialize)]
     pub struct EnumerationResults {
@@ -583,26 +497,6 @@ mod listing {
     enum Item {
         Blob(Blob),
         BlobPrefix(Prefix),
-    }
-
-    #[derive(Debug, Deserialize)]
-    struct Name {
-        #[serde(rename = "@Encoded", default)]
-        encoded: Option<bool>,
-        #[serde(rename = "$text", default)]
-        text: String,
-    }
-
-    impl Name {
-        fn decoded(&self) -> String {
-            if self.encoded == Some(true) {
-                percent_encoding::percent_decode_str(&self.text)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            } else {
-                self.text.clone()
-            }
-        }
     }
 
     #[derive(Debug, Deserialize)]
@@ -673,13 +567,9 @@ mod listing {
                         content_md5: blob
                             .properties
                             .content_md5
-                            .and_then(|m| base64::engine::general_purpose::STANDARD.decode(m).ok())
-                            .and_then(|m| <[u8; 16]>::try_from(m.as_slice()).ok()),
-                        last_modified: blob
-                            .properties
-                            .last_modified
-                            .and_then(|t| azure_core::time::parse_rfc7231(&t).ok())
-                            .map(SystemTime::from),
+                            .as_deref()
+                            .and_then(md5_from_base64),
+                        last_modified: blob.properties.last_modified.as_deref().and_then(http_date),
                         folder_marker: blob
                             .metadata
                             .and_then(|m| m.hdi_isfolder)
