@@ -2,7 +2,7 @@
 //! — in one place.
 //!
 //! Backends wrap each request in `RetryPolicy::run`, except ranged reads: `Store::get_range` is
-//! one attempt, and the store's resumable read retries it under this policy, resuming a body
+//! one attempt, and the store's one resumable read (`store::read_range`) retries it under this policy, resuming a body
 //! that broke mid-way. One retry layer per request keeps one bound: an error that outlasted the
 //! policy comes back as the error's "gave up" form (`Retryable::gave_up`), which is permanent,
 //! so no caller retries it again.
