@@ -18,21 +18,19 @@
 //! on one and no block is fetched twice.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::TryStreamExt;
 use tokio::task::JoinHandle;
 
 use super::buffers::BufferPool;
 use super::cache::{DiskCache, ObjectId};
 use crate::model::MemoryBudget;
+use crate::model::ObjectPath;
 use crate::model::RetryPolicy;
 use crate::model::budget::{BudgetPermit, Reclaim};
-use crate::model::{ObjectPath, Retryable};
-use crate::store::{Store, StoreError};
+use crate::store::{RangeError, Store, StoreError, read_range};
 
 const FIRST_WINDOW: u64 = 1024 * 1024;
 const MAX_WINDOW: u64 = 64 * 1024 * 1024;
@@ -50,31 +48,14 @@ impl Buffer {
     }
 }
 
-/// Set while storage is down for a mount: a fetch gave up under the retry policy and none has
-/// succeeded since. Fetches then make one attempt each, so that the kernel's second try of a
-/// failed read, and every other file's reads, fail at once instead of each waiting out the
-/// policy again; the first fetch that succeeds clears it.
-#[derive(Debug, Default)]
-pub struct Outage(AtomicBool);
+/// The mount's record of a storage outage (`store::Breaker`, one per mount): once a fetch gave
+/// up under the retry policy, fetches make one attempt each until one succeeds, so that the
+/// kernel's second try of a failed read, and every other file's reads, fail at once instead of
+/// each waiting out the policy again.
+pub use crate::store::Breaker as Outage;
 
-impl Outage {
-    fn policy(&self) -> RetryPolicy {
-        match self.0.load(Ordering::Relaxed) {
-            true => RetryPolicy::none(),
-            false => RetryPolicy::default(),
-        }
-    }
-
-    fn record<T>(&self, result: &Result<T, StoreError>) {
-        match result {
-            Ok(_) => self.0.store(false, Ordering::Relaxed),
-            Err(e) if e.is_transient() || matches!(e, StoreError::GaveUp { .. }) => {
-                self.0.store(true, Ordering::Relaxed)
-            }
-            Err(_) => {}
-        }
-    }
-}
+/// A fetch that delivers nothing for this long counts as a broken connection and is resumed.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where an open file's bytes come from: storage, through the disk cache when there is one.
 #[derive(Clone)]
@@ -248,8 +229,9 @@ pub struct FileReader {
     state: tokio::sync::Mutex<State>,
 }
 
-/// Fetches a whole range into memory, retrying transient failures (unless storage is known to
-/// be down); a short body is an error (never wrong bytes).
+/// Fetches a whole range into memory through the store's resumable read: transient failures
+/// are retried (one attempt each while storage is known to be down) and a broken, truncated or
+/// stalled body is resumed from its first missing byte; never wrong bytes.
 async fn fetch(
     store: Arc<dyn Store>,
     path: ObjectPath,
@@ -257,29 +239,23 @@ async fn fetch(
     outage: &Outage,
     pool: &Arc<BufferPool>,
 ) -> Result<Bytes, StoreError> {
-    let result = outage
-        .policy()
-        .run(|| {
-            let store = store.clone();
-            let path = path.clone();
-            let range = range.clone();
-            async move {
-                let want = (range.end - range.start) as usize;
-                let mut out = pool.take(want);
-                let mut stream = store.get_range(&path, range).await?;
-                while let Some(chunk) = stream.try_next().await? {
-                    out.extend_from_slice(&chunk);
-                }
-                if out.len() != want {
-                    return Err(StoreError::Network {
-                        message: format!("{path}: received {} of {want} bytes", out.len()),
-                    });
-                }
-                Ok(pool.freeze(out))
-            }
-        })
-        .await;
-    outage.record(&result);
+    let policy = outage.policy(&RetryPolicy::default());
+    let mut out = pool.take((range.end - range.start) as usize);
+    let result = read_range(
+        store.as_ref(),
+        &path,
+        range,
+        &policy,
+        STALL_TIMEOUT,
+        &mut out,
+    )
+    .await
+    .map(|_| pool.freeze(out))
+    .map_err(|e| match e {
+        RangeError::Store(e) => e,
+        RangeError::Sink(e) => StoreError::io(&path, e),
+    });
+    outage.record(&path, &result);
     result
 }
 
@@ -529,6 +505,38 @@ mod tests {
         // A seek drops the read-ahead and resets the window.
         let state = reader.state.lock().await;
         assert_eq!(state.window, FIRST_WINDOW);
+    }
+
+    /// A fetch whose body breaks mid-way asks for the rest only: the next ranged GET starts at
+    /// the first byte not received (it once fetched the whole range again).
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_fetch_resumes_from_the_first_missing_byte() {
+        use crate::store::faulty::{Fault, FaultyStore};
+        let bytes = data(4 * 1024 * 1024);
+        let (store, path) =
+            FaultyStore::with_object("f", bytes.clone(), vec![Fault::BreakAfter(100_000)]).await;
+        let store = Arc::new(store);
+        let reader = FileReader::new(
+            store.clone(),
+            path,
+            bytes.len() as u64,
+            MemoryBudget::new(64 * 1024),
+            BufferPool::new(MemoryBudget::new(64 * 1024), 0),
+        );
+        let got = reader.read(0, 128 * 1024).await.unwrap();
+        assert!(got[..] == bytes[..128 * 1024]);
+        // A first read is not sequential: it fetches `MIN_RANDOM_FETCH`.
+        let fetched = MIN_RANDOM_FETCH;
+        assert_eq!(
+            store.requested(),
+            [0..fetched, 100_000..fetched],
+            "resumed at the first missing byte"
+        );
+        let got = reader.read(90_000, 150_000).await.unwrap();
+        assert!(
+            got[..] == bytes[90_000..240_000],
+            "the resumed fetch is exact"
+        );
     }
 
     async fn stored(len: usize) -> (Arc<MemoryStore>, ObjectPath, Vec<u8>) {

@@ -2,10 +2,10 @@
 //! — in one place.
 //!
 //! Backends wrap each request in `RetryPolicy::run`, except ranged reads: `Store::get_range` is
-//! one attempt, and the store's resumable read retries it under this policy, resuming a body
-//! that broke mid-way. One retry layer per request keeps one bound: an error that outlasted the
-//! policy comes back as the error's "gave up" form (`Retryable::gave_up`), which is permanent,
-//! so no caller retries it again.
+//! one attempt, and the store's one resumable read (`store::read_range`) retries it under this
+//! policy, resuming a body that broke mid-way. One retry layer per request keeps one bound: an
+//! error that outlasted the policy comes back as the error's "gave up" form
+//! (`Retryable::gave_up`), which is permanent, so no caller retries it again.
 //!
 //! The bound (docs/RELIABILITY.md): 10 attempts with a backoff of 0.2 s doubling up to 15 s,
 //! jittered to 50–100 % — 27.7 to 55.4 s of waiting when every attempt fails at once

@@ -6,13 +6,17 @@
 //! listing is always *under* a directory (`prefix/`), so `a/b` never matches `a/b_v2.csv`.
 
 pub mod azure;
+mod breaker;
 /// Test doubles: compiled for this crate's unit tests and, with the `test-support` feature,
 /// for the integration tests; never part of the release binary.
 #[cfg(any(test, feature = "test-support"))]
 pub mod counting;
+#[cfg(test)]
+pub(crate) mod faulty;
 pub mod local;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+mod ranged;
 mod resources;
 mod support;
 
@@ -26,6 +30,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::model::{ObjectPath, PathError, Retryable};
+pub use breaker::Breaker;
+pub use ranged::{RangeError, RangeSink, read_range};
 pub use resources::Resources;
 
 /// A stream of body chunks, as a ranged read returns it.
@@ -120,6 +126,12 @@ impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
     }
+
+    /// Storage itself failed: the retry policy gave up on a transient failure (with a policy of
+    /// one attempt, the transient failure itself). What trips the `Breaker`.
+    pub fn is_outage(&self) -> bool {
+        self.is_transient() || matches!(self, Self::GaveUp { .. })
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -187,8 +199,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta>;
 
     /// Streams bytes `range` of an object. A range past the end is clipped; an empty range of
-    /// an existing object (0-byte files) is an empty stream. One attempt: the caller retries it
-    /// and resumes a broken body from the first missing byte (`retry`).
+    /// an existing object (0-byte files) is an empty stream. One attempt: callers read through
+    /// `read_range`, which retries it and resumes a broken body from the first missing byte.
     async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream>;
 
     /// Writes a whole (small) object at once, replacing an existing one.

@@ -12,9 +12,11 @@ use md5::{Digest, Md5};
 
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
-use crate::model::{ObjectPath, Retryable};
+use crate::model::ObjectPath;
 use crate::store::local::{create_partial, partial_name};
-use crate::store::{ObjectMeta, Store, StoreError, list_all};
+use crate::store::{
+    Breaker, ObjectMeta, RangeError, RangeSink, Store, StoreError, list_all, read_range,
+};
 
 /// One object to fetch and where it goes.
 #[derive(Clone)]
@@ -106,30 +108,29 @@ pub async fn download(
 
     let failed_dirs = create_parents(local, &todo).await;
     let progress = Progress::start(engine.progress, "download", todo.len() as u64, needed);
-    // Set when storage failed for longer than the retry policy allows: files not started yet
-    // fail at once instead of each waiting out the policy again, so a download of many files
-    // gives up in the policy's bound, not in a multiple of it.
-    let gone: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    // Tripped when storage failed for longer than the retry policy allows: files not started
+    // yet fail at once instead of each waiting out the policy again, so a download of many
+    // files gives up in the policy's bound, not in a multiple of it.
+    let breaker = Breaker::default();
     let results: Vec<(ObjectPath, Result<u64, FileError>)> = futures::stream::iter(todo)
         .map(|item| {
             let store = store.clone();
             let progress = progress.clone();
-            let (failed_dirs, gone) = (&failed_dirs, &gone);
+            let (failed_dirs, breaker) = (&failed_dirs, &breaker);
             async move {
-                let result = match gone.get() {
-                    Some(failed) => Err(FileError::store(format!(
-                        "not started: storage is unavailable (gave up on {failed})"
-                    ))),
+                let result = match breaker.refusal() {
+                    Some(refusal) => Err(FileError::store(refusal)),
                     None => {
                         download_file(engine, store.as_ref(), &item, failed_dirs, &progress).await
                     }
                 };
-                if let Err(FileError {
-                    kind: FileErrorKind::StoreGone,
-                    ..
-                }) = &result
-                {
-                    let _ = gone.set(item.meta.path.to_string());
+                match &result {
+                    Ok(_) => breaker.reset(),
+                    Err(FileError {
+                        kind: FileErrorKind::StoreGone,
+                        ..
+                    }) => breaker.trip(&item.meta.path),
+                    Err(_) => {}
                 }
                 progress.file_done();
                 (item.meta.path, result)
@@ -393,18 +394,12 @@ async fn download_small(
     let partial = partial_name(&item.dest);
     let mut data = Vec::with_capacity(size as usize);
     let mut hasher = item.meta.content_md5.map(|_| Md5::new());
-    let written = fetch_range(
-        engine,
-        store,
-        item,
-        &mut Sink::Memory(&mut data),
-        &partial,
-        0,
-        size,
+    let mut sink = Sink {
+        target: Target::Memory(&mut data),
+        hasher: hasher.as_mut(),
         progress,
-        hasher.as_mut(),
-    )
-    .await?;
+    };
+    let written = fetch_range(engine, store, item, &mut sink, &partial, 0..size).await?;
     check_size(item, written)?;
     if let Some(hasher) = hasher {
         verify(item, hasher.finalize().into())?;
@@ -508,16 +503,18 @@ async fn fetch_parts(
                 let _permit = engine.budget.acquire(len.min(part_size)).await;
                 turn.send_replace(index + 1);
                 let mut writer = FileWriter::new(file, offset);
+                let mut sink = Sink {
+                    target: Target::File(&mut writer),
+                    hasher: None,
+                    progress,
+                };
                 let n = fetch_range(
                     engine,
                     store,
                     item,
-                    &mut Sink::File(&mut writer),
+                    &mut sink,
                     partial,
-                    offset,
-                    len,
-                    progress,
-                    None,
+                    offset..offset + len,
                 )
                 .await?;
                 if let Some(hashing) = hashing {
@@ -564,29 +561,40 @@ fn check_size(item: &Planned, written: u64) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Where the bytes of a range go.
-enum Sink<'a> {
+/// Where the bytes of a range go: hashed (a small file's MD5), counted, then stored.
+struct Sink<'a> {
+    target: Target<'a>,
+    hasher: Option<&'a mut Md5>,
+    progress: &'a Progress,
+}
+
+enum Target<'a> {
     /// A whole small file, appended in memory.
     Memory(&'a mut Vec<u8>),
     /// A part of a large file, written at its offset.
     File(&'a mut FileWriter),
 }
 
-impl Sink<'_> {
+impl RangeSink for Sink<'_> {
     async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        match self {
-            Sink::Memory(data) => {
-                data.extend_from_slice(&chunk);
-                Ok(())
-            }
-            Sink::File(writer) => writer.write(chunk).await,
+        let n = chunk.len() as u64;
+        if let Some(hasher) = self.hasher.as_deref_mut() {
+            hasher.update(&chunk);
         }
+        match &mut self.target {
+            Target::Memory(data) => data.extend_from_slice(&chunk),
+            Target::File(writer) => writer.write(chunk).await?,
+        }
+        self.progress.add_bytes(n);
+        Ok(())
     }
+}
 
+impl Sink<'_> {
     async fn finish(&mut self) -> std::io::Result<()> {
-        match self {
-            Sink::Memory(_) => Ok(()),
-            Sink::File(writer) => writer.finish().await,
+        match &mut self.target {
+            Target::Memory(_) => Ok(()),
+            Target::File(writer) => writer.finish().await,
         }
     }
 }
@@ -663,140 +671,45 @@ impl FileWriter {
     }
 }
 
-/// Streams bytes `offset..offset+len` into `sink`. A stream that breaks mid-body (reset,
-/// timeout, 5xx) is resumed from the first missing byte under the engine's retry policy: only
-/// this range's remainder is fetched again. The caller holds the range's budget share.
-#[allow(clippy::too_many_arguments)]
+/// Streams bytes `range` into `sink` through the store's resumable read (`read_range`): a
+/// body that breaks, ends early or stalls is resumed from its first missing byte under the
+/// engine's retry policy, so only this range's remainder is fetched again. The caller holds the
+/// range's budget share.
 async fn fetch_range(
     engine: &Engine,
     store: &dyn Store,
     item: &Planned,
     sink: &mut Sink<'_>,
     local_path: &Path,
-    offset: u64,
-    len: u64,
-    progress: &Progress,
-    mut hasher: Option<&mut Md5>,
+    range: std::ops::Range<u64>,
 ) -> Result<u64, FileError> {
-    let mut written = 0u64;
-    // The policy bounds failures in a row: an attempt that delivered bytes starts it afresh, so
-    // a long range rides out any number of separate outages, each within the policy's bound.
-    let mut started = Instant::now();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let before = written;
-        let attempt = stream_range(
-            store,
-            engine.stall_timeout,
-            item,
-            sink,
-            offset + written..offset + len,
-            &mut written,
-            progress,
-            hasher.as_deref_mut(),
-        )
-        .await;
-        match attempt {
-            Ok(()) => break,
-            Err(RangeError::Store(e)) => {
-                if written > before {
-                    attempts = 1;
-                    started = Instant::now();
-                }
-                if !engine.retry.allows(attempts, started, &e) {
-                    let kind = match e.is_transient() {
-                        true => FileErrorKind::StoreGone,
-                        false => FileErrorKind::Store,
-                    };
-                    return Err(FileError {
-                        message: engine.retry.give_up(attempts, started, e).to_string(),
-                        kind,
-                    });
-                }
-                let delay = engine.retry.backoff(attempts - 1, e.retry_after());
-                tracing::info!(path = %item.meta.path, offset = offset + written, error = %e,
-                    "range broke; resuming after {delay:?}");
-                tokio::time::sleep(delay).await;
-            }
-            Err(RangeError::Local(e)) => return Err(FileError::write(item, local_path, e)),
-            Err(RangeError::TooLong) => {
-                return Err(FileError::store(format!(
-                    "{}: the store sent more bytes than requested",
-                    item.meta.path
-                )));
-            }
+    let read = read_range(
+        store,
+        &item.meta.path,
+        range,
+        &engine.retry,
+        engine.stall_timeout,
+        sink,
+    )
+    .await;
+    let written = match read {
+        Ok(written) => written,
+        Err(RangeError::Store(e)) => {
+            let kind = match e.is_outage() {
+                true => FileErrorKind::StoreGone,
+                false => FileErrorKind::Store,
+            };
+            return Err(FileError {
+                message: e.to_string(),
+                kind,
+            });
         }
-    }
+        Err(RangeError::Sink(e)) => return Err(FileError::write(item, local_path, e)),
+    };
     sink.finish()
         .await
         .map_err(|e| FileError::write(item, local_path, e))?;
     Ok(written)
-}
-
-enum RangeError {
-    Store(StoreError),
-    Local(std::io::Error),
-    TooLong,
-}
-
-/// One attempt at `range`, appending to `written` as bytes land. The sink's position follows
-/// `written`: a resumed attempt continues where the broken one stopped.
-#[allow(clippy::too_many_arguments)]
-async fn stream_range(
-    store: &dyn Store,
-    stall_timeout: std::time::Duration,
-    item: &Planned,
-    sink: &mut Sink<'_>,
-    range: std::ops::Range<u64>,
-    written: &mut u64,
-    progress: &Progress,
-    mut hasher: Option<&mut Md5>,
-) -> Result<(), RangeError> {
-    let wanted = range.end - range.start;
-    let stalled = |what: &str| {
-        RangeError::Store(StoreError::Network {
-            message: format!(
-                "{}: no data for {} s {what}",
-                item.meta.path,
-                stall_timeout.as_secs()
-            ),
-        })
-    };
-    let mut stream = tokio::time::timeout(stall_timeout, store.get_range(&item.meta.path, range))
-        .await
-        .map_err(|_| stalled("waiting for the response"))?
-        .map_err(RangeError::Store)?;
-    let mut received = 0u64;
-    loop {
-        let next = tokio::time::timeout(stall_timeout, stream.try_next())
-            .await
-            .map_err(|_| stalled("in the body"))?;
-        let Some(chunk) = next.map_err(RangeError::Store)? else {
-            break;
-        };
-        let n = chunk.len() as u64;
-        if received + n > wanted {
-            return Err(RangeError::TooLong);
-        }
-        if let Some(hasher) = hasher.as_deref_mut() {
-            hasher.update(&chunk);
-        }
-        sink.write(chunk).await.map_err(RangeError::Local)?;
-        received += n;
-        *written += n;
-        progress.add_bytes(n);
-    }
-    if received < wanted {
-        // A body that ends early without an error is a truncated response: resume it.
-        return Err(RangeError::Store(StoreError::Network {
-            message: format!(
-                "{}: body ended after {received} of {wanted} bytes",
-                item.meta.path
-            ),
-        }));
-    }
-    Ok(())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use super::journal::ReferenceJournal;
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
 use crate::model::ObjectPath;
-use crate::store::{PutOptions, Store, StoreError};
+use crate::store::{Breaker, PutOptions, Store, StoreError};
 
 /// What to upload.
 #[derive(Debug, Clone)]
@@ -71,29 +71,31 @@ pub async fn upload_journaled(
 
     let total: u64 = planned.iter().map(|p| p.size).sum();
     let progress = Progress::start(engine.progress, "upload", planned.len() as u64, total);
-    // Set when storage failed for longer than the retry policy allows: files not started yet
-    // fail at once, so an upload of many files gives up in the policy's bound, not a multiple.
-    let gone: OnceLock<String> = OnceLock::new();
+    // Tripped when storage failed for longer than the retry policy allows: files not started
+    // yet fail at once, so an upload of many files gives up in the policy's bound, not a
+    // multiple.
+    let breaker = Breaker::default();
     let results: Vec<(ObjectPath, Result<Outcome, String>)> = futures::stream::iter(planned)
         .map(|item| {
             let store = store.clone();
             let progress = progress.clone();
-            let gone = &gone;
+            let breaker = &breaker;
             async move {
-                let outcome = match gone.get() {
-                    Some(failed) => Err(format!(
-                        "not started: storage is unavailable (gave up on {failed})"
-                    )),
+                let outcome = match breaker.refusal() {
+                    Some(refusal) => Err(refusal),
                     None => {
                         let file = FileUpload {
                             engine,
                             store: store.as_ref(),
                             item: &item,
-                            gone,
+                            breaker,
                         };
                         upload_file(&file, overwrite, &progress, journal).await
                     }
                 };
+                if let Ok(Outcome::Uploaded { .. }) = outcome {
+                    breaker.reset();
+                }
                 match outcome {
                     Ok(Outcome::Skipped) => progress.forget_file(item.size),
                     _ => progress.file_done(),
@@ -265,19 +267,21 @@ enum Outcome {
     Skipped,
 }
 
-/// One file's upload, and where a give-up of the store is noted for the files after it.
+/// One file's upload, and the breaker where a give-up of the store is noted for the files
+/// after it.
 struct FileUpload<'a> {
     engine: &'a Engine,
     store: &'a dyn Store,
     item: &'a Planned,
-    gone: &'a OnceLock<String>,
+    breaker: &'a Breaker,
 }
 
 impl FileUpload<'_> {
-    /// A store error as the file's failure; a give-up is noted so no new file waits it out.
+    /// A store error as the file's failure; an outage trips the breaker so no new file waits
+    /// it out.
     fn store_error(&self, e: StoreError) -> String {
-        if matches!(e, StoreError::GaveUp { .. }) {
-            let _ = self.gone.set(self.item.dest.to_string());
+        if e.is_outage() {
+            self.breaker.trip(&self.item.dest);
         }
         e.to_string()
     }

@@ -17,8 +17,7 @@ use serde_json::{Value, json};
 use super::fs::write;
 use super::wait::{exit_within, poll_or};
 
-/// How long any single dataref run may take before the test gives up on it.
-/// The longest job here copies 1 GiB (2-6 s; over 20 s was seen on a machine running four
+/// How long any single dataref run may take before the test gives up on it. The longest job here copies 1 GiB (2-6 s; over 20 s was seen on a machine running four
 /// builds at once): 120 s is 5x that and still ends a hung job.
 pub const RUN_LIMIT: Duration = Duration::from_secs(120);
 
