@@ -12,9 +12,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+// Tokio's clock, so that tests with paused time can age listings past the TTL.
+use tokio::time::Instant;
 
 use super::buffers::BufferPool;
 use super::cache::{CacheOptions, DiskCache, ObjectId};
@@ -495,3 +497,7 @@ impl FsCore {
         self.handles.lock().unwrap().len()
     }
 }
+
+#[cfg(test)]
+#[path = "filesystem_tests.rs"]
+mod tests;

@@ -1,4 +1,5 @@
-//! A wrapper store that counts ranged reads: how tests prove that a cache saved a request.
+//! A wrapper store that counts ranged reads and list requests: how tests prove that a cache
+//! saved a request.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub struct CountingStore {
     inner: Arc<dyn Store>,
     gets: AtomicU64,
     bytes: AtomicU64,
+    lists: AtomicU64,
 }
 
 impl CountingStore {
@@ -25,6 +27,7 @@ impl CountingStore {
             inner,
             gets: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            lists: AtomicU64::new(0),
         }
     }
 
@@ -36,6 +39,11 @@ impl CountingStore {
     /// Bytes asked for by those calls.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// `list` calls so far (one per page).
+    pub fn lists(&self) -> u64 {
+        self.lists.load(Ordering::SeqCst)
     }
 }
 
@@ -50,6 +58,7 @@ impl Store for CountingStore {
     }
 
     async fn list(&self, request: &ListRequest) -> Result<ListPage> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(request).await
     }
 
