@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::stores::{Hooked, RangeHook};
+use dataref::store::hooked::{Hook, Hooked};
 
 use common::data::{p, pattern_at};
 use common::fs::files as files_under;
@@ -57,7 +57,7 @@ impl Gate {
 }
 
 #[async_trait::async_trait]
-impl RangeHook for Gate {
+impl Hook for Gate {
     async fn get_range(
         &self,
         inner: &dyn Store,

@@ -339,7 +339,7 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
         "the namespace's PID 1",
         Duration::from_secs(5),
         || pod.describe(),
-        || children_of(unshare.id() as i32).first().map(|c| c.0),
+        || children_of(unshare.id() as i32).first().map(|c| c.pid),
     );
     let status = fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
@@ -366,7 +366,7 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
         || {
             let sleeps = children_of(pid1)
                 .into_iter()
-                .filter(|c| c.2 == "sleep")
+                .filter(|c| c.comm == "sleep")
                 .count();
             (sleeps == 10).then_some(())
         },
@@ -379,7 +379,7 @@ fn sigterm_to_pid_1_is_forwarded_and_orphans_are_reaped() {
         || pod.describe(),
         || {
             let children = children_of(pid1);
-            let zombies = children.iter().filter(|c| c.1 == 'Z').count();
+            let zombies = children.iter().filter(|c| c.state == 'Z').count();
             (children.len() == 1 && zombies == 0).then_some(())
         },
     );

@@ -16,7 +16,7 @@ mod common;
 use common::fs::{read, sorted_names};
 use common::mounts::has_mount_point;
 use common::procs::children_of;
-use common::wait::poll_or;
+use common::wait::{exit_within, poll_or};
 
 use std::collections::HashMap;
 use std::fs;
@@ -215,7 +215,7 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
             "the namespace's init",
             Duration::from_secs(5),
             || cluster.describe(),
-            || children_of(unshare_pid).first().map(|c| c.0),
+            || children_of(unshare_pid).first().map(|c| c.pid),
         );
         poll_or(
             "the node to become idle",
@@ -436,7 +436,10 @@ fn dead_mount_in_namespace(cluster: &Cluster) -> PathBuf {
         || ns_mounted(cluster, &mountpoint).then_some(()),
     );
     server.kill().unwrap();
-    server.wait().unwrap();
+    // A killed server always exits (it never waits on a request to its own mount).
+    exit_within(&mut server, Duration::from_secs(20), || {
+        read_or_empty(&cluster.dir.join("mount.err"))
+    });
     mountpoint
 }
 

@@ -215,6 +215,18 @@ async fn every_proxy_fault_during_a_download_and_an_upload_is_ridden_out() {
     }
 }
 
+/// How long a transfer may take to get going (far beyond what it needs on a loaded machine).
+const STARTED_WITHIN: Duration = Duration::from_secs(60);
+
+/// A transfer's outcome; a transfer that outlives every retry bound fails the test instead of
+/// hanging it.
+async fn finished<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(GAVE_UP_WITHIN * 2, task)
+        .await
+        .expect("the transfer neither finished nor gave up")
+        .unwrap()
+}
+
 /// Kills Azurite for `outage` and starts it again on the same port.
 async fn outage(azurite: &Arc<Restartable>, outage: Duration) {
     let azurite = azurite.clone();
@@ -245,15 +257,16 @@ async fn azurite_killed_and_restarted_during_a_1_gib_download() {
     });
     // Some parts are done and more are in flight.
     while counting.gets() < 24 {
+        assert!(
+            !download.is_finished(),
+            "the download ended before the kill"
+        );
+        assert!(started.elapsed() < STARTED_WITHIN, "no 24 parts requested");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        !download.is_finished(),
-        "the download ended before the kill"
-    );
     let killed_at = started.elapsed();
     outage(&azurite, Duration::from_secs(3)).await;
-    let report = download.await.unwrap().unwrap();
+    let report = finished(download).await.unwrap();
     let total = started.elapsed();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.files, 1);
@@ -304,12 +317,13 @@ async fn azurite_killed_and_restarted_during_an_upload() {
     });
     // A quarter of the blocks are staged.
     while tree_bytes(&location) < before + size / 4 {
+        assert!(!upload.is_finished(), "the upload ended before the kill");
+        assert!(started.elapsed() < STARTED_WITHIN, "no quarter staged");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!upload.is_finished(), "the upload ended before the kill");
     let killed_at = started.elapsed();
     outage(&azurite, Duration::from_secs(3)).await;
-    let report = upload.await.unwrap().unwrap();
+    let report = finished(upload).await.unwrap();
     let total = started.elapsed();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let meta = store.head(&p("out/model.bin")).await.unwrap();
@@ -414,7 +428,7 @@ async fn azurite_killed_and_restarted_during_a_mounted_read() {
         .unwrap();
     assert!(!reader.is_finished(), "the read ended before the kill");
     outage(&azurite, Duration::from_secs(3)).await;
-    let log = reader.await.unwrap();
+    let log = finished(reader).await;
     assert_eq!(log.bytes, size);
     eprintln!(
         "figure: mounted read of 256 MiB, Azurite killed for 3 s: {} EIO, slowest read {:.1} s, \
@@ -543,9 +557,9 @@ async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
 
     let at_start = tokio::task::spawn_blocking(move || at_start.wait_with_output().unwrap());
     let mid = tokio::task::spawn_blocking(move || mid.wait_with_output().unwrap());
-    let at_start = at_start.await.unwrap();
+    let at_start = finished(at_start).await;
     let start_time = from_start.elapsed();
-    let mid = mid.await.unwrap();
+    let mid = finished(mid).await;
     let mid_time = killed.elapsed();
     let (start_err, mid_err) = (
         String::from_utf8_lossy(&at_start.stderr).into_owned(),
@@ -574,7 +588,7 @@ async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
             "{what}: the cause is not given: {err}"
         );
     }
-    let (upload, upload_time) = upload.await.unwrap();
+    let (upload, upload_time) = finished(upload).await;
     let upload_err = String::from_utf8_lossy(&upload.stderr).into_owned();
     eprintln!("figure: upload of 100 files to dead storage gave up after {upload_time:.1?}");
     assert_eq!(upload.status.code(), Some(69), "{upload_err}");

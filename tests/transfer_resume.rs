@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::stores::{Hooked, RangeHook};
+use dataref::store::hooked::{Hook, Hooked};
 
 use common::data::{p, pattern, put_with_md5 as put};
 use common::fs::tree;
@@ -34,11 +34,11 @@ fn flaky(inner: MemoryStore, failures: u32) -> Arc<Hooked<Flaky>> {
         failures: failures.into(),
         ranges: Default::default(),
     };
-    Hooked::new(inner, hook)
+    Arc::new(Hooked::wrap(Arc::new(inner), hook))
 }
 
 #[async_trait::async_trait]
-impl RangeHook for Flaky {
+impl Hook for Flaky {
     async fn get_range(
         &self,
         inner: &dyn Store,
@@ -149,7 +149,7 @@ struct Slow {
 }
 
 #[async_trait::async_trait]
-impl RangeHook for Slow {
+impl Hook for Slow {
     async fn get_range(
         &self,
         inner: &dyn Store,
@@ -201,7 +201,7 @@ async fn hashed_download_requests_parts_in_order_within_the_window() {
     // With an MD5.
     let inner = MemoryStore::new();
     put(&inner, "big.bin", &data).await;
-    let store = Hooked::new(inner, Slow::default());
+    let store = Arc::new(Hooked::wrap(Arc::new(inner), Slow::default()));
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("big.bin");
     let report = transfer::download(&engine, store.clone(), &p("big.bin"), &target, false)
@@ -246,7 +246,7 @@ async fn hashed_download_requests_parts_in_order_within_the_window() {
         )
         .await
         .unwrap();
-    let store = Hooked::new(inner, Slow::default());
+    let store = Arc::new(Hooked::wrap(Arc::new(inner), Slow::default()));
     let target = dir.path().join("raw.bin");
     let report = transfer::download(&engine, store.clone(), &p("raw.bin"), &target, false)
         .await

@@ -63,12 +63,9 @@ impl ProcessId {
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat`, read after the command name (which may hold spaces).
+/// When `pid` started (field 22 of its stat line), or `None` once it is gone.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    // Fields after the name start at field 3 (state); start time is field 22.
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    crate::model::process::ProcStat::read(pid).map(|stat| stat.start_time)
 }
 
 /// Uploads the daemon finishes for an interrupted job after a restart.

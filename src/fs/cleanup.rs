@@ -211,7 +211,14 @@ fn judge(table: &[MountEntry]) -> Vec<DatarefMount> {
         .filter(|entry| FSTYPES.contains(&entry.fstype.as_str()))
         .filter_map(|entry| {
             let name = parse_fsname(&entry.source)?;
-            let reason = owner_verdict(name.pid).or_else(|| probe(entry));
+            // Our own mounts are live, and must never be probed: a request this process makes
+            // to a mount it serves cannot end if the process is killed meanwhile (the kernel
+            // waits for an answer the dead server never sends, and the process never exits).
+            let ours = name.pid == Some(std::process::id());
+            let reason = match ours {
+                true => None,
+                false => owner_verdict(name.pid).or_else(|| probe(entry)),
+            };
             Some(DatarefMount {
                 mount_id: entry.mount_id,
                 mountpoint: entry.mount_point.clone(),
@@ -238,12 +245,8 @@ fn owner_verdict(pid: Option<u32>) -> Option<DeadReason> {
         return Some(DeadReason::OwnerGone);
     }
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    if let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) {
-        // `pid (comm) state ...`; comm may hold spaces and parentheses.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next());
-        if matches!(state, Some('Z' | 'X' | 'x')) {
+    if let Some(stat) = crate::model::process::ProcStat::read(raw) {
+        if stat.has_exited() {
             // A leader that exited while other threads still run (and may serve) shows Z too.
             let threads = std::fs::read_dir(proc_dir.join("task")).map(|d| d.count());
             return match threads {

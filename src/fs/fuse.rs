@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -39,6 +39,11 @@ struct Adapter {
     runtime: tokio::runtime::Handle,
     uid: u32,
     gid: u32,
+    /// Told when the kernel's INIT has been answered: the mount serves from then on.
+    serving: Option<std::sync::mpsc::Sender<()>>,
+    /// Requests that came from this very process (counted in test builds only).
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
+    self_requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The one place a failure becomes an errno.
@@ -88,6 +93,20 @@ fn file_attr(attr: &Attr, uid: u32, gid: u32) -> FileAttr {
 }
 
 impl Adapter {
+    /// Counts a request from this process itself (test builds only: a probe per request).
+    /// The server must never make one: if it is killed while it waits, the kernel waits for
+    /// an answer the dead server never sends and the process can never exit.
+    #[cfg(any(test, feature = "test-support"))]
+    fn note_requester(&self, req: &Request) {
+        if Path::new(&format!("/proc/self/task/{}", req.pid())).exists() {
+            self.self_requests
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[cfg(not(any(test, feature = "test-support")))]
+    fn note_requester(&self, _req: &Request) {}
+
     fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         self.runtime.spawn(work);
     }
@@ -116,10 +135,14 @@ impl Filesystem for Adapter {
         {
             tracing::debug!("the kernel does not offer READDIRPLUS; directory reads stay plain");
         }
+        if let Some(serving) = self.serving.take() {
+            let _ = serving.send(());
+        }
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.note_requester(req);
         let Some(name) = name.to_str().map(str::to_owned) else {
             return reply.error(errno(&FsError::NotFound));
         };
@@ -133,7 +156,8 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.note_requester(req);
         let core = self.core.clone();
         let this = self.attr_maker();
         self.spawn(async move {
@@ -144,7 +168,8 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.note_requester(req);
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(errno(&FsError::ReadOnly));
         }
@@ -192,7 +217,8 @@ impl Filesystem for Adapter {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.note_requester(req);
         // The kernel caches what it reads of a directory (CACHE_DIR) and keeps that copy at the
         // next open (KEEP_CACHE) while our listing is unchanged and within the TTL: a warm
         // `ls` then never reaches us.
@@ -290,7 +316,8 @@ impl Filesystem for Adapter {
         reply.error(errno(&FsError::Unsupported));
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.note_requester(req);
         reply.statfs(0, 0, 0, 0, 0, 128 * 1024, 255, 128 * 1024);
     }
 
@@ -346,9 +373,17 @@ pub struct Mounted {
     mountpoint: PathBuf,
     cache: Option<Arc<DiskCache>>,
     core: Arc<FsCore>,
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
+    self_requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Mounted {
+    /// Requests this process made to its own mount (test builds only; see `note_requester`).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn requests_from_this_process(&self) -> u64 {
+        self.self_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
     }
@@ -414,11 +449,15 @@ pub fn mount(
     runtime: tokio::runtime::Handle,
 ) -> io::Result<Mounted> {
     let cache = core.cache().cloned();
+    let (serving_tx, serving) = std::sync::mpsc::channel();
+    let self_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let adapter = Adapter {
         core: core.clone(),
         runtime,
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
+        serving: Some(serving_tx),
+        self_requests: self_requests.clone(),
     };
     let mut options = vec![
         MountOption::FSName(config.fsname.clone()),
@@ -442,30 +481,26 @@ pub fn mount(
     };
     fuse_config.n_threads = Some(4);
     fuse_config.clone_fd = true;
-    let before = std::fs::metadata(mountpoint).map_err(|e| explain(mountpoint, e))?;
+    // The mount point as it is before the mount: a clear error for a missing one.
+    std::fs::metadata(mountpoint).map_err(|e| explain(mountpoint, e))?;
     let session = fuser::spawn_mount(adapter, mountpoint, &fuse_config)
         .map_err(|e| explain(mountpoint, e))?;
-    // Serving means a stat of the mount point reaches us (another device than before).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        use std::os::unix::fs::MetadataExt;
-        match std::fs::metadata(mountpoint) {
-            Ok(meta) if meta.dev() != before.dev() => break,
-            _ if Instant::now() > deadline => {
-                drop(session);
-                return Err(io::Error::other(format!(
-                    "{}: the mount did not start serving within 10 s",
-                    mountpoint.display()
-                )));
-            }
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
+    // Serving once the kernel's INIT is answered. Never by a stat of the mount point: a request
+    // from the serving process to its own mount cannot end if the process is killed while it
+    // waits (the kernel waits for the dead server's answer and the process never exits).
+    if serving.recv_timeout(Duration::from_secs(10)).is_err() {
+        drop(session);
+        return Err(io::Error::other(format!(
+            "{}: the mount did not start serving within 10 s",
+            mountpoint.display()
+        )));
     }
     Ok(Mounted {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
         cache,
         core,
+        self_requests,
     })
 }
 

@@ -12,7 +12,7 @@
 //! The child is spawned from the thread that runs `Runtime::block_on` (the main thread, which
 //! outlives it): PDEATHSIG fires when the *spawning thread* exits, not the process.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -322,7 +322,7 @@ pub fn kill_all_descendants() -> usize {
     let me = std::process::id() as i32;
     let mut killed = HashSet::new();
     for _ in 0..50 {
-        let descendants = descendants_of(me);
+        let descendants = crate::model::process::descendants_of(me);
         if descendants.is_empty() {
             break;
         }
@@ -345,50 +345,6 @@ pub fn reap_all_exited() {
             break;
         }
     }
-}
-
-/// Live (non-zombie) descendants of `root`, from /proc.
-fn descendants_of(root: i32) -> Vec<i32> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name, which may itself contain spaces and parentheses.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let ppid = fields
-            .next()
-            .and_then(|s| s.parse::<i32>().ok())
-            .unwrap_or(0);
-        if state != "Z" {
-            children.entry(ppid).or_default().push(pid);
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        if let Some(kids) = children.get(&pid) {
-            for &kid in kids {
-                out.push(kid);
-                stack.push(kid);
-            }
-        }
-    }
-    out
 }
 
 /// The controlling terminal when dataref is in its foreground group.

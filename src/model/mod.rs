@@ -11,13 +11,15 @@
 //! - [`issues`]: the collector of validation problems, each with its JSON path;
 //! - [`settings`]: job-wide settings (upload policy, mount and cache settings);
 //! - [`budget`]: the one memory budget of a job;
-//! - [`retry`]: the one retry policy.
+//! - [`retry`]: the one retry policy;
+//! - [`process`]: the process table as `/proc` shows it.
 
 pub mod budget;
 pub mod datastore;
 pub mod issues;
 pub mod local_path;
 pub mod object_path;
+pub mod process;
 pub mod retry;
 pub mod secret;
 pub mod settings;

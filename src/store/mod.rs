@@ -13,6 +13,8 @@ mod breaker;
 pub mod counting;
 #[cfg(test)]
 pub(crate) mod faulty;
+#[cfg(any(test, feature = "test-support"))]
+pub mod hooked;
 pub mod local;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;

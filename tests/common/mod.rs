@@ -19,6 +19,5 @@ pub mod procs;
 pub mod registry;
 pub mod secrets;
 pub mod serial;
-pub mod stores;
 pub mod tmpfs;
 pub mod wait;
