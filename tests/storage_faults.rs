@@ -2,7 +2,11 @@
 //! download and an upload; Azurite killed (SIGKILL) and restarted on the same port, its data
 //! kept by `--location`, during a 1 GiB download, an upload and a mounted read; storage gone for
 //! good; a full disk under a download and under the mount's cache. The figures printed here
-//! (`figure:` lines, run with `--nocapture`) are the ones in doc/RELIABILITY.md.
+//! (`figure:` lines, run with `--nocapture`) are the ones in docs/RELIABILITY.md.
+//!
+//! The tests run one at a time: each kills and restarts its own Azurite, whose port another
+//! test's new Azurite must not take during an outage, and their timing bounds assume they do
+//! not share the two cores with each other.
 
 mod common;
 
@@ -11,6 +15,8 @@ use common::engines::defaults as engine;
 use common::fault_proxy::ranged_get;
 use common::fs::files as files_under;
 use common::mounts::test_config as mount_config;
+use common::net::RefusingPort;
+use common::serial;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -101,6 +107,7 @@ fn any(method: &'static str, fault: Fault) -> Rule {
 /// uploaded blob's Content-MD5 with the source's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_proxy_fault_during_a_download_and_an_upload_is_ridden_out() {
+    let _serial = serial::lock_async().await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = FaultProxy::start(azurite::shared().port);
     let store = blob_store(&proxy.endpoint(), dir.path()).await;
@@ -241,6 +248,7 @@ async fn outage(azurite: &Arc<Restartable>, outage: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azurite_killed_and_restarted_during_a_1_gib_download() {
+    let _serial = serial::lock_async().await;
     let dir = tempfile::tempdir().unwrap();
     let azurite = Arc::new(Restartable::start(&dir.path().join("azurite")));
     let store = blob_store(&azurite.endpoint(), dir.path()).await;
@@ -283,6 +291,7 @@ async fn azurite_killed_and_restarted_during_a_1_gib_download() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azurite_killed_and_restarted_during_an_upload() {
+    let _serial = serial::lock_async().await;
     let dir = tempfile::tempdir().unwrap();
     let azurite = Arc::new(Restartable::start(&dir.path().join("azurite")));
     let store = blob_store(&azurite.endpoint(), dir.path()).await;
@@ -400,6 +409,7 @@ fn read_through_outage(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn azurite_killed_and_restarted_during_a_mounted_read() {
+    let _serial = serial::lock_async().await;
     let dir = tempfile::tempdir().unwrap();
     let azurite = Arc::new(Restartable::start(&dir.path().join("azurite")));
     let store = blob_store(&azurite.endpoint(), dir.path()).await;
@@ -475,6 +485,7 @@ fn register_blob(config: &Path, dir: &Path, name: &str, endpoint: &str, containe
 /// it was reading and why, and leaves no file behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
+    let _serial = serial::lock_async().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     let azurite = Arc::new(Restartable::start(&dir.path().join("azurite")));
@@ -488,12 +499,9 @@ async fn storage_gone_for_good_gives_up_in_bounded_time_with_a_clear_error() {
         &azurite.endpoint(),
         &azurite::container_of(&store),
     );
-    // Nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens there, and no other server can take the port meanwhile.
+    let refusing = RefusingPort::new();
+    let closed = refusing.port;
     let dead = format!("http://127.0.0.1:{closed}/{}", azurite::ACCOUNT);
     register_blob(&config, dir.path(), "dead", &dead, "gone");
 

@@ -9,3 +9,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 pub fn lock() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+static SERIAL_ASYNC: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The serial section of async tests, which hold it across awaits (a separate section from
+/// [`lock`]'s: a binary uses one or the other).
+pub async fn lock_async() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL_ASYNC.lock().await
+}
