@@ -30,6 +30,11 @@ use crate::model::issues::Issue;
 /// Manifests are small; anything bigger is a mistake or an attack.
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 
+/// How much of an oversize body is read and thrown away before the 413 is sent. A client that
+/// is still writing when the server closes gets a broken pipe instead of the answer; reading the
+/// rest (up to this bound) lets an honest client see why it was refused.
+const MAX_DRAINED_BYTES: usize = 16 * MAX_MANIFEST_BYTES;
+
 /// The caller of one connection, read when it was accepted.
 #[derive(Debug, Clone)]
 pub struct Caller(Option<Peer>);
@@ -156,9 +161,10 @@ async fn submit(
     State(daemon): State<Arc<Daemon>>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     Query(query): Query<SubmitQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Answer {
     let peer = authorize(&daemon, &caller, "a job submission")?;
+    let body = read_manifest_body(body).await?;
     if daemon.is_draining() {
         return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -194,6 +200,31 @@ async fn submit(
         )
     })?;
     Ok((StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response())
+}
+
+/// The request body, at most [`MAX_MANIFEST_BYTES`]. A longer one is read to its end (up to
+/// [`MAX_DRAINED_BYTES`], then the connection is given up) and answered 413.
+async fn read_manifest_body(body: Body) -> Result<Bytes, ApiError> {
+    use futures::StreamExt;
+    let mut body = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad body: {e}")))?;
+        seen += chunk.len();
+        if seen <= MAX_MANIFEST_BYTES {
+            kept.extend_from_slice(&chunk);
+        } else if seen > MAX_DRAINED_BYTES {
+            break;
+        }
+    }
+    if seen > MAX_MANIFEST_BYTES {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+        ));
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// The same validation as `dataref validate` (422 with every problem), then what a non-root
