@@ -23,6 +23,7 @@ backend_tests!(
     plain_progress_lines_when_not_a_terminal,
     a_job_downloads_inputs_and_uploads_outputs,
     a_job_reads_its_mounts_through_the_variables,
+    a_mount_of_nothing_exits_66_unless_allowed,
 );
 
 /// `dataref --config-dir CONFIG ARGS...`, checked for the backend's secrets.
@@ -412,9 +413,9 @@ fn a_job_downloads_inputs_and_uploads_outputs(backend: Backend) {
     assert_eq!(result["end_reason"], "succeeded");
 }
 
-// A directory mount (`mount` is the default mode) and a single-object mount, read by the
-// script through the variables: read-only, the disk cache in the job directory, everything
-// unmounted and removed after the job.
+// A directory mount (`mount` is the default mode) and a single-object mount beside a download
+// in the same folder, read by the script through the variables: read-only, the disk cache in
+// the job directory, everything unmounted and removed after the job.
 fn a_job_reads_its_mounts_through_the_variables(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let remote = Remote::start(backend, dir.path());
@@ -436,6 +437,8 @@ fn a_job_reads_its_mounts_through_the_variables(backend: Backend) {
             "data": {"datastore": "ds", "path_on_datastore": "train"},
             "model": {"datastore": "ds", "path_on_datastore": "model.pt", "mode": "MOUNT",
                       "path_on_compute": "weights"},
+            "beside": {"datastore": "ds", "path_on_datastore": "other.txt", "mode": "download",
+                       "path_on_compute": "weights"},
             "results": {"datastore": "out", "path_on_datastore": "results", "mode": "upload",
                         "path_on_compute": "outputs"}
         },
@@ -461,8 +464,8 @@ fn a_job_reads_its_mounts_through_the_variables(backend: Backend) {
     assert_eq!(text("model.txt"), "weights\n");
     assert_eq!(
         text("single-dir.txt"),
-        "model.pt\n",
-        "a single-object mount shows only it"
+        "model.pt\nother.txt\n",
+        "a single-object mount is that file, beside its folder's other entries"
     );
     assert!(
         text("touch.err").contains("Read-only file system"),
@@ -498,4 +501,32 @@ fn a_job_reads_its_mounts_through_the_variables(backend: Backend) {
     assert_eq!(result["references"]["data"]["status"], "done");
     assert_eq!(result["references"]["model"]["status"], "done");
     assert_eq!(result["end_reason"], "succeeded");
+}
+
+// A mount whose prefix matches nothing (`a/b` never matches a/b_v2.csv) stops the job with 66
+// before the script; with `allow_empty` the script runs on an empty mounted folder.
+fn a_mount_of_nothing_exits_66_unless_allowed(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(backend, dir.path());
+    let data = remote.container("nothing");
+    remote.put(&data, &[("a/b_v2.csv", b"x".to_vec())]);
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let manifest = |allow_empty: bool| {
+        json!({
+            "datastores": {"ds": remote.datastore(&data, Auth::Key, false)},
+            "data_references": {"inp": {"datastore": "ds", "path_on_datastore": "a/b",
+                                        "allow_empty": allow_empty}},
+            "command": sh(r#"ls -A "$AZUREML_DATAREFERENCE_inp" > listed.txt"#),
+        })
+    };
+    let (out, result) = run_job(&remote, dir.path(), &work, &manifest(false));
+    out.expect_code(66);
+    assert!(!work.join("listed.txt").exists(), "the script ran");
+    assert_eq!(result["references"]["inp"]["status"], "failed");
+
+    let (out, result) = run_job(&remote, dir.path(), &work, &manifest(true));
+    out.expect_code(0);
+    assert_eq!(read(&work.join("listed.txt")), "");
+    assert_eq!(result["references"]["inp"]["status"], "done");
 }

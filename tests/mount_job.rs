@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::cli::run;
-use serde_json::json;
+use common::cli::{run, sh};
+use common::fs::{read, sorted_names, write};
+use common::job::Job;
+use serde_json::{Value, json};
 
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -258,4 +260,145 @@ fn a_killed_agents_mount_is_usable_again_after_cleanup() {
     assert!(!is_mounted(&mountpoint));
     // A plain directory again: usable by the next job.
     std::fs::write(mountpoint.join("probe"), "x").unwrap();
+}
+
+fn mount_ref(path_on_datastore: &str, path_on_compute: Option<&str>) -> Value {
+    let mut reference = json!({"datastore": "ds", "path_on_datastore": path_on_datastore});
+    if let Some(local) = path_on_compute {
+        reference["path_on_compute"] = json!(local);
+    }
+    reference
+}
+
+/// The first error recorded for a reference in result.json.
+fn first_error(result: &Value, reference: &str) -> String {
+    result["references"][reference]["errors"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// A mount whose prefix matches nothing is a missing input, as for a download: 66, and the
+// script never starts.
+#[test]
+fn a_mount_of_a_prefix_that_matches_nothing_exits_66() {
+    let _serial = serial::lock();
+    let job = Job::new();
+    job.put("a/b_v2.csv", "x"); // `a/b` is directory-aware: it never matches a/b_v2.csv
+    let manifest = job.manifest(json!({
+        "data_references": {"inp": mount_ref("a/b", None)},
+        "command": sh("touch script-started"),
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 66);
+    assert!(!job.work.join("script-started").exists());
+    let result = job.result();
+    assert_eq!(result["end_reason"], "input_failed", "{result:#}");
+    assert_eq!(result["references"]["inp"]["status"], "failed");
+    let error = first_error(&result, "inp");
+    assert!(error.starts_with("nothing matches a/b in "), "{error}");
+    assert!(job.log().contains("inp: mount failed: nothing matches a/b"));
+    assert!(!is_mounted(&job.work.join("ds/a/b")));
+}
+
+// With `allow_empty` the script runs on an empty mounted folder.
+#[test]
+fn allow_empty_mounts_an_empty_folder() {
+    let _serial = serial::lock();
+    let job = Job::new();
+    let mut reference = mount_ref("a/b", None);
+    reference["allow_empty"] = json!(true);
+    let manifest = job.manifest(json!({
+        "data_references": {"inp": reference},
+        "command": sh(r#"set -e
+            test -z "$(ls -A "$AZUREML_DATAREFERENCE_inp")"
+            grep -c " $AZUREML_DATAREFERENCE_inp " /proc/self/mountinfo > mounted.txt"#),
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 0);
+    assert_eq!(read(&job.work.join("mounted.txt")), "1\n");
+    assert!(job.log().contains("inp: nothing to mount (allow_empty)"));
+    assert_eq!(job.result()["references"]["inp"]["status"], "done");
+}
+
+// A single-blob mount is that file and nothing more: the other entries of its folder (a
+// sibling download, a sibling mount, a file already there) stay visible, and the file dataref
+// made to mount on is gone after the job.
+#[test]
+fn a_single_blob_mount_leaves_its_folder_to_its_siblings() {
+    let _serial = serial::lock();
+    let job = Job::new();
+    job.put("a/x.csv", "x-data\n");
+    job.put("a/y.csv", "y-data\n");
+    job.put("a/sub/z.txt", "z-data\n");
+    job.put("a/unreferenced.csv", "not shown\n");
+    let folder = job.work.join("ds/shared/a");
+    write(&folder.join("note.txt"), "already here\n");
+    let mut download = mount_ref("a/y.csv", Some("shared"));
+    download["mode"] = json!("download");
+    let manifest = job.manifest(json!({
+        "data_references": {
+            "x": mount_ref("a/x.csv", Some("shared")),
+            "y": download,
+            "sub": mount_ref("a/sub", Some("shared")),
+        },
+        "command": sh(r#"set -e
+            cat "$AZUREML_DATAREFERENCE_x" "$AZUREML_DATAREFERENCE_y" "$AZUREML_DATAREFERENCE_sub/z.txt" > seen.txt
+            ls "$(dirname "$AZUREML_DATAREFERENCE_x")" > listed.txt
+            grep -c " $AZUREML_DATAREFERENCE_x " /proc/self/mountinfo > mounted.txt
+            if (echo more >> "$AZUREML_DATAREFERENCE_x") 2> write.err; then echo writable > write.err; fi"#),
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 0);
+    let text = |name: &str| read(&job.work.join(name));
+    assert_eq!(text("seen.txt"), "x-data\ny-data\nz-data\n");
+    assert_eq!(text("listed.txt"), "note.txt\nsub\nx.csv\ny.csv\n");
+    assert_eq!(text("mounted.txt"), "1\n", "the file itself is the mount");
+    assert!(
+        text("write.err").contains("Read-only file system"),
+        "{}",
+        text("write.err")
+    );
+    assert!(!is_mounted(&folder.join("x.csv")));
+    assert!(!is_mounted(&folder.join("sub")));
+    assert_eq!(sorted_names(&folder), ["note.txt", "sub", "y.csv"]);
+    assert_eq!(read(&folder.join("note.txt")), "already here\n");
+}
+
+// A file already where a single blob appears is covered while the script runs, and left as
+// it was.
+#[test]
+fn a_file_where_a_single_blob_is_mounted_is_covered_not_changed() {
+    let _serial = serial::lock();
+    let job = Job::new();
+    job.put("a/x.csv", "x-data\n");
+    let local = job.work.join("ds/a/x.csv");
+    write(&local, "an older copy\n");
+    let manifest = job.manifest(json!({
+        "data_references": {"x": mount_ref("a/x.csv", None)},
+        "command": sh(r#"cat "$AZUREML_DATAREFERENCE_x" > seen.txt"#),
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 0);
+    assert_eq!(read(&job.work.join("seen.txt")), "x-data\n");
+    assert_eq!(read(&local), "an older copy\n");
+}
+
+// A folder where a single blob must appear cannot be mounted on (a file mounts only on a
+// file): a mount failure, 69, named in the result.
+#[test]
+fn a_folder_where_a_single_blob_must_appear_exits_69() {
+    let _serial = serial::lock();
+    let job = Job::new();
+    job.put("a/x.csv", "x-data\n");
+    std::fs::create_dir_all(job.work.join("ds/a/x.csv")).unwrap();
+    let manifest = job.manifest(json!({
+        "data_references": {"x": mount_ref("a/x.csv", None)},
+        "command": sh("touch script-started"),
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 69);
+    assert!(!job.work.join("script-started").exists());
+    let error = first_error(&job.result(), "x");
+    assert!(error.contains("a directory is there"), "{error}");
 }

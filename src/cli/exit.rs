@@ -141,9 +141,8 @@ impl CliError {
             CliError::Manifest(LoadError::Invalid { .. }) => ExitCode::DataErr,
             CliError::Transfer(e) => for_transfer(e),
             CliError::FilesFailed { all_local, .. } => files_failed(*all_local),
-            CliError::OpenStore { .. } | CliError::Storage { .. } | CliError::Mount(_) => {
-                ExitCode::Unavailable
-            }
+            CliError::Mount(e) => for_mount(e),
+            CliError::OpenStore { .. } | CliError::Storage { .. } => ExitCode::Unavailable,
             CliError::Job(JobError::OpenStore { .. }) => ExitCode::Unavailable,
             CliError::Job(_) | CliError::Daemon(_) | CliError::Local { .. } => ExitCode::IoErr,
             CliError::MountsLeft(_) => ExitCode::IoErr,
@@ -172,6 +171,18 @@ fn for_transfer(error: &TransferError) -> ExitCode {
     }
 }
 
+/// A mount that could not be made: a prefix that matches nothing is a missing input, as for
+/// a download; anything else (storage, FUSE, the mount point) is a mount failure.
+fn for_mount(error: &MountError) -> ExitCode {
+    match error {
+        MountError::NothingMatched { .. } => ExitCode::NoInput,
+        MountError::Store(_)
+        | MountError::Mountpoint { .. }
+        | MountError::DirectoryInTheWay { .. }
+        | MountError::Mount(_) => ExitCode::Unavailable,
+    }
+}
+
 /// Some files failed: only local I/O failures (this machine's disk) are 74; any store failure
 /// makes it 69.
 fn files_failed(all_local: bool) -> ExitCode {
@@ -192,7 +203,7 @@ pub fn for_job(end: &JobEnd) -> i32 {
             InputFailure::Transfer(e) => for_transfer(e),
             InputFailure::Files { all_local } => files_failed(*all_local),
             InputFailure::Local => ExitCode::IoErr,
-            InputFailure::Mount => ExitCode::Unavailable,
+            InputFailure::Mount(e) => for_mount(e),
         }
         .code(),
         JobEnd::Recovered { uploads_ok: true } => ExitCode::Success.code(),
@@ -218,7 +229,19 @@ mod tests {
             (JobEnd::Preempted { code: 143 }, 143),
             (JobEnd::StageOutFailed, 75),
             (JobEnd::SignalledBeforeStart(Signal::SIGTERM), 143),
-            (JobEnd::InputFailed(InputFailure::Mount), 69),
+            (
+                JobEnd::InputFailed(InputFailure::Mount(MountError::Mount(
+                    std::io::Error::other("no /dev/fuse"),
+                ))),
+                69,
+            ),
+            (
+                JobEnd::InputFailed(InputFailure::Mount(MountError::NothingMatched {
+                    store: "s".into(),
+                    remote: "r".into(),
+                })),
+                66,
+            ),
             (JobEnd::InputFailed(InputFailure::Local), 74),
             (
                 JobEnd::InputFailed(InputFailure::Files { all_local: true }),

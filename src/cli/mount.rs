@@ -89,8 +89,7 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
                 }
             }
         }
-        let mount = mounted.mount;
-        tokio::task::spawn_blocking(move || mount.unmount())
+        tokio::task::spawn_blocking(move || mounted.unmount())
             .await
             .map_err(|e| CliError::local("unmount", e.into()))?
             .map_err(|e| CliError::local("unmount", e))?;

@@ -7,7 +7,8 @@
 //!   the mount: one per path, never reused.
 //! - **Names**: when a file and a directory share a name, the directory wins (as for
 //!   downloads). Names that are not valid local names were already refused by the store.
-//! - **Single blob**: `FsCore::single_file` shows only one object of the mounted directory.
+//! - **Single blob**: `FsCore::of_object` is that object alone (mounted on a file);
+//!   `FsCore::single_file` shows only one object of the mounted directory (`dataref mount`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use super::cache::{CacheOptions, DiskCache, ObjectId};
 use super::reader::{FileReader, IdleFiles, Outage};
 use crate::model::MemoryBudget;
 use crate::model::ObjectPath;
-use crate::store::{Store, StoreError, list_all};
+use crate::store::{ObjectMeta, Store, StoreError, list_all};
 
 pub const ROOT_INO: u64 = 1;
 
@@ -195,7 +196,7 @@ fn pool_bytes(budget: &MemoryBudget) -> usize {
     (budget.bytes() / 4).min(128 * 1024 * 1024) as usize
 }
 
-/// The filesystem over `store`, rooted at `root` (a directory of the store).
+/// The filesystem over `store`, rooted at `root` (a directory of the store, or one object).
 pub struct FsCore {
     store: Arc<dyn Store>,
     root: ObjectPath,
@@ -224,30 +225,56 @@ impl std::fmt::Debug for FsCore {
 
 impl FsCore {
     pub fn new(store: Arc<dyn Store>, root: ObjectPath, options: FsOptions) -> Self {
+        let now = SystemTime::now();
+        let node = Node {
+            path: root,
+            kind: Kind::Directory,
+            size: 0,
+            mtime: now,
+            id: None,
+            listing: None,
+            served: None,
+        };
+        Self::rooted_at(store, node, now, options)
+    }
+
+    /// A filesystem whose root is the one object `meta` (mounted on a file, so that the
+    /// folder it appears in keeps its other entries).
+    pub fn of_object(store: Arc<dyn Store>, meta: ObjectMeta, options: FsOptions) -> Self {
+        let now = SystemTime::now();
+        let node = Node {
+            id: Some(ObjectId::new(
+                &meta.path,
+                meta.size,
+                meta.last_modified,
+                meta.content_md5,
+            )),
+            mtime: meta.last_modified.unwrap_or(now),
+            path: meta.path,
+            kind: Kind::File,
+            size: meta.size,
+            listing: None,
+            served: None,
+        };
+        Self::rooted_at(store, node, now, options)
+    }
+
+    fn rooted_at(store: Arc<dyn Store>, root: Node, now: SystemTime, options: FsOptions) -> Self {
         let mut inodes = Inodes {
             next: ROOT_INO,
             ..Default::default()
         };
-        let now = SystemTime::now();
-        inodes.nodes.insert(
-            ROOT_INO,
-            Node {
-                path: root.clone(),
-                kind: Kind::Directory,
-                size: 0,
-                mtime: now,
-                id: None,
-                listing: None,
-                served: None,
-            },
-        );
-        inodes.by_path.insert((root.clone(), true), ROOT_INO);
+        let root_path = root.path.clone();
+        inodes
+            .by_path
+            .insert((root_path.clone(), root.kind == Kind::Directory), ROOT_INO);
+        inodes.nodes.insert(ROOT_INO, root);
         Self {
             budget: options.budget.clone(),
             pool: BufferPool::new(options.budget.clone(), pool_bytes(&options.budget)),
             idle: IdleFiles::new(&options.budget),
             store,
-            root,
+            root: root_path,
             only: None,
             options,
             inodes: Mutex::new(inodes),
@@ -304,7 +331,8 @@ impl FsCore {
             ino,
             kind: node.kind,
             size: node.size,
-            mtime: if ino == ROOT_INO {
+            // A root folder has no time of its own in the store.
+            mtime: if ino == ROOT_INO && node.kind == Kind::Directory {
                 self.mounted_at
             } else {
                 node.mtime

@@ -169,6 +169,29 @@ async fn a_single_blob_view_shows_only_that_file() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_object_root_is_that_file_alone() {
+    let memory = MemoryStore::new();
+    put(&memory, "d/one", b"the one blob").await;
+    put(&memory, "d/two", b"a sibling").await;
+    let meta = memory.head(&p("d/one")).await.unwrap();
+    let core = FsCore::of_object(Arc::new(memory), meta.clone(), options());
+
+    let root = core.getattr(ROOT_INO).await.unwrap();
+    assert_eq!((root.kind, root.size), (Kind::File, 12));
+    assert_eq!(
+        Some(root.mtime),
+        meta.last_modified,
+        "the object's time, not the mount's"
+    );
+    assert!(matches!(
+        core.readdir(ROOT_INO).await,
+        Err(FsError::NotADirectory)
+    ));
+    let fh = core.open(ROOT_INO).await.unwrap();
+    assert_eq!(&core.read(fh, 0, 64).await.unwrap()[..], b"the one blob");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_single_blob_view_of_a_missing_blob_is_empty() {
     let memory = MemoryStore::new();
     let mut fx = Fixture::build(memory, &[("d/two", b"x")], p("d"), options()).await;

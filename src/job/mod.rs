@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::fs::cache::{CacheOptions, DiskCache};
 use crate::fs::filesystem::FsOptions;
 use crate::fs::fuse::MountConfig;
-use crate::fs::mount::{MountedPath, mount_reference};
+use crate::fs::mount::{MountError, MountedPath, mount_reference};
 use crate::manifest::{JobPlan, Mode};
 use crate::model::UploadPolicy;
 use crate::store::{self, Resources, Store};
@@ -111,8 +111,8 @@ pub enum InputFailure {
     Files { all_local: bool },
     /// Creating a folder or giving files to the job's user failed.
     Local,
-    /// The mount could not be made.
-    Mount,
+    /// The mount could not be made (nothing matched, storage gone, no FUSE...).
+    Mount(MountError),
 }
 
 /// A job that ended, waiting for its exit code to be recorded.
@@ -411,14 +411,18 @@ async fn prepare(
                 .is_some_and(Identity::is_other_than_self),
         };
         let store = stores[&r.datastore_name].clone();
-        match mount_reference(store, &r.path_on_datastore, &r.local, fs_options, &config).await {
+        let local = &r.local;
+        let remote = &r.path_on_datastore;
+        match mount_reference(store, remote, local, r.allow_empty, fs_options, &config).await {
             Ok(mounted) => {
+                if mounted.matched_nothing {
+                    log.line(&format!("{}: nothing to mount (allow_empty)", r.name));
+                }
                 log.line(&format!(
-                    "{}: mounted {}:{} at {} (read-only)",
+                    "{}: mounted {}:{remote} at {} (read-only)",
                     r.name,
                     r.datastore_name,
-                    r.path_on_datastore,
-                    r.local.display()
+                    local.display()
                 ));
                 match (mounted.mount.cache(), &cache) {
                     (Some(c), _) => log.line(&format!("{}: {}", r.name, describe_cache(c))),
@@ -439,7 +443,7 @@ async fn prepare(
                 result
                     .outcome(&r.name)
                     .fail(e.to_string(), started.elapsed());
-                return Err(Prepare::Failed(InputFailure::Mount));
+                return Err(Prepare::Failed(InputFailure::Mount(e)));
             }
         }
     }
@@ -659,8 +663,7 @@ fn describe_cache(cache: &DiskCache) -> String {
 async fn unmount_all(mounts: Vec<MountedPath>, log: &JobLog) {
     for mounted in mounts {
         let local = mounted.local.clone();
-        let mount = mounted.mount;
-        match tokio::task::spawn_blocking(move || mount.unmount()).await {
+        match tokio::task::spawn_blocking(move || mounted.unmount()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => log.line(&format!("warning: unmounting {}: {e}", local.display())),
             Err(e) => log.line(&format!("warning: unmounting {}: {e}", local.display())),
