@@ -402,3 +402,35 @@ fn a_folder_where_a_single_blob_must_appear_exits_69() {
     let error = first_error(&job.result(), "x");
     assert!(error.contains("a directory is there"), "{error}");
 }
+
+// A single-blob mount left by a SIGKILLed agent is a dead mount on a file: `cleanup` finds and
+// removes it like a folder's.
+#[test]
+fn a_killed_agents_single_blob_mount_is_removed_by_cleanup() {
+    let _serial = serial::lock();
+    let job = Job::new();
+    job.put("a/x.csv", "x-data\n");
+    let manifest = job.manifest(json!({
+        "data_references": {"x": mount_ref("a/x.csv", None)},
+        "command": sh(r#"cat "$AZUREML_DATAREFERENCE_x" > /dev/null; touch ready; exec sleep 60"#),
+    }));
+    let mut agent = job.spawn_until_ready(&manifest);
+    let local = job.work.join("ds/a/x.csv");
+    assert!(is_mounted(&local));
+    agent.kill().unwrap(); // SIGKILL: no unmount happens
+    agent.wait().unwrap();
+    poll("the mount to die", Duration::from_secs(10), || {
+        std::fs::metadata(&local)
+            .err()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::ENOTCONN)
+    });
+    let out = run(&job.cfg, &["cleanup"]);
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains(local.to_str().unwrap()),
+        "{}",
+        out.stdout
+    );
+    assert!(!is_mounted(&local));
+}
