@@ -63,6 +63,7 @@ impl Hook for Gate {
         inner: &dyn Store,
         path: &ObjectPath,
         range: Range<u64>,
+        version: Option<&str>,
     ) -> StoreResult<ByteStream> {
         let mut open = self.open.subscribe();
         let asked = {
@@ -74,7 +75,7 @@ impl Hook for Gate {
             self.open.send_replace(true);
         }
         open.wait_for(|open| *open).await.unwrap();
-        inner.get_range(path, range).await
+        inner.get_range(path, range, version).await
     }
 }
 

@@ -112,7 +112,13 @@ async fn uploads_create_directories_level_by_level_and_hide_their_temporary_file
     assert!(delimited.objects.is_empty() && delimited.directories.is_empty());
     upload.put_part(1, 4, data.slice(4..10)).await.unwrap();
     let md5: [u8; 16] = Md5::digest(&data).into();
-    upload.complete(Some(md5)).await.unwrap();
+    upload
+        .complete(dataref::store::Checksums {
+            md5: Some(md5),
+            crc64: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(
         server.files(&share),
         [("a/b/c/x.bin".to_owned(), data.to_vec())]

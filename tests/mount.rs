@@ -56,7 +56,10 @@ async fn put_in_parts(store: &dyn Store, name: &str, data: Bytes) {
         })
         .await;
     upload
-        .complete(Some(md5::Md5::digest(&data).into()))
+        .complete(dataref::store::Checksums {
+            md5: Some(md5::Md5::digest(&data).into()),
+            crc64: None,
+        })
         .await
         .unwrap();
 }

@@ -219,7 +219,7 @@ impl Job {
             assert_eq!(meta.size, std::fs::metadata(self.output()).unwrap().len());
             assert_eq!(meta.content_md5, Some(expected), "recorded Content-MD5");
             let mut hasher = Md5::new();
-            let mut body = store.get_range(&object, 0..meta.size).await.unwrap();
+            let mut body = store.get_range(&object, 0..meta.size, None).await.unwrap();
             while let Some(chunk) = body.try_next().await.unwrap() {
                 hasher.update(&chunk);
             }

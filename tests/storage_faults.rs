@@ -75,7 +75,13 @@ async fn put_generated(store: &dyn Store, name: &str, size: u64, seed: u32) -> [
             .unwrap();
     }
     let md5: [u8; 16] = hasher.finalize().into();
-    upload.complete(Some(md5)).await.unwrap();
+    upload
+        .complete(dataref::store::Checksums {
+            md5: Some(md5),
+            crc64: None,
+        })
+        .await
+        .unwrap();
     md5
 }
 

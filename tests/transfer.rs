@@ -117,7 +117,10 @@ async fn md5_mismatch_keeps_no_file_and_no_partial() {
                 &p("bad.bin"),
                 Bytes::from(data),
                 &PutOptions {
-                    content_md5: Some([0u8; 16]),
+                    checksums: dataref::store::Checksums {
+                        md5: Some([0u8; 16]),
+                        crc64: None,
+                    },
                 },
             )
             .await

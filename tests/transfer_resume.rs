@@ -44,6 +44,7 @@ impl Hook for Flaky {
         inner: &dyn Store,
         path: &ObjectPath,
         range: std::ops::Range<u64>,
+        _version: Option<&str>,
     ) -> dataref::store::Result<dataref::store::ByteStream> {
         use futures::StreamExt;
         self.ranges.lock().unwrap().push(range.clone());
@@ -155,6 +156,7 @@ impl Hook for Slow {
         inner: &dyn Store,
         path: &ObjectPath,
         range: std::ops::Range<u64>,
+        _version: Option<&str>,
     ) -> dataref::store::Result<dataref::store::ByteStream> {
         use futures::StreamExt;
         let start = range.start;

@@ -118,6 +118,7 @@ impl ObjectId {
         size: u64,
         modified: Option<SystemTime>,
         content_md5: Option<[u8; 16]>,
+        version: Option<&str>,
     ) -> Self {
         let mut hash = Sha256::new();
         hash.update(path.as_str().as_bytes());
@@ -134,6 +135,15 @@ impl ObjectId {
             Some(md5) => {
                 hash.update([1]);
                 hash.update(md5);
+            }
+            None => hash.update([0]),
+        }
+        // The ETag: a blob rewritten within the same second with the same size is another
+        // version.
+        match version {
+            Some(version) => {
+                hash.update([1]);
+                hash.update(version.as_bytes());
             }
             None => hash.update([0]),
         }

@@ -44,7 +44,7 @@ fn p(name: &str) -> ObjectPath {
 }
 
 fn id(seed: u8) -> ObjectId {
-    ObjectId::new(&p("f"), 1, None, Some([seed; 16]))
+    ObjectId::new(&p("f"), 1, None, Some([seed; 16]), None)
 }
 
 fn reader(store: &Arc<CountingStore>, len: usize, cache: &Arc<DiskCache>) -> FileReader {
@@ -196,7 +196,10 @@ async fn a_changed_object_is_a_miss() {
         let memory = memory.clone();
         async move {
             let options = PutOptions {
-                content_md5: Some([seed; 16]),
+                checksums: crate::store::Checksums {
+                    md5: Some([seed; 16]),
+                    crc64: None,
+                },
             };
             memory
                 .put(&p("d/f"), data(len, seed).into(), &options)
@@ -222,8 +225,13 @@ async fn a_changed_object_is_a_miss() {
     assert!(core.read(fh, 0, len as u32).await.unwrap()[..] == data(len, 2)[..]);
     assert!(store.gets() > before);
     assert_ne!(
-        ObjectId::new(&p("f"), 1, Some(SystemTime::UNIX_EPOCH), None),
-        ObjectId::new(&p("f"), 1, None, None)
+        ObjectId::new(&p("f"), 1, Some(SystemTime::UNIX_EPOCH), None, None),
+        ObjectId::new(&p("f"), 1, None, None, None)
+    );
+    assert_ne!(
+        ObjectId::new(&p("f"), 1, None, None, Some("\"1\"")),
+        ObjectId::new(&p("f"), 1, None, None, Some("\"2\"")),
+        "another ETag is another version"
     );
 }
 

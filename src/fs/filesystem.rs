@@ -120,6 +120,8 @@ struct Node {
     mtime: SystemTime,
     /// Names this version of a file's content (for the disk cache).
     id: Option<ObjectId>,
+    /// The store's version of a file (its ETag): every read of an open file is pinned to it.
+    version: Option<Arc<str>>,
     /// Directories: the children, when listed, and when.
     listing: Option<Listing>,
     /// Directories: the listing the kernel last read from its start (and may have cached).
@@ -142,6 +144,7 @@ impl Inodes {
         size: u64,
         mtime: SystemTime,
         id: Option<ObjectId>,
+        version: Option<Arc<str>>,
     ) -> u64 {
         let key = (path.clone(), kind == Kind::Directory);
         if let Some(&ino) = self.by_path.get(&key) {
@@ -149,6 +152,7 @@ impl Inodes {
             node.size = size;
             node.mtime = mtime;
             node.id = id;
+            node.version = version;
             return ino;
         }
         self.next += 1;
@@ -162,6 +166,7 @@ impl Inodes {
                 size,
                 mtime,
                 id,
+                version,
                 listing: None,
                 served: None,
             },
@@ -232,6 +237,7 @@ impl FsCore {
             size: 0,
             mtime: now,
             id: None,
+            version: None,
             listing: None,
             served: None,
         };
@@ -248,7 +254,9 @@ impl FsCore {
                 meta.size,
                 meta.last_modified,
                 meta.content_md5,
+                meta.version.as_deref(),
             )),
+            version: meta.version.as_deref().map(Arc::from),
             mtime: meta.last_modified.unwrap_or(now),
             path: meta.path,
             kind: Kind::File,
@@ -364,7 +372,7 @@ impl FsCore {
             if self.hidden(ino, &name) || !dir_names.insert(name.clone()) {
                 continue;
             }
-            let child = inodes.upsert(dir, Kind::Directory, 0, self.mounted_at, None);
+            let child = inodes.upsert(dir, Kind::Directory, 0, self.mounted_at, None, None);
             entries.push(DirEntry {
                 ino: child,
                 name,
@@ -387,9 +395,11 @@ impl FsCore {
                 object.size,
                 object.last_modified,
                 object.content_md5,
+                object.version.as_deref(),
             );
             let size = object.size;
-            let child = inodes.upsert(object.path, Kind::File, size, mtime, Some(id));
+            let version = object.version.map(Arc::from);
+            let child = inodes.upsert(object.path, Kind::File, size, mtime, Some(id), version);
             entries.push(DirEntry {
                 ino: child,
                 name,
@@ -493,6 +503,7 @@ impl FsCore {
             self.pool.clone(),
         )
         .with_outage(self.outage.clone())
+        .with_version(node.version)
         .with_idle_files(&self.idle);
         if let (Some(cache), Some(id)) = (&self.cache, node.id) {
             reader = reader.with_cache(cache.clone(), id);

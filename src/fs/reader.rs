@@ -62,6 +62,8 @@ const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 struct Source {
     store: Arc<dyn Store>,
     path: ObjectPath,
+    /// The version opened: a blob replaced while open gives EIO, never a mix of versions.
+    version: Option<Arc<str>>,
     size: u64,
     cache: Option<(Arc<DiskCache>, ObjectId)>,
     outage: Arc<Outage>,
@@ -74,17 +76,15 @@ impl Source {
         self.cache.as_ref().map_or(1, |(c, _)| c.block_size())
     }
 
+    /// What a fetch reads: the object, at the version opened.
+    fn object(&self) -> (Arc<dyn Store>, ObjectPath, Option<Arc<str>>) {
+        (self.store.clone(), self.path.clone(), self.version.clone())
+    }
+
     /// Exactly the bytes `range` (within the object).
     async fn fetch(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
         let Some((cache, id)) = &self.cache else {
-            return fetch(
-                self.store.clone(),
-                self.path.clone(),
-                range,
-                &self.outage,
-                &self.pool,
-            )
-            .await;
+            return fetch(self.object(), range, &self.outage, &self.pool).await;
         };
         let block = cache.block_size();
         let blocks = range.start / block..range.end.div_ceil(block);
@@ -106,14 +106,7 @@ impl Source {
             let data = match cached {
                 Some(data) => data,
                 None => {
-                    let data = fetch(
-                        self.store.clone(),
-                        self.path.clone(),
-                        run,
-                        &self.outage,
-                        &self.pool,
-                    )
-                    .await?;
+                    let data = fetch(self.object(), run, &self.outage, &self.pool).await?;
                     cache.record_misses(end - first);
                     cache.insert(*id, first, data.clone());
                     data
@@ -233,8 +226,7 @@ pub struct FileReader {
 /// are retried (one attempt each while storage is known to be down) and a broken, truncated or
 /// stalled body is resumed from its first missing byte; never wrong bytes.
 async fn fetch(
-    store: Arc<dyn Store>,
-    path: ObjectPath,
+    (store, path, version): (Arc<dyn Store>, ObjectPath, Option<Arc<str>>),
     range: Range<u64>,
     outage: &Outage,
     pool: &Arc<BufferPool>,
@@ -244,6 +236,7 @@ async fn fetch(
     let result = read_range(
         store.as_ref(),
         &path,
+        version.as_deref(),
         range,
         &policy,
         STALL_TIMEOUT,
@@ -256,6 +249,10 @@ async fn fetch(
         RangeError::Sink(e) => StoreError::io(&path, e),
     });
     outage.record(&path, &result);
+    if let Err(StoreError::Changed { .. }) = &result {
+        tracing::error!(object = %path, "replaced in storage while open through the mount; \
+            reads of the open file fail (EIO) until it is opened again");
+    }
     result
 }
 
@@ -275,6 +272,7 @@ impl FileReader {
                 store,
                 path,
                 size,
+                version: None,
                 cache: None,
                 outage: Arc::default(),
                 pool,
@@ -290,6 +288,12 @@ impl FileReader {
                 window: FIRST_WINDOW,
             }),
         }
+    }
+
+    /// Pins every fetch to `version` of the object.
+    pub fn with_version(mut self, version: Option<Arc<str>>) -> Self {
+        self.source.version = version;
+        self
     }
 
     /// Shares the mount's record of a storage outage.

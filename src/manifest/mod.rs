@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::model::budget::{DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET};
 use crate::model::datastore::{DatastoreSpec, SecretRef, check_datastore_name};
 use crate::model::issues::{Issue, Issues, Object, describe_value, type_name};
-use crate::model::{MountSettings, UploadPolicy, normalize_lexically, resolve_path};
+use crate::model::{MountSettings, UploadPolicy, Verify, normalize_lexically, resolve_path};
 use crate::registry::Registry;
 pub use reference::{Mode, Reference};
 
@@ -32,6 +32,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "grace_period_seconds",
     "mount",
     "memory_budget_bytes",
+    "verify",
 ];
 
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -49,6 +50,8 @@ pub struct JobPlan {
     pub grace_period: Duration,
     pub mount: MountSettings,
     pub memory_budget_bytes: u64,
+    /// How downloads check what they received.
+    pub verify: Verify,
     /// Names of the datastores the manifest defines itself (the others come from the registry).
     pub inline_datastores: Vec<String>,
     secret_env_vars: Vec<String>,
@@ -192,6 +195,7 @@ pub fn parse(
     let command = parse_command(&top, issues);
     let environment = parse_environment(&top, issues);
     let upload_policy = UploadPolicy::parse(&top, issues);
+    let verify = Verify::parse(&top, issues);
     let grace_period = top
         .u64("grace_period_seconds", issues)
         .map(Duration::from_secs)
@@ -226,6 +230,7 @@ pub fn parse(
         grace_period,
         mount,
         memory_budget_bytes,
+        verify,
         inline_datastores: inline.keys().cloned().collect(),
         secret_env_vars: collect_secret_env_vars(
             inline.values().chain(registry.datastores.values()),

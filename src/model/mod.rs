@@ -9,7 +9,7 @@
 //! - [`secret`]: secrets held by reference, redacted values;
 //! - [`local_path`]: how user-written local paths resolve;
 //! - [`issues`]: the collector of validation problems, each with its JSON path;
-//! - [`settings`]: job-wide settings (upload policy, mount and cache settings);
+//! - [`settings`]: job-wide settings (upload policy, verification, mount and cache settings);
 //! - [`budget`]: the one memory budget of a job;
 //! - [`retry`]: the one retry policy;
 //! - [`process`]: the process table as `/proc` shows it.
@@ -31,4 +31,4 @@ pub use local_path::{normalize_lexically, resolve_path};
 pub use object_path::{ObjectPath, PathError};
 pub use retry::{RetryPolicy, Retryable};
 pub use secret::{Secret, SecretError, SecretRef};
-pub use settings::{MountSettings, UploadPolicy};
+pub use settings::{MountSettings, UploadPolicy, Verify};

@@ -31,6 +31,48 @@ impl UploadPolicy {
     }
 }
 
+/// How downloads check what they received against the checksums stored with each object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    /// The stored CRC64 when there is one (checked per range, in parallel), else the stored
+    /// MD5, else nothing; the report says which.
+    #[default]
+    Auto,
+    /// The stored MD5, required: an object without one fails (AzCopy's `--check-md5
+    /// FailIfDifferentOrMissing`).
+    Md5,
+    /// No check.
+    Off,
+}
+
+impl Verify {
+    pub const NAMES: [&str; 3] = ["auto", "md5", "off"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "auto" => Some(Self::Auto),
+            "md5" => Some(Self::Md5),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+
+    /// The manifest's top-level `verify`.
+    pub fn parse(top: &Object<'_>, issues: &mut Issues) -> Self {
+        let Some(name) = top.string("verify", issues) else {
+            return Self::default();
+        };
+        Self::from_name(name).unwrap_or_else(|| {
+            issues.push(
+                "verify",
+                format!("expected \"auto\", \"md5\" or \"off\", got {name:?}"),
+            );
+            Self::default()
+        })
+    }
+}
+
 pub const DEFAULT_RESERVED_FREE_DISK: u64 = 150 * 1024 * 1024;
 pub const DEFAULT_ATTRIBUTE_TTL: Duration = Duration::from_secs(60);
 

@@ -53,10 +53,11 @@ impl Hook for Counts {
         inner: &dyn Store,
         path: &ObjectPath,
         range: Range<u64>,
+        version: Option<&str>,
     ) -> Result<ByteStream> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.bytes
             .fetch_add(range.end.saturating_sub(range.start), Ordering::SeqCst);
-        inner.get_range(path, range).await
+        inner.get_range(path, range, version).await
     }
 }

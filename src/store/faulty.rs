@@ -27,6 +27,8 @@ pub enum Fault {
     Extra,
     /// The request fails with a 503.
     Refuse,
+    /// Before the request is served, the object is replaced (same size, other bytes).
+    Replace,
 }
 
 /// The plan a [`FaultyStore`] follows, and what it was asked.
@@ -67,6 +69,7 @@ impl Hook for Faults {
         inner: &dyn Store,
         path: &ObjectPath,
         range: Range<u64>,
+        version: Option<&str>,
     ) -> Result<ByteStream> {
         self.requested.lock().unwrap().push(range.clone());
         let fault = self.planned.lock().unwrap().pop_front();
@@ -77,12 +80,21 @@ impl Hook for Faults {
                 retry_after: None,
             });
         }
-        let body: Vec<Bytes> = inner.get_range(path, range).await?.try_collect().await?;
+        if let Some(Fault::Replace) = fault {
+            let old = super::read_to_bytes(inner, path).await?;
+            let new: Vec<u8> = old.iter().map(|b| !b).collect();
+            inner.put(path, new.into(), &PutOptions::default()).await?;
+        }
+        let body: Vec<Bytes> = inner
+            .get_range(path, range, version)
+            .await?
+            .try_collect()
+            .await?;
         let body = Bytes::from(body.concat());
         let head = |n: usize| body.slice(..n.min(body.len()));
         let chunks = |data: Bytes| futures::stream::iter([Ok(data)]);
         Ok(match fault {
-            None | Some(Fault::Refuse) => chunks(body).boxed(),
+            None | Some(Fault::Refuse | Fault::Replace) => chunks(body).boxed(),
             Some(Fault::BreakAfter(n)) => chunks(head(n))
                 .chain(futures::stream::iter([Err(StoreError::Network {
                     message: "connection reset as planned".into(),

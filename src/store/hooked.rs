@@ -27,8 +27,9 @@ pub trait Hook: std::fmt::Debug + Send + Sync + 'static {
         inner: &dyn Store,
         path: &ObjectPath,
         range: Range<u64>,
+        version: Option<&str>,
     ) -> Result<ByteStream> {
-        inner.get_range(path, range).await
+        inner.get_range(path, range, version).await
     }
 }
 
@@ -63,8 +64,15 @@ impl<H: Hook> Store for Hooked<H> {
         self.inner.head(path).await
     }
 
-    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream> {
-        self.hook.get_range(self.inner.as_ref(), path, range).await
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        range: Range<u64>,
+        version: Option<&str>,
+    ) -> Result<ByteStream> {
+        self.hook
+            .get_range(self.inner.as_ref(), path, range, version)
+            .await
     }
 
     async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()> {

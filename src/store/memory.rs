@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -12,15 +13,29 @@ use bytes::Bytes;
 
 use super::support::{ListedItem, check_part, paginate, reject_root};
 use super::{
-    ByteStream, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions, Result,
-    Store, StoreError,
+    ByteStream, Checksums, ListPage, ListRequest, ObjectMeta, ObjectPath, PartUpload, PutOptions,
+    Result, Store, StoreError,
 };
 
 #[derive(Debug, Clone)]
 struct Entry {
     data: Bytes,
     modified: SystemTime,
-    content_md5: Option<[u8; 16]>,
+    checksums: Checksums,
+    /// Bumped by every write, like an ETag.
+    version: u64,
+}
+
+impl Entry {
+    fn new(data: Bytes, checksums: Checksums) -> Self {
+        static VERSIONS: AtomicU64 = AtomicU64::new(1);
+        Self {
+            data,
+            modified: SystemTime::now(),
+            checksums,
+            version: VERSIONS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
 }
 
 type Objects = Arc<Mutex<BTreeMap<ObjectPath, Entry>>>;
@@ -53,7 +68,9 @@ impl MemoryStore {
             path: path.clone(),
             size: entry.data.len() as u64,
             last_modified: Some(entry.modified),
-            content_md5: entry.content_md5,
+            content_md5: entry.checksums.md5,
+            crc64: entry.checksums.crc64,
+            version: Some(format!("\"{}\"", entry.version)),
         }
     }
 }
@@ -112,12 +129,22 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream> {
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        range: Range<u64>,
+        version: Option<&str>,
+    ) -> Result<ByteStream> {
         let data = {
             let objects = self.objects.lock().unwrap();
             let entry = objects.get(path).ok_or_else(|| StoreError::NotFound {
                 path: path.to_string(),
             })?;
+            if version.is_some_and(|v| Some(v) != Self::meta(path, entry).version.as_deref()) {
+                return Err(StoreError::Changed {
+                    path: path.to_string(),
+                });
+            }
             let len = entry.data.len() as u64;
             let start = range.start.min(len) as usize;
             let end = range.end.min(len).max(start as u64) as usize;
@@ -130,14 +157,10 @@ impl Store for MemoryStore {
 
     async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()> {
         reject_root(path)?;
-        self.objects.lock().unwrap().insert(
-            path.clone(),
-            Entry {
-                data,
-                modified: SystemTime::now(),
-                content_md5: options.content_md5,
-            },
-        );
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(path.clone(), Entry::new(data, options.checksums));
         Ok(())
     }
 
@@ -188,7 +211,7 @@ impl PartUpload for MemoryUpload {
         Ok(())
     }
 
-    async fn complete(self: Box<Self>, content_md5: Option<[u8; 16]>) -> Result<()> {
+    async fn complete(self: Box<Self>, checksums: Checksums) -> Result<()> {
         let parts = self.parts.into_inner().unwrap();
         let mut data = Vec::with_capacity(self.total_size as usize);
         for (offset, part) in parts {
@@ -206,14 +229,10 @@ impl PartUpload for MemoryUpload {
                 reason: format!("{} bytes written of {}", data.len(), self.total_size),
             });
         }
-        self.objects.lock().unwrap().insert(
-            self.path,
-            Entry {
-                data: data.into(),
-                modified: SystemTime::now(),
-                content_md5,
-            },
-        );
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(self.path, Entry::new(data.into(), checksums));
         Ok(())
     }
 

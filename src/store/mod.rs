@@ -7,6 +7,7 @@
 
 pub mod azure;
 mod breaker;
+pub mod checksum;
 /// Test doubles: compiled for this crate's unit tests and, with the `test-support` feature,
 /// for the integration tests; never part of the release binary.
 #[cfg(any(test, feature = "test-support"))]
@@ -33,6 +34,7 @@ use futures::stream::BoxStream;
 
 use crate::model::{ObjectPath, PathError, Retryable};
 pub use breaker::Breaker;
+pub use checksum::Checksums;
 pub use ranged::{RangeError, RangeSink, read_range};
 pub use resources::Resources;
 
@@ -64,6 +66,10 @@ pub enum StoreError {
     },
     #[error("{context}: {message}")]
     Service { context: String, message: String },
+    /// The object was replaced since it was listed or opened: a read pinned to the version it
+    /// saw must not mix bytes of two versions.
+    #[error("{path}: changed while being read (it was replaced in storage since it was listed)")]
+    Changed { path: String },
     /// An HTTP answer that is not success; 408, 429 and 5xx are transient.
     #[error("HTTP {status}: {message}")]
     Http {
@@ -139,13 +145,18 @@ impl StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Attributes of one stored object (a file or blob; never a directory).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
     pub path: ObjectPath,
     pub size: u64,
     pub last_modified: Option<SystemTime>,
     /// Whole-object MD5 when the store records one (Blob `Content-MD5`).
     pub content_md5: Option<[u8; 16]>,
+    /// Whole-object CRC-64/NVME when the object was written with one (`checksum`).
+    pub crc64: Option<u64>,
+    /// Which version of the object this describes (an ETag): reads given it return bytes of
+    /// this version or `StoreError::Changed`, never a mix. `None` when the backend has none.
+    pub version: Option<String>,
 }
 
 /// One page of a listing.
@@ -180,8 +191,8 @@ pub struct ListRequest {
 /// Options for writes.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
-    /// Whole-object MD5 to record with the object (verified by later downloads).
-    pub content_md5: Option<[u8; 16]>,
+    /// Whole-object checksums to record with the object (verified by later downloads).
+    pub checksums: Checksums,
 }
 
 /// A datastore backend. Paths are always relative to the datastore's root.
@@ -201,9 +212,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta>;
 
     /// Streams bytes `range` of an object. A range past the end is clipped; an empty range of
-    /// an existing object (0-byte files) is an empty stream. One attempt: callers read through
-    /// `read_range`, which retries it and resumes a broken body from the first missing byte.
-    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream>;
+    /// an existing object (0-byte files) is an empty stream. With `version` (an
+    /// `ObjectMeta::version`), the bytes are of that version or the read fails with
+    /// `StoreError::Changed`. One attempt: callers read through `read_range`, which retries it
+    /// and resumes a broken body from the first missing byte.
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        range: Range<u64>,
+        version: Option<&str>,
+    ) -> Result<ByteStream>;
 
     /// Writes a whole (small) object at once, replacing an existing one.
     async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()>;
@@ -249,8 +267,8 @@ pub trait PartUpload: Send + Sync {
     async fn put_part(&self, index: u64, offset: u64, data: Bytes) -> Result<()>;
 
     /// Makes the object visible under its final name, atomically, recording the whole-object
-    /// MD5 (known only once every byte has been read).
-    async fn complete(self: Box<Self>, content_md5: Option<[u8; 16]>) -> Result<()>;
+    /// checksums (known only once every byte has been read).
+    async fn complete(self: Box<Self>, checksums: Checksums) -> Result<()>;
 
     /// Discards everything written so far.
     async fn abort(self: Box<Self>) -> Result<()>;
@@ -304,7 +322,7 @@ pub async fn read_to_bytes(store: &dyn Store, path: &ObjectPath) -> Result<Bytes
     crate::model::RetryPolicy::default()
         .run(|| async {
             let chunks: Vec<Bytes> = store
-                .get_range(path, 0..meta.size)
+                .get_range(path, 0..meta.size, meta.version.as_deref())
                 .await?
                 .try_collect()
                 .await?;
@@ -360,8 +378,7 @@ mod tests {
             let meta = |s: &str| ObjectMeta {
                 path: path(s),
                 size: 1,
-                last_modified: None,
-                content_md5: None,
+                ..Default::default()
             };
             Ok(ListPage {
                 objects: vec![meta("a/ok.txt"), meta("a"), meta("a/b/deep.txt"), meta("z")],
@@ -373,7 +390,12 @@ mod tests {
         async fn head(&self, _: &ObjectPath) -> Result<ObjectMeta> {
             unreachable!("not listed")
         }
-        async fn get_range(&self, _: &ObjectPath, _: Range<u64>) -> Result<ByteStream> {
+        async fn get_range(
+            &self,
+            _: &ObjectPath,
+            _: Range<u64>,
+            _: Option<&str>,
+        ) -> Result<ByteStream> {
             unreachable!("not listed")
         }
         async fn put(&self, _: &ObjectPath, _: Bytes, _: &PutOptions) -> Result<()> {

@@ -46,10 +46,13 @@ pub enum RangeError {
 
 /// Reads bytes `range` of `path` into `sink`, retrying under `retry` and resuming a broken,
 /// truncated or stalled body from its first missing byte. Returns the bytes delivered: all of
-/// the range (a body that ends early is resumed, never accepted).
+/// the range (a body that ends early is resumed, never accepted). With `version`, every
+/// attempt is pinned to it, so a resumed body never continues with another version's bytes.
+#[allow(clippy::too_many_arguments)]
 pub async fn read_range<S: RangeSink>(
     store: &dyn Store,
     path: &ObjectPath,
+    version: Option<&str>,
     range: Range<u64>,
     retry: &RetryPolicy,
     stall_timeout: Duration,
@@ -63,7 +66,17 @@ pub async fn read_range<S: RangeSink>(
         attempts += 1;
         let before = received;
         let rest = range.start + received..range.end;
-        match attempt(store, path, rest, stall_timeout, sink, &mut received).await {
+        match attempt(
+            store,
+            path,
+            version,
+            rest,
+            stall_timeout,
+            sink,
+            &mut received,
+        )
+        .await
+        {
             Ok(()) => return Ok(received),
             // Every byte arrived before the connection failed: nothing is missing.
             Err(RangeError::Store(e))
@@ -93,6 +106,7 @@ pub async fn read_range<S: RangeSink>(
 async fn attempt<S: RangeSink>(
     store: &dyn Store,
     path: &ObjectPath,
+    version: Option<&str>,
     range: Range<u64>,
     stall_timeout: Duration,
     sink: &mut S,
@@ -104,7 +118,7 @@ async fn attempt<S: RangeSink>(
             message: format!("{path}: no data for {} s {what}", stall_timeout.as_secs()),
         })
     };
-    let mut stream = tokio::time::timeout(stall_timeout, store.get_range(path, range))
+    let mut stream = tokio::time::timeout(stall_timeout, store.get_range(path, range, version))
         .await
         .map_err(|_| stalled("waiting for the response"))?
         .map_err(RangeError::Store)?;
@@ -160,6 +174,7 @@ mod tests {
         let n = read_range(
             &store,
             &path,
+            None,
             10..100,
             &RetryPolicy::default(),
             STALL,
@@ -177,6 +192,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_pinned_read_never_resumes_into_another_version() {
+        let (store, path, bytes) = faulty(100, vec![Fault::BreakAfter(30), Fault::Replace]).await;
+        let version = store.head(&path).await.unwrap().version;
+        assert!(version.is_some());
+        let mut got = Vec::new();
+        let error = read_range(
+            &store,
+            &path,
+            version.as_deref(),
+            0..100,
+            &RetryPolicy::default(),
+            STALL,
+            &mut got,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, RangeError::Store(StoreError::Changed { .. })),
+            "{error}"
+        );
+        assert!(got == bytes[..30], "only bytes of the version asked for");
+        assert_eq!(store.requested(), vec![0..100, 30..100], "not retried");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_stalled_body_is_resumed_after_the_stall_timeout() {
         let (store, path, bytes) = faulty(64, vec![Fault::StallAfter(16)]).await;
         let mut got = Vec::new();
@@ -184,6 +224,7 @@ mod tests {
         read_range(
             &store,
             &path,
+            None,
             0..64,
             &RetryPolicy::default(),
             STALL,
@@ -203,6 +244,7 @@ mod tests {
         let error = read_range(
             &store,
             &path,
+            None,
             0..50,
             &RetryPolicy::default(),
             STALL,
@@ -234,7 +276,7 @@ mod tests {
         ];
         let (store, path, bytes) = faulty(40, faults).await;
         let mut got = Vec::new();
-        read_range(&store, &path, 0..40, &policy, STALL, &mut got)
+        read_range(&store, &path, None, 0..40, &policy, STALL, &mut got)
             .await
             .unwrap();
         assert!(got == bytes);
@@ -242,7 +284,7 @@ mod tests {
 
         // Three in a row: the permanent "gave up" form.
         let (store, path, _) = faulty(40, vec![Fault::Refuse; 3]).await;
-        let error = read_range(&store, &path, 0..40, &policy, STALL, &mut Vec::new())
+        let error = read_range(&store, &path, None, 0..40, &policy, STALL, &mut Vec::new())
             .await
             .unwrap_err();
         assert!(
@@ -258,9 +300,17 @@ mod tests {
     async fn a_failure_after_the_last_byte_is_not_a_missing_byte() {
         let (store, path, bytes) = faulty(20, vec![Fault::BreakAfter(20)]).await;
         let mut got = Vec::new();
-        read_range(&store, &path, 0..20, &RetryPolicy::none(), STALL, &mut got)
-            .await
-            .unwrap();
+        read_range(
+            &store,
+            &path,
+            None,
+            0..20,
+            &RetryPolicy::none(),
+            STALL,
+            &mut got,
+        )
+        .await
+        .unwrap();
         assert!(got == bytes);
         assert_eq!(store.requested(), vec![0..20]);
     }
@@ -272,6 +322,7 @@ mod tests {
         let error = read_range(
             &store,
             &missing,
+            None,
             0..10,
             &RetryPolicy::default(),
             STALL,

@@ -3,7 +3,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,12 +10,19 @@ use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 
 use super::progress::Progress;
-use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
-use crate::model::ObjectPath;
+use super::{
+    Check, Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts,
+};
+use crate::model::{ObjectPath, Verify};
+use crate::store::checksum::{Crc64, crc64_hex, crc64_of_parts};
 use crate::store::local::{create_partial, partial_name};
 use crate::store::{
     Breaker, ObjectMeta, RangeError, RangeSink, Store, StoreError, list_all, read_range,
 };
+
+mod local_file;
+
+use local_file::{FileWriter, InOrderHasher, PartialFile};
 
 /// One object to fetch and where it goes.
 #[derive(Clone)]
@@ -112,7 +118,7 @@ pub async fn download(
     // yet fail at once instead of each waiting out the policy again, so a download of many
     // files gives up in the policy's bound, not in a multiple of it.
     let breaker = Breaker::default();
-    let results: Vec<(ObjectPath, Result<u64, FileError>)> = futures::stream::iter(todo)
+    let results: Vec<(ObjectPath, Result<Fetched, FileError>)> = futures::stream::iter(todo)
         .map(|item| {
             let store = store.clone();
             let progress = progress.clone();
@@ -142,9 +148,10 @@ pub async fn download(
     progress.finish();
     for (path, result) in results {
         match result {
-            Ok(bytes) => {
+            Ok((bytes, check)) => {
                 report.files += 1;
                 report.bytes += bytes;
+                report.verified.count(check);
             }
             Err(error) => report.errors.push(FileFailure {
                 path: path.to_string(),
@@ -234,6 +241,9 @@ fn free_space(path: &Path) -> Option<(u64, PathBuf)> {
     Some((available, filesystem))
 }
 
+/// A file in place: its size and how it was checked.
+type Fetched = (u64, Check);
+
 /// Why one file failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FileErrorKind {
@@ -243,6 +253,8 @@ enum FileErrorKind {
     Store,
     /// The store failed for longer than the retry policy allows.
     StoreGone,
+    /// The object was replaced while it was being read.
+    Changed,
 }
 
 struct FileError {
@@ -352,32 +364,91 @@ fn create_dir_inside(local: &Path, dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Downloads one object to a temporary name, verifies it, and renames it into place.
+/// Downloads one object to a temporary name, verifies it, and renames it into place. Every
+/// range is pinned to the version listed; an object replaced meanwhile is fetched again whole,
+/// as its new version, once (a second change fails the file, naming it): never a mix.
 async fn download_file(
     engine: &Engine,
     store: &dyn Store,
     item: &Planned,
     failed_dirs: &HashMap<PathBuf, String>,
     progress: &Progress,
-) -> Result<u64, FileError> {
+) -> Result<Fetched, FileError> {
     if let Some(parent) = item.dest.parent() {
         if let Some(error) = failed_dirs.get(parent) {
             return Err(FileError::local(parent, error));
         }
     }
+    match download_version(engine, store, item, progress).await {
+        Err(e) if e.kind == FileErrorKind::Changed && item.meta.version.is_some() => {
+            tracing::warn!(object = %item.meta.path, "replaced in storage during the download; \
+                fetching its new version whole");
+            let meta = store
+                .head(&item.meta.path)
+                .await
+                .map_err(|e| FileError::store(e.to_string()))?;
+            let again = Planned {
+                meta,
+                dest: item.dest.clone(),
+            };
+            download_version(engine, store, &again, progress)
+                .await
+                .map_err(|e| match e.kind {
+                    FileErrorKind::Changed => FileError::store(format!(
+                        "{}: replaced in storage twice while being downloaded; not kept",
+                        item.meta.path
+                    )),
+                    _ => e,
+                })
+        }
+        other => other,
+    }
+}
+
+/// One version of an object into place.
+async fn download_version(
+    engine: &Engine,
+    store: &dyn Store,
+    item: &Planned,
+    progress: &Progress,
+) -> Result<Fetched, FileError> {
+    let check = check_for(engine.verify, &item.meta)?;
     if item.meta.size <= engine.part_size {
-        return download_small(engine, store, item, progress).await;
+        download_small(engine, store, item, check, progress).await?;
+        return Ok((item.meta.size, check));
     }
     // The guard removes the temporary file however this ends: error, or the future being
     // dropped because the job was cancelled.
     let mut partial = PartialFile::new(partial_name(&item.dest));
     let file = partial.create(item.meta.size).await?;
-    fetch_parts(engine, store, item, Arc::new(file), &partial.path, progress).await?;
+    let parts = (engine, store, item, check);
+    fetch_parts(parts, Arc::new(file), &partial.path, progress).await?;
     tokio::fs::rename(&partial.path, &item.dest)
         .await
         .map_err(|e| FileError::local(&item.dest, e))?;
     partial.renamed = true;
-    Ok(item.meta.size)
+    Ok((item.meta.size, check))
+}
+
+/// What a file is checked against, as `verify` asks and the object allows.
+fn check_for(verify: Verify, meta: &ObjectMeta) -> Result<Check, FileError> {
+    Ok(match verify {
+        Verify::Off => Check::Nothing,
+        Verify::Auto => match (meta.crc64, meta.content_md5) {
+            (Some(crc), _) => Check::Crc64(crc),
+            (None, Some(md5)) => Check::Md5(md5),
+            (None, None) => Check::Nothing,
+        },
+        Verify::Md5 => match meta.content_md5 {
+            Some(md5) => Check::Md5(md5),
+            None => {
+                return Err(FileError::store(format!(
+                    "{}: no Content-MD5 is stored with it, and verify is \"md5\"; not downloaded",
+                    meta.path
+                )));
+            }
+        },
+    })
 }
 
 /// A file of at most one part: one GET into memory (within the budget), verified there, then
@@ -387,22 +458,20 @@ async fn download_small(
     engine: &Engine,
     store: &dyn Store,
     item: &Planned,
+    check: Check,
     progress: &Progress,
-) -> Result<u64, FileError> {
+) -> Result<(), FileError> {
     let size = item.meta.size;
     let _permit = engine.budget.acquire(size).await;
     let partial = partial_name(&item.dest);
     let mut data = Vec::with_capacity(size as usize);
-    let mut hasher = item.meta.content_md5.map(|_| Md5::new());
-    let mut sink = Sink {
-        target: Target::Memory(&mut data),
-        hasher: hasher.as_mut(),
-        progress,
-    };
+    let mut sink = Sink::new(Target::Memory(&mut data), check, progress);
     let written = fetch_range(engine, store, item, &mut sink, &partial, 0..size).await?;
     check_size(item, written)?;
-    if let Some(hasher) = hasher {
-        verify(item, hasher.finalize().into())?;
+    match (check, sink.md5.take(), sink.crc.take()) {
+        (Check::Md5(_), Some(md5), _) => verify_md5(item, md5.finalize().into())?,
+        (Check::Crc64(_), _, Some(crc)) => verify_crc64(item, crc.value())?,
+        _ => {}
     }
     let owned = item.clone();
     tokio::task::spawn_blocking(move || {
@@ -419,76 +488,29 @@ async fn download_small(
     })
     .await
     .map_err(|e| FileError::local(&item.dest, e))??;
-    Ok(size)
-}
-
-/// A temporary download file, deleted on drop unless it was renamed into place.
-struct PartialFile {
-    path: PathBuf,
-    renamed: bool,
-    /// Set on drop: a creation still running on a blocking thread when the download is
-    /// abandoned removes what it created, so no temporary file outlives a cancelled job.
-    abandoned: Arc<AtomicBool>,
-}
-
-impl PartialFile {
-    fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            renamed: false,
-            abandoned: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// Creates the file at its full size, so ranges can land at their offsets in any order.
-    async fn create(&self, size: u64) -> Result<std::fs::File, FileError> {
-        let path = self.path.clone();
-        let abandoned = self.abandoned.clone();
-        tokio::task::spawn_blocking(move || {
-            let created = create_partial(&path).and_then(|file| {
-                file.set_len(size)?;
-                Ok(file)
-            });
-            // Either this sees the flag, or the guard's drop comes later and sees the file.
-            if abandoned.load(Ordering::SeqCst) {
-                let _ = std::fs::remove_file(&path);
-            }
-            created.map_err(|e| FileError::local(&path, e))
-        })
-        .await
-        .map_err(|e| FileError::local(&self.path, e))?
-    }
-}
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        if !self.renamed {
-            self.abandoned.store(true, Ordering::SeqCst);
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
+    Ok(())
 }
 
 /// Fetches a file of several parts into `file` (created at its full size), parts in parallel.
-/// With an MD5 to verify, a hashing thread follows the contiguous prefix of the file, and parts
-/// are requested lowest offset first, at most `hash_window` parts ahead of the hash cursor:
-/// hashing overlaps the network instead of waiting for the lowest of many parts in flight.
+/// With a CRC64 to verify, each part's CRC is computed as its bytes arrive, by the task that
+/// fetched it, and the parts' CRCs are combined at the end: no pass over the file. With an MD5
+/// (which can only be computed in order), a hashing thread follows the contiguous prefix of the
+/// file, and parts are requested lowest offset first, at most `hash_window` parts ahead of the
+/// hash cursor: hashing overlaps the network instead of waiting for the lowest of many parts.
 async fn fetch_parts(
-    engine: &Engine,
-    store: &dyn Store,
-    item: &Planned,
+    (engine, store, item, check): (&Engine, &dyn Store, &Planned, Check),
     file: Arc<std::fs::File>,
     partial: &Path,
     progress: &Progress,
 ) -> Result<(), FileError> {
     let part_size = engine.part_size.max(1);
     let ranges = parts(item.meta.size, part_size);
-    let hashing = item.meta.content_md5.map(|_| InOrderHasher::start(partial));
+    let hashing = matches!(check, Check::Md5(_)).then(|| InOrderHasher::start(partial));
     let window = engine.hash_window.max(1) as u64 * part_size;
     // With hashing, parts take turns: part `i` is requested right after part `i - 1`, never
     // before (two parts released by the same hashing step would otherwise race).
     let (turn, turns) = tokio::sync::watch::channel(0u64);
-    let written: u64 = futures::stream::iter(ranges)
+    let mut fetched: Vec<(u64, u64, u64)> = futures::stream::iter(ranges)
         .map(|(index, offset, len)| {
             let hashing = hashing.as_ref();
             let file = file.clone();
@@ -503,11 +525,12 @@ async fn fetch_parts(
                 let _permit = engine.budget.acquire(len.min(part_size)).await;
                 turn.send_replace(index + 1);
                 let mut writer = FileWriter::new(file, offset);
-                let mut sink = Sink {
-                    target: Target::File(&mut writer),
-                    hasher: None,
-                    progress,
+                // The MD5 is the hashing thread's; a CRC is this part's own.
+                let part_check = match check {
+                    Check::Md5(_) => Check::Nothing,
+                    other => other,
                 };
+                let mut sink = Sink::new(Target::File(&mut writer), part_check, progress);
                 let n = fetch_range(
                     engine,
                     store,
@@ -520,24 +543,30 @@ async fn fetch_parts(
                 if let Some(hashing) = hashing {
                     hashing.done(offset, n);
                 }
-                Ok::<u64, FileError>(n)
+                let crc = sink.crc.as_ref().map_or(0, Crc64::value);
+                Ok::<_, FileError>((index, crc, n))
             }
         })
         .buffer_unordered(engine.part_concurrency.max(1))
-        .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+        .try_collect()
         .await?;
-    check_size(item, written)?;
+    check_size(item, fetched.iter().map(|(_, _, n)| n).sum())?;
     if let Some(hashing) = hashing {
         let digest = hashing.finish().await.map_err(|message| FileError {
             message,
             kind: FileErrorKind::Local,
         })?;
-        verify(item, digest)?;
+        verify_md5(item, digest)?;
+    }
+    if let Check::Crc64(_) = check {
+        fetched.sort_unstable_by_key(|(index, _, _)| *index);
+        let whole = crc64_of_parts(fetched.iter().map(|(_, crc, n)| (*crc, *n)));
+        verify_crc64(item, whole)?;
     }
     Ok(())
 }
 
-fn verify(item: &Planned, digest: [u8; 16]) -> Result<(), FileError> {
+fn verify_md5(item: &Planned, digest: [u8; 16]) -> Result<(), FileError> {
     if let Some(expected) = item.meta.content_md5 {
         if expected != digest {
             return Err(FileError::store(format!(
@@ -545,6 +574,20 @@ fn verify(item: &Planned, digest: [u8; 16]) -> Result<(), FileError> {
                 item.meta.path,
                 hex(&expected),
                 hex(&digest)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn verify_crc64(item: &Planned, crc: u64) -> Result<(), FileError> {
+    if let Some(expected) = item.meta.crc64 {
+        if expected != crc {
+            return Err(FileError::store(format!(
+                "{}: CRC64 mismatch (stored {}, received {}); file not kept",
+                item.meta.path,
+                crc64_hex(expected),
+                crc64_hex(crc)
             )));
         }
     }
@@ -561,10 +604,12 @@ fn check_size(item: &Planned, written: u64) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Where the bytes of a range go: hashed (a small file's MD5), counted, then stored.
+/// Where the bytes of a range go: checked (a small file's MD5, a range's CRC64), counted,
+/// then stored.
 struct Sink<'a> {
     target: Target<'a>,
-    hasher: Option<&'a mut Md5>,
+    md5: Option<Md5>,
+    crc: Option<Crc64>,
     progress: &'a Progress,
 }
 
@@ -578,8 +623,11 @@ enum Target<'a> {
 impl RangeSink for Sink<'_> {
     async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
         let n = chunk.len() as u64;
-        if let Some(hasher) = self.hasher.as_deref_mut() {
-            hasher.update(&chunk);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(&chunk);
+        }
+        if let Some(crc) = &mut self.crc {
+            crc.update(&chunk);
         }
         match &mut self.target {
             Target::Memory(data) => data.extend_from_slice(&chunk),
@@ -590,84 +638,21 @@ impl RangeSink for Sink<'_> {
     }
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    fn new(target: Target<'a>, check: Check, progress: &'a Progress) -> Self {
+        Self {
+            target,
+            md5: matches!(check, Check::Md5(_)).then(Md5::new),
+            crc: matches!(check, Check::Crc64(_)).then(Crc64::default),
+            progress,
+        }
+    }
+
     async fn finish(&mut self) -> std::io::Result<()> {
         match &mut self.target {
             Target::Memory(_) => Ok(()),
             Target::File(writer) => writer.finish().await,
         }
-    }
-}
-
-/// Bytes a `FileWriter` collects before handing them to a blocking thread.
-const WRITE_BATCH: usize = 1024 * 1024;
-
-/// Writes a range's chunks at their offsets in batches of about 1 MiB on a blocking thread,
-/// one batch being written while the next fills. (`tokio::fs::File` would copy every network
-/// chunk, of a few KiB, and hand each to a blocking thread of its own.) Holds at most two
-/// batches: well within the part's share of the budget.
-struct FileWriter {
-    file: Arc<std::fs::File>,
-    /// Where the next batch goes.
-    offset: u64,
-    batch: Vec<Bytes>,
-    batched: usize,
-    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl FileWriter {
-    fn new(file: Arc<std::fs::File>, offset: u64) -> Self {
-        Self {
-            file,
-            offset,
-            batch: Vec::new(),
-            batched: 0,
-            writing: None,
-        }
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        self.batched += chunk.len();
-        self.batch.push(chunk);
-        if self.batched >= WRITE_BATCH {
-            self.submit().await?;
-        }
-        Ok(())
-    }
-
-    /// Waits for the previous batch, then starts writing the current one.
-    async fn submit(&mut self) -> std::io::Result<()> {
-        self.wait().await?;
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        let mut at = self.offset;
-        self.offset += self.batched as u64;
-        self.batched = 0;
-        let file = self.file.clone();
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            for chunk in batch {
-                file.write_all_at(&chunk, at)?;
-                at += chunk.len() as u64;
-            }
-            Ok(())
-        }));
-        Ok(())
-    }
-
-    async fn wait(&mut self) -> std::io::Result<()> {
-        if let Some(writing) = self.writing.take() {
-            writing.await.map_err(std::io::Error::other)??;
-        }
-        Ok(())
-    }
-
-    /// Everything written so far is in the file.
-    async fn finish(&mut self) -> std::io::Result<()> {
-        self.submit().await?;
-        self.wait().await
     }
 }
 
@@ -686,6 +671,7 @@ async fn fetch_range(
     let read = read_range(
         store,
         &item.meta.path,
+        item.meta.version.as_deref(),
         range,
         &engine.retry,
         engine.stall_timeout,
@@ -695,9 +681,10 @@ async fn fetch_range(
     let written = match read {
         Ok(written) => written,
         Err(RangeError::Store(e)) => {
-            let kind = match e.is_outage() {
-                true => FileErrorKind::StoreGone,
-                false => FileErrorKind::Store,
+            let kind = match &e {
+                StoreError::Changed { .. } => FileErrorKind::Changed,
+                e if e.is_outage() => FileErrorKind::StoreGone,
+                _ => FileErrorKind::Store,
             };
             return Err(FileError {
                 message: e.to_string(),
@@ -714,71 +701,4 @@ async fn fetch_range(
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Hashes a file being written out of order, in order: completed ranges are reported with
-/// `done`, and a blocking thread hashes each as soon as everything before it is complete
-/// (re-reading it from the page cache). How far it got is published for `hashed_up_to`.
-struct InOrderHasher {
-    ranges: std::sync::mpsc::Sender<(u64, u64)>,
-    hashed: tokio::sync::watch::Receiver<u64>,
-    thread: tokio::task::JoinHandle<Result<[u8; 16], String>>,
-}
-
-impl InOrderHasher {
-    fn start(path: &Path) -> Self {
-        let (ranges, received) = std::sync::mpsc::channel::<(u64, u64)>();
-        let (progress, hashed) = tokio::sync::watch::channel(0u64);
-        let path = path.to_path_buf();
-        let thread = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let file =
-                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut hasher = Md5::new();
-            let mut pending = std::collections::BTreeMap::new();
-            let mut next = 0u64;
-            let mut buf = vec![0u8; 1024 * 1024];
-            for (offset, len) in received {
-                pending.insert(offset, len);
-                while let Some(len) = pending.remove(&next) {
-                    let end = next + len;
-                    while next < end {
-                        let want = ((end - next) as usize).min(buf.len());
-                        file.read_exact_at(&mut buf[..want], next)
-                            .map_err(|e| format!("{}: {e}", path.display()))?;
-                        hasher.update(&buf[..want]);
-                        next += want as u64;
-                    }
-                    progress.send_replace(next);
-                }
-            }
-            Ok(hasher.finalize().into())
-        });
-        Self {
-            ranges,
-            hashed,
-            thread,
-        }
-    }
-
-    fn done(&self, offset: u64, len: u64) {
-        let _ = self.ranges.send((offset, len));
-    }
-
-    /// Waits until the first `offset` bytes are hashed (or hashing stopped: `finish` says why).
-    async fn hashed_up_to(&self, offset: u64) {
-        if offset == 0 {
-            return;
-        }
-        let _ = self
-            .hashed
-            .clone()
-            .wait_for(|hashed| *hashed >= offset)
-            .await;
-    }
-
-    async fn finish(self) -> Result<[u8; 16], String> {
-        drop(self.ranges);
-        self.thread.await.map_err(|e| e.to_string())?
-    }
 }

@@ -23,7 +23,7 @@ pub use journal::{JournalError, ReferenceJournal, UploadJournal};
 pub use progress::ProgressMode;
 pub use upload::{UploadSource, upload, upload_journaled};
 
-use crate::model::{MemoryBudget, MountSettings, RetryPolicy};
+use crate::model::{MemoryBudget, MountSettings, RetryPolicy, Verify};
 use crate::store::{Resources, StoreError};
 
 /// Default part size for ranged reads and multi-part writes.
@@ -50,6 +50,8 @@ pub struct Engine {
     /// A read that delivers nothing for this long counts as a broken connection (and is
     /// resumed): a stalled server must not hang a job.
     pub stall_timeout: Duration,
+    /// How downloads check what they received.
+    pub verify: Verify,
 }
 
 impl Engine {
@@ -68,11 +70,17 @@ impl Engine {
             reserved_free_disk_bytes: MountSettings::default().reserved_free_disk_bytes,
             retry: resources.retry.clone(),
             stall_timeout: Duration::from_secs(30),
+            verify: Verify::default(),
         }
     }
 
     pub fn with_progress(mut self, progress: ProgressMode) -> Self {
         self.progress = progress;
+        self
+    }
+
+    pub fn with_verify(mut self, verify: Verify) -> Self {
+        self.verify = verify;
         self
     }
 }
@@ -119,8 +127,44 @@ pub struct TransferReport {
     pub errors: Vec<FileFailure>,
     /// Parts an interrupted earlier run had already staged, not sent again.
     pub parts_resumed: u64,
+    /// Downloads: how each file received was checked.
+    #[serde(skip_serializing_if = "Verified::is_empty")]
+    pub verified: Verified,
     #[serde(serialize_with = "as_seconds")]
     pub duration: Duration,
+}
+
+/// How many downloaded files each check covered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verified {
+    /// Against the stored CRC64, range by range.
+    pub crc64: u64,
+    /// Against the stored Content-MD5.
+    pub md5: u64,
+    /// Not checked: nothing stored, or `verify: off`.
+    pub unverified: u64,
+}
+
+impl Verified {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub(crate) fn count(&mut self, check: Check) {
+        match check {
+            Check::Crc64(_) => self.crc64 += 1,
+            Check::Md5(_) => self.md5 += 1,
+            Check::Nothing => self.unverified += 1,
+        }
+    }
+}
+
+/// The check one downloaded file gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    Crc64(u64),
+    Md5([u8; 16]),
+    Nothing,
 }
 
 fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

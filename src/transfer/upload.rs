@@ -14,7 +14,8 @@ use super::journal::ReferenceJournal;
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
 use crate::model::ObjectPath;
-use crate::store::{Breaker, PutOptions, Store, StoreError};
+use crate::store::checksum::{crc64, crc64_combine};
+use crate::store::{Breaker, Checksums, PutOptions, Store, StoreError};
 
 /// What to upload.
 #[derive(Debug, Clone)]
@@ -309,16 +310,13 @@ async fn upload_file(
         // Small file: one request.
         let file = Arc::new(file);
         let _permit = engine.budget.acquire(item.size).await;
-        let (data, hasher) = read_at(&file, &item.source, 0, item.size, Md5::new()).await?;
-        let md5: [u8; 16] = hasher.finalize().into();
+        let (data, hasher, crc) = read_at(&file, &item.source, 0, item.size, Md5::new()).await?;
+        let checksums = Checksums {
+            md5: Some(hasher.finalize().into()),
+            crc64: Some(crc),
+        };
         store
-            .put(
-                &item.dest,
-                data,
-                &PutOptions {
-                    content_md5: Some(md5),
-                },
-            )
+            .put(&item.dest, data, &PutOptions { checksums })
             .await
             .map_err(store_error)?;
         progress.add_bytes(item.size);
@@ -365,8 +363,10 @@ async fn upload_file(
     let file = Arc::new(file);
     // Parts are read in order (the MD5 needs every byte in sequence, and is computed by the
     // blocking call that reads them, while the bytes are hot in the cache) and sent
-    // concurrently. Parts already staged are read for the MD5 only.
+    // concurrently. Each part's CRC64 is computed by the same read and combined into the
+    // whole object's. Parts already staged are read for the checksums only.
     let mut hasher = Some(Md5::new());
+    let mut whole_crc = 0u64;
     let mut in_flight = FuturesUnordered::new();
     let mut failure = None;
     for (index, offset, len) in parts(item.size, part_size) {
@@ -375,8 +375,9 @@ async fn upload_file(
             .take()
             .expect("the hasher comes back with every read");
         let data = match read_at(&file, &item.source, offset, len, running).await {
-            Ok((data, running)) => {
+            Ok((data, running, crc)) => {
                 hasher = Some(running);
+                whole_crc = crc64_combine(whole_crc, crc, len);
                 data
             }
             Err(e) => {
@@ -426,7 +427,11 @@ async fn upload_file(
         .expect("the hasher comes back with every read")
         .finalize()
         .into();
-    upload.complete(Some(md5)).await.map_err(store_error)?;
+    let checksums = Checksums {
+        md5: Some(md5),
+        crc64: Some(whole_crc),
+    };
+    upload.complete(checksums).await.map_err(store_error)?;
     if let Some(journal) = journal {
         journal
             .committed(&item.dest, md5)
@@ -454,14 +459,14 @@ where
 }
 
 /// Reads exactly `len` bytes at `offset` and adds them to `hasher`, on a blocking thread; a
-/// short read means the file changed under us.
+/// short read means the file changed under us. Also returns the bytes' CRC64.
 async fn read_at(
     file: &Arc<std::fs::File>,
     path: &Path,
     offset: u64,
     len: u64,
     mut hasher: Md5,
-) -> Result<(Bytes, Md5), String> {
+) -> Result<(Bytes, Md5, u64), String> {
     let file = file.clone();
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -483,7 +488,8 @@ async fn read_at(
             }
         }
         hasher.update(&buf);
-        Ok((Bytes::from(buf), hasher))
+        let crc = crc64(&buf);
+        Ok((Bytes::from(buf), hasher, crc))
     })
     .await
     .map_err(|e| e.to_string())?

@@ -165,7 +165,10 @@ impl Remote {
         self.runtime.block_on(async {
             for (name, data) in objects {
                 let options = PutOptions {
-                    content_md5: Some(md5_of(data)),
+                    checksums: dataref::store::Checksums {
+                        md5: Some(md5_of(data)),
+                        crc64: None,
+                    },
                 };
                 store
                     .put(&p(name), data.clone().into(), &options)

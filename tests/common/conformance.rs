@@ -7,14 +7,14 @@
 //! pagination is exercised.
 
 use bytes::Bytes;
-use dataref::store::{ListRequest, PutOptions, Store, StoreError, list_all};
+use dataref::store::{Checksums, ListRequest, PutOptions, Store, StoreError, list_all};
 use futures::TryStreamExt;
 
 use super::data::p;
 
 async fn read(store: &dyn Store, name: &str, range: std::ops::Range<u64>) -> Vec<u8> {
     let chunks: Vec<Bytes> = store
-        .get_range(&p(name), range)
+        .get_range(&p(name), range, None)
         .await
         .unwrap_or_else(|e| panic!("get_range {name}: {e}"))
         .try_collect()
@@ -51,6 +51,42 @@ pub async fn run_all(store: &dyn Store, base: &str) {
     part_upload(store, &format!("{base}/parts")).await;
     part_upload_abort_and_incomplete(store, &format!("{base}/abort")).await;
     unusual_names(store, &format!("{base}/names")).await;
+    pinned_versions(store, &format!("{base}/versions")).await;
+}
+
+/// A read pinned to the version seen gets that version's bytes, or `Changed` once the object
+/// was replaced: never the new bytes under the old version.
+async fn pinned_versions(store: &dyn Store, base: &str) {
+    let name = format!("{base}/model.bin");
+    put(store, &name, b"version one").await;
+    let first = store.head(&p(&name)).await.unwrap().version;
+    assert!(first.is_some(), "{} names no version", store.describe());
+    let listed = list_all(store, &p(base), false).await.unwrap();
+    let listed = listed.objects[0].version.clone();
+    if listed.is_some() {
+        assert_eq!(listed, first, "listing and head name the same version");
+    }
+    let path = p(&name);
+    let pinned = |version: Option<String>| {
+        let path = path.clone();
+        async move {
+            let stream = store.get_range(&path, 0..11, version.as_deref()).await?;
+            let chunks: Vec<Bytes> = stream.try_collect().await?;
+            Ok::<_, StoreError>(chunks.concat())
+        }
+    };
+    assert_eq!(pinned(first.clone()).await.unwrap(), b"version one");
+    // Replaced, same size (what an mtime-and-size check would miss).
+    put(store, &name, b"version two").await;
+    let second = store.head(&p(&name)).await.unwrap().version;
+    assert_ne!(second, first, "a replaced object is another version");
+    let stale = pinned(first).await;
+    assert!(
+        matches!(stale, Err(StoreError::Changed { .. })),
+        "{}: a read pinned to the old version returned {stale:?}",
+        store.describe()
+    );
+    assert_eq!(pinned(second).await.unwrap(), b"version two");
 }
 
 async fn put_head_and_ranges(store: &dyn Store, base: &str) {
@@ -199,7 +235,7 @@ async fn missing_objects(store: &dyn Store, base: &str) {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.get_range(&missing, 0..1).await,
+        store.get_range(&missing, 0..1, None).await,
         Err(StoreError::NotFound { .. })
     ));
     // A directory is not an object.
@@ -247,7 +283,7 @@ async fn part_upload(store: &dyn Store, base: &str) {
         listed.objects.is_empty(),
         "partial upload visible: {listed:?}"
     );
-    upload.complete(None).await.unwrap();
+    upload.complete(Checksums::default()).await.unwrap();
     assert_eq!(store.head(&name).await.unwrap().size, total as u64);
     assert_eq!(read(store, name.as_str(), 0..total as u64).await, data);
 
@@ -281,7 +317,7 @@ async fn part_upload_abort_and_incomplete(store: &dyn Store, base: &str) {
         .put_part(0, 0, Bytes::from_static(b"01234"))
         .await
         .unwrap();
-    assert!(upload.complete(None).await.is_err());
+    assert!(upload.complete(Checksums::default()).await.is_err());
     assert!(store.head(&name).await.unwrap_err().is_not_found());
 
     // Writing past the declared size is refused.

@@ -44,7 +44,10 @@ pub fn unique_name(prefix: &str) -> String {
 /// it).
 pub async fn put_with_md5(store: &dyn dataref::store::Store, name: &str, data: &[u8]) {
     let options = dataref::store::PutOptions {
-        content_md5: Some(md5_of(data)),
+        checksums: dataref::store::Checksums {
+            md5: Some(md5_of(data)),
+            crc64: None,
+        },
     };
     store
         .put(&p(name), bytes::Bytes::copy_from_slice(data), &options)

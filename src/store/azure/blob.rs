@@ -32,10 +32,11 @@ use crate::model::ObjectPath;
 use crate::model::RetryPolicy;
 use crate::model::datastore::AzureLocation;
 use crate::store::Resources;
+use crate::store::checksum::{CRC64_METADATA, crc64, crc64_hex, parse_crc64};
 use crate::store::support::{part_len, reject_root};
 use crate::store::{
-    ByteStream, ListPage, ListRequest, ObjectMeta, PartUpload, PutOptions, RefusedName, Result,
-    ResumedUpload, Store, StoreError,
+    ByteStream, Checksums, ListPage, ListRequest, ObjectMeta, PartUpload, PutOptions, RefusedName,
+    Result, ResumedUpload, Store, StoreError,
 };
 
 /// Block blobs accept blocks up to 4000 MiB; our parts are far smaller.
@@ -184,6 +185,8 @@ impl Store for BlobStore {
                     size: blob.size,
                     last_modified: blob.last_modified,
                     content_md5: blob.content_md5,
+                    crc64: blob.crc64,
+                    version: blob.etag,
                 }),
                 Ok(_) => {}
                 Err(reason) => page.refused.push(RefusedName {
@@ -236,10 +239,22 @@ impl Store for BlobStore {
                 .content_md5()
                 .map_err(header)?
                 .and_then(|m| <[u8; 16]>::try_from(m.as_slice()).ok()),
+            crc64: metadata
+                .get(CRC64_METADATA)
+                .and_then(|value| parse_crc64(value)),
+            version: properties
+                .etag()
+                .map_err(header)?
+                .map(|etag| quoted(etag.as_ref())),
         })
     }
 
-    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream> {
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        range: Range<u64>,
+        version: Option<&str>,
+    ) -> Result<ByteStream> {
         if range.is_empty() {
             // Nothing to read (0-byte blobs): a ranged GET would be a 416.
             return Ok(futures::stream::empty().boxed());
@@ -258,6 +273,8 @@ impl Store for BlobStore {
                     // parallelism and holds the memory budget.
                     partition_size: NonZero::new(len.min(usize::MAX as u64) as usize),
                     parallel: NonZero::new(1),
+                    // Pinned: a blob replaced since it was listed answers 412, never new bytes.
+                    if_match: version.map(Into::into),
                     ..Default::default()
                 }))
             })
@@ -269,6 +286,10 @@ impl Store for BlobStore {
                 error: StoreError::Http { status: 416, .. },
                 ..
             }) => return Ok(futures::stream::empty().boxed()),
+            Err(Failed {
+                error: StoreError::Http { status: 412, .. },
+                ..
+            }) if version.is_some() => return Err(StoreError::Changed { path: context }),
             Err(failed) => return Err(failed.into()),
         };
         let stream = response.body.map_err(move |e| from_azure(&context, e));
@@ -280,8 +301,10 @@ impl Store for BlobStore {
         let blob = self.inner.blob(path);
         // The service checks the transactional Content-MD5 and stores x-ms-blob-content-md5.
         let md5: [u8; 16] = options
-            .content_md5
+            .checksums
+            .md5
             .unwrap_or_else(|| Md5::digest(&data).into());
+        let crc = options.checksums.crc64.unwrap_or_else(|| crc64(&data));
         self.inner
             .client
             .call(&path.to_string(), || {
@@ -291,6 +314,7 @@ impl Store for BlobStore {
                     <RequestContent<Bytes, NoFormat> as From<Bytes>>::from(data.clone()),
                     Some(BlobClientUploadOptions {
                         blob_content_md5: Some(md5.to_vec()),
+                        metadata: Some(crc64_metadata(crc)),
                         method_options: ClientMethodOptions { context },
                         // Always one Put Blob: the SDK would otherwise split large bodies into
                         // blocks, and the whole-object Content-MD5 would not match each block.
@@ -379,6 +403,20 @@ impl Store for BlobStore {
     }
 }
 
+/// The metadata that records a whole-blob CRC64.
+fn crc64_metadata(crc: u64) -> std::collections::HashMap<String, String> {
+    [(CRC64_METADATA.to_owned(), crc64_hex(crc))].into()
+}
+
+/// An ETag as the `ETag` header carries it (quoted): List Blobs gives it bare, and `If-Match`
+/// must be sent in one form.
+fn quoted(etag: &str) -> String {
+    match etag.starts_with('"') {
+        true => etag.to_owned(),
+        false => format!("\"{etag}\""),
+    }
+}
+
 /// A block id derived from the part index: deterministic and of equal length for every part,
 /// so an interrupted upload can be resumed against the uncommitted block list.
 pub fn block_id(index: u64) -> Vec<u8> {
@@ -429,7 +467,7 @@ impl PartUpload for BlockUpload {
         Ok(())
     }
 
-    async fn complete(self: Box<Self>, content_md5: Option<[u8; 16]>) -> Result<()> {
+    async fn complete(self: Box<Self>, checksums: Checksums) -> Result<()> {
         let staged = std::mem::take(&mut *self.staged.lock().unwrap());
         let bytes: u64 = staged.values().sum();
         let contiguous = staged.keys().copied().eq(0..staged.len() as u64);
@@ -454,7 +492,8 @@ impl PartUpload for BlockUpload {
                         .commit_block_list(
                             list.try_into()?,
                             Some(BlockBlobClientCommitBlockListOptions {
-                                blob_content_md5: content_md5.map(|m| m.to_vec()),
+                                blob_content_md5: checksums.md5.map(|m| m.to_vec()),
+                                metadata: checksums.crc64.map(crc64_metadata),
                                 ..Default::default()
                             }),
                         )
@@ -478,6 +517,7 @@ mod listing {
     use serde::Deserialize;
 
     use crate::store::azure::client::{XmlName as Name, http_date, md5_from_base64};
+    use crate::store::checksum::parse_crc64;
 
     #[derive(Debug, Deserialize)]
     pub struct EnumerationResults {
@@ -513,6 +553,8 @@ mod listing {
     struct Metadata {
         #[serde(rename = "hdi_isfolder", default)]
         hdi_isfolder: Option<String>,
+        #[serde(rename = "crc64", default)]
+        crc64: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -523,6 +565,8 @@ mod listing {
         content_md5: Option<String>,
         #[serde(rename = "Last-Modified", default)]
         last_modified: Option<String>,
+        #[serde(rename = "Etag", default)]
+        etag: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -536,6 +580,8 @@ mod listing {
         pub size: u64,
         pub content_md5: Option<[u8; 16]>,
         pub last_modified: Option<SystemTime>,
+        pub crc64: Option<u64>,
+        pub etag: Option<String>,
         folder_marker: bool,
     }
 
@@ -562,6 +608,12 @@ mod listing {
             for item in results.blobs.items {
                 match item {
                     Item::Blob(blob) => page.blobs.push(ListedBlob {
+                        crc64: blob
+                            .metadata
+                            .as_ref()
+                            .and_then(|m| m.crc64.as_deref())
+                            .and_then(parse_crc64),
+                        etag: blob.properties.etag.as_deref().map(super::quoted),
                         name: blob.name.decoded(),
                         size: blob.properties.content_length,
                         content_md5: blob

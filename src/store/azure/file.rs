@@ -33,8 +33,8 @@ use crate::model::datastore::{AzureLocation, Credential};
 use crate::store::Resources;
 use crate::store::support::{check_part, reject_root};
 use crate::store::{
-    ByteStream, ListPage, ListRequest, ObjectMeta, PartUpload, PutOptions, Result, Store,
-    StoreError,
+    ByteStream, Checksums, ListPage, ListRequest, ObjectMeta, PartUpload, PutOptions, Result,
+    Store, StoreError,
 };
 
 /// FileREST version of every request: Rename File needs 2021-04-10 or later, and from
@@ -345,10 +345,18 @@ impl Store for FileStore {
             size,
             last_modified: header(&response, "last-modified").and_then(http_date),
             content_md5: header(&response, "content-md5").and_then(md5_from_base64),
+            // Files carry no CRC64 of ours: metadata is not written on shares (MD5 only).
+            crc64: None,
+            version: header(&response, "etag").map(str::to_owned),
         })
     }
 
-    async fn get_range(&self, path: &ObjectPath, range: Range<u64>) -> Result<ByteStream> {
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        range: Range<u64>,
+        version: Option<&str>,
+    ) -> Result<ByteStream> {
         if range.is_empty() {
             // Nothing to read (0-byte files): a ranged GET would be a 416.
             return Ok(futures::stream::empty().boxed());
@@ -373,6 +381,14 @@ impl Store for FileStore {
             }) => return Ok(futures::stream::empty().boxed()),
             Err(failed) => return Err(failed.into()),
         };
+        // Get File takes no If-Match, but every answer names the version its bytes are of:
+        // another version's body is dropped before a byte of it is read.
+        let etag = azure_core::http::headers::HeaderName::from_static("etag");
+        if let Some(version) = version
+            && response.headers().get_optional_str(&etag) != Some(version)
+        {
+            return Err(StoreError::Changed { path: context });
+        }
         // The body streams from the socket; a broken body is resumed by the caller.
         let stream = response
             .into_body()
@@ -384,7 +400,8 @@ impl Store for FileStore {
         reject_root(path)?;
         let share = &self.share;
         let md5: [u8; 16] = options
-            .content_md5
+            .checksums
+            .md5
             .unwrap_or_else(|| Md5::digest(&data).into());
         let temp = temp_path(path)?;
         share
@@ -451,7 +468,7 @@ impl PartUpload for FileUpload {
         Ok(())
     }
 
-    async fn complete(self: Box<Self>, content_md5: Option<[u8; 16]>) -> Result<()> {
+    async fn complete(self: Box<Self>, checksums: Checksums) -> Result<()> {
         let written = std::mem::take(&mut *self.written.lock().unwrap());
         let bytes: u64 = written.values().sum();
         let contiguous = written.keys().copied().eq(0..written.len() as u64);
@@ -462,7 +479,7 @@ impl PartUpload for FileUpload {
             })
         } else {
             async {
-                if let Some(md5) = content_md5 {
+                if let Some(md5) = checksums.md5 {
                     self.share.set_md5(&self.temp, md5).await?;
                 }
                 self.share.rename(&self.temp, &self.path).await

@@ -109,8 +109,8 @@ impl FileStore {
                     path,
                     size: file.size,
                     last_modified: file.last_modified,
-                    // Listings carry no MD5; `head` does.
-                    content_md5: None,
+                    // Listings carry no MD5 and no ETag; `head` does.
+                    ..Default::default()
                 }),
                 Err(reason) => page.refused.push(RefusedName {
                     name: format!("{}/{}", dir.as_str(), file.name),

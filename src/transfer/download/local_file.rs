@@ -1,0 +1,198 @@
+//! The local side of a download: the hidden temporary file a large download lands in, the
+//! batched writer of its ranges, and the in-order MD5 of a file written out of order.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+
+use super::FileError;
+use crate::store::local::create_partial;
+
+/// A temporary download file, deleted on drop unless it was renamed into place.
+pub(super) struct PartialFile {
+    pub(super) path: PathBuf,
+    pub(super) renamed: bool,
+    /// Set on drop: a creation still running on a blocking thread when the download is
+    /// abandoned removes what it created, so no temporary file outlives a cancelled job.
+    abandoned: Arc<AtomicBool>,
+}
+
+impl PartialFile {
+    pub(super) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            renamed: false,
+            abandoned: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Creates the file at its full size, so ranges can land at their offsets in any order.
+    pub(super) async fn create(&self, size: u64) -> Result<std::fs::File, FileError> {
+        let path = self.path.clone();
+        let abandoned = self.abandoned.clone();
+        tokio::task::spawn_blocking(move || {
+            let created = create_partial(&path).and_then(|file| {
+                file.set_len(size)?;
+                Ok(file)
+            });
+            // Either this sees the flag, or the guard's drop comes later and sees the file.
+            if abandoned.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&path);
+            }
+            created.map_err(|e| FileError::local(&path, e))
+        })
+        .await
+        .map_err(|e| FileError::local(&self.path, e))?
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.renamed {
+            self.abandoned.store(true, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Bytes a `FileWriter` collects before handing them to a blocking thread.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// Writes a range's chunks at their offsets in batches of about 1 MiB on a blocking thread,
+/// one batch being written while the next fills. (`tokio::fs::File` would copy every network
+/// chunk, of a few KiB, and hand each to a blocking thread of its own.) Holds at most two
+/// batches: well within the part's share of the budget.
+pub(super) struct FileWriter {
+    file: Arc<std::fs::File>,
+    /// Where the next batch goes.
+    offset: u64,
+    batch: Vec<Bytes>,
+    batched: usize,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl FileWriter {
+    pub(super) fn new(file: Arc<std::fs::File>, offset: u64) -> Self {
+        Self {
+            file,
+            offset,
+            batch: Vec::new(),
+            batched: 0,
+            writing: None,
+        }
+    }
+
+    pub(super) async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.batched += chunk.len();
+        self.batch.push(chunk);
+        if self.batched >= WRITE_BATCH {
+            self.submit().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the previous batch, then starts writing the current one.
+    async fn submit(&mut self) -> std::io::Result<()> {
+        self.wait().await?;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let mut at = self.offset;
+        self.offset += self.batched as u64;
+        self.batched = 0;
+        let file = self.file.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            for chunk in batch {
+                file.write_all_at(&chunk, at)?;
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> std::io::Result<()> {
+        if let Some(writing) = self.writing.take() {
+            writing.await.map_err(std::io::Error::other)??;
+        }
+        Ok(())
+    }
+
+    /// Everything written so far is in the file.
+    pub(super) async fn finish(&mut self) -> std::io::Result<()> {
+        self.submit().await?;
+        self.wait().await
+    }
+}
+
+/// Hashes a file being written out of order, in order: completed ranges are reported with
+/// `done`, and a blocking thread hashes each as soon as everything before it is complete
+/// (re-reading it from the page cache). How far it got is published for `hashed_up_to`.
+pub(super) struct InOrderHasher {
+    ranges: std::sync::mpsc::Sender<(u64, u64)>,
+    hashed: tokio::sync::watch::Receiver<u64>,
+    thread: tokio::task::JoinHandle<Result<[u8; 16], String>>,
+}
+
+impl InOrderHasher {
+    pub(super) fn start(path: &Path) -> Self {
+        let (ranges, received) = std::sync::mpsc::channel::<(u64, u64)>();
+        let (progress, hashed) = tokio::sync::watch::channel(0u64);
+        let path = path.to_path_buf();
+        let thread = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file =
+                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut hasher = Md5::new();
+            let mut pending = std::collections::BTreeMap::new();
+            let mut next = 0u64;
+            let mut buf = vec![0u8; 1024 * 1024];
+            for (offset, len) in received {
+                pending.insert(offset, len);
+                while let Some(len) = pending.remove(&next) {
+                    let end = next + len;
+                    while next < end {
+                        let want = ((end - next) as usize).min(buf.len());
+                        file.read_exact_at(&mut buf[..want], next)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        hasher.update(&buf[..want]);
+                        next += want as u64;
+                    }
+                    progress.send_replace(next);
+                }
+            }
+            Ok(hasher.finalize().into())
+        });
+        Self {
+            ranges,
+            hashed,
+            thread,
+        }
+    }
+
+    pub(super) fn done(&self, offset: u64, len: u64) {
+        let _ = self.ranges.send((offset, len));
+    }
+
+    /// Waits until the first `offset` bytes are hashed (or hashing stopped: `finish` says why).
+    pub(super) async fn hashed_up_to(&self, offset: u64) {
+        if offset == 0 {
+            return;
+        }
+        let _ = self
+            .hashed
+            .clone()
+            .wait_for(|hashed| *hashed >= offset)
+            .await;
+    }
+
+    pub(super) async fn finish(self) -> Result<[u8; 16], String> {
+        drop(self.ranges);
+        self.thread.await.map_err(|e| e.to_string())?
+    }
+}
