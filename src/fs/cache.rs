@@ -10,7 +10,7 @@
 //!   (`blocks.dat`); an evicted block's slot is freed with a punched hole and reused. Creating
 //!   and deleting a file per block cost more CPU than the reads it saved: ext4 scans recently
 //!   deleted inodes on each new one (`recently_deleted`, half of the mount's CPU with 2,000
-//!   small files). A CRC32 of each block is kept in the in-memory index and checked on every
+//!   small files). A CRC64 of each block is kept in the in-memory index and checked on every
 //!   read, and a slot is trusted only while the index still maps the block to it, so corrupt or
 //!   zeroed bytes are a miss (re-fetched), never wrong bytes.
 //! - **Limits**: the total never exceeds `max_bytes` (least recently used blocks are evicted),
@@ -41,6 +41,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::model::{MemoryBudget, ObjectPath};
+use crate::store::checksum::crc64;
 
 /// Default block size: the largest read the kernel sends a FUSE filesystem (256 pages).
 pub const DEFAULT_BLOCK_SIZE: u64 = 1024 * 1024;
@@ -158,7 +159,7 @@ type Key = (ObjectId, u64);
 
 struct Entry {
     len: u64,
-    crc: u32,
+    crc: u64,
     tick: u64,
     slot: u64,
 }
@@ -407,7 +408,7 @@ impl DiskCache {
 
     fn read_blocking(&self, id: ObjectId, blocks: Range<u64>, len: u64) -> Option<Bytes> {
         use std::os::unix::fs::FileExt;
-        let expected: Vec<(Key, u64, u32, u64)> = {
+        let expected: Vec<(Key, u64, u64, u64)> = {
             let index = self.index.lock().unwrap();
             blocks
                 .clone()
@@ -431,7 +432,7 @@ impl DiskCache {
                 .data
                 .read_exact_at(bytes, self.slot_offset(*slot))
                 .is_ok()
-                && crc32fast::hash(bytes) == *crc
+                && crc64(bytes) == *crc
                 // Evicted while we read (the slot may hold another block by now)?
                 && self.index.lock().unwrap().entries.get(key).is_some_and(|e| e.slot == *slot);
             if !ok {
@@ -488,7 +489,7 @@ impl DiskCache {
     }
 
     /// Removes a bad entry (unless it was replaced meanwhile) and frees its slot.
-    fn drop_entry(&self, key: &Key, crc: u32) {
+    fn drop_entry(&self, key: &Key, crc: u64) {
         let mut index = self.index.lock().unwrap();
         if index.entries.get(key).is_some_and(|e| e.crc == crc) {
             let victim = index.remove(key).expect("present");
@@ -555,7 +556,7 @@ impl DiskCache {
                     key,
                     Entry {
                         len,
-                        crc: crc32fast::hash(data),
+                        crc: crc64(data),
                         tick,
                         slot,
                     },

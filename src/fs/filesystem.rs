@@ -118,14 +118,39 @@ struct Node {
     kind: Kind,
     size: u64,
     mtime: SystemTime,
-    /// Names this version of a file's content (for the disk cache).
-    id: Option<ObjectId>,
-    /// The store's version of a file (its ETag): every read of an open file is pinned to it.
-    version: Option<Arc<str>>,
+    /// Files: which version of the object this is.
+    content: Option<Content>,
     /// Directories: the children, when listed, and when.
     listing: Option<Listing>,
     /// Directories: the listing the kernel last read from its start (and may have cached).
     served: Option<Listing>,
+}
+
+/// A file's version as listed.
+#[derive(Debug, Clone)]
+struct Content {
+    /// Names this version of a file's content (for the disk cache).
+    id: ObjectId,
+    /// The store's version (its ETag): every read of an open file is pinned to it.
+    version: Option<Arc<str>>,
+    /// The CRC64 stored with it: a file read whole is checked against it.
+    crc64: Option<u64>,
+}
+
+impl Content {
+    fn of(object: &ObjectMeta) -> Self {
+        Self {
+            id: ObjectId::new(
+                &object.path,
+                object.size,
+                object.last_modified,
+                object.content_md5,
+                object.version.as_deref(),
+            ),
+            version: object.version.as_deref().map(Arc::from),
+            crc64: object.crc64,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -143,16 +168,14 @@ impl Inodes {
         kind: Kind,
         size: u64,
         mtime: SystemTime,
-        id: Option<ObjectId>,
-        version: Option<Arc<str>>,
+        content: Option<Content>,
     ) -> u64 {
         let key = (path.clone(), kind == Kind::Directory);
         if let Some(&ino) = self.by_path.get(&key) {
             let node = self.nodes.get_mut(&ino).expect("indexed nodes exist");
             node.size = size;
             node.mtime = mtime;
-            node.id = id;
-            node.version = version;
+            node.content = content;
             return ino;
         }
         self.next += 1;
@@ -165,8 +188,7 @@ impl Inodes {
                 kind,
                 size,
                 mtime,
-                id,
-                version,
+                content,
                 listing: None,
                 served: None,
             },
@@ -236,8 +258,7 @@ impl FsCore {
             kind: Kind::Directory,
             size: 0,
             mtime: now,
-            id: None,
-            version: None,
+            content: None,
             listing: None,
             served: None,
         };
@@ -249,14 +270,7 @@ impl FsCore {
     pub fn of_object(store: Arc<dyn Store>, meta: ObjectMeta, options: FsOptions) -> Self {
         let now = SystemTime::now();
         let node = Node {
-            id: Some(ObjectId::new(
-                &meta.path,
-                meta.size,
-                meta.last_modified,
-                meta.content_md5,
-                meta.version.as_deref(),
-            )),
-            version: meta.version.as_deref().map(Arc::from),
+            content: Some(Content::of(&meta)),
             mtime: meta.last_modified.unwrap_or(now),
             path: meta.path,
             kind: Kind::File,
@@ -372,7 +386,7 @@ impl FsCore {
             if self.hidden(ino, &name) || !dir_names.insert(name.clone()) {
                 continue;
             }
-            let child = inodes.upsert(dir, Kind::Directory, 0, self.mounted_at, None, None);
+            let child = inodes.upsert(dir, Kind::Directory, 0, self.mounted_at, None);
             entries.push(DirEntry {
                 ino: child,
                 name,
@@ -390,16 +404,9 @@ impl FsCore {
                 continue;
             }
             let mtime = object.last_modified.unwrap_or(self.mounted_at);
-            let id = ObjectId::new(
-                &object.path,
-                object.size,
-                object.last_modified,
-                object.content_md5,
-                object.version.as_deref(),
-            );
+            let content = Some(Content::of(&object));
             let size = object.size;
-            let version = object.version.map(Arc::from);
-            let child = inodes.upsert(object.path, Kind::File, size, mtime, Some(id), version);
+            let child = inodes.upsert(object.path, Kind::File, size, mtime, content);
             entries.push(DirEntry {
                 ino: child,
                 name,
@@ -503,9 +510,11 @@ impl FsCore {
             self.pool.clone(),
         )
         .with_outage(self.outage.clone())
-        .with_version(node.version)
+        .with_version(node.content.as_ref().and_then(|c| c.version.clone()))
+        .with_expected_crc64(node.content.as_ref().and_then(|c| c.crc64))
         .with_idle_files(&self.idle);
-        if let (Some(cache), Some(id)) = (&self.cache, node.id) {
+        if let (Some(cache), Some(content)) = (&self.cache, &node.content) {
+            let id = content.id;
             reader = reader.with_cache(cache.clone(), id);
         }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);

@@ -11,3 +11,4 @@ pub mod filesystem;
 pub mod fuse;
 pub mod mount;
 pub mod reader;
+pub mod whole_check;

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::buffers::BufferPool;
 use super::cache::{DiskCache, ObjectId};
+use super::whole_check::WholeCheck;
 use crate::model::MemoryBudget;
 use crate::model::ObjectPath;
 use crate::model::RetryPolicy;
@@ -64,6 +65,8 @@ struct Source {
     path: ObjectPath,
     /// The version opened: a blob replaced while open gives EIO, never a mix of versions.
     version: Option<Arc<str>>,
+    /// With a stored CRC64: the file read whole is checked against it.
+    whole: Option<Arc<WholeCheck>>,
     size: u64,
     cache: Option<(Arc<DiskCache>, ObjectId)>,
     outage: Arc<Outage>,
@@ -81,8 +84,21 @@ impl Source {
         (self.store.clone(), self.path.clone(), self.version.clone())
     }
 
-    /// Exactly the bytes `range` (within the object).
+    /// Exactly the bytes `range` (within the object), checked as part of the whole file when
+    /// the object has a CRC64.
     async fn fetch(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
+        if let Some(whole) = &self.whole {
+            whole.refuse(&self.path)?;
+        }
+        let start = range.start;
+        let data = self.fetch_unchecked(range).await?;
+        if let Some(whole) = &self.whole {
+            whole.add(&self.path, start, &data)?;
+        }
+        Ok(data)
+    }
+
+    async fn fetch_unchecked(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
         let Some((cache, id)) = &self.cache else {
             return fetch(self.object(), range, &self.outage, &self.pool).await;
         };
@@ -273,6 +289,7 @@ impl FileReader {
                 path,
                 size,
                 version: None,
+                whole: None,
                 cache: None,
                 outage: Arc::default(),
                 pool,
@@ -288,6 +305,12 @@ impl FileReader {
                 window: FIRST_WINDOW,
             }),
         }
+    }
+
+    /// Checks the file, once read from start to end, against the CRC64 stored with it.
+    pub fn with_expected_crc64(mut self, crc64: Option<u64>) -> Self {
+        self.source.whole = crc64.map(|crc| Arc::new(WholeCheck::new(crc, self.size)));
+        self
     }
 
     /// Pins every fetch to `version` of the object.
