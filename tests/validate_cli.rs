@@ -151,6 +151,12 @@ fn cases() -> Vec<Case> {
             Some("\"on_failure\""),
         ),
         case(
+            "bad_verify",
+            base(json!({"verify": "sha256"})),
+            "verify",
+            Some("\"auto\", \"md5\" or \"off\""),
+        ),
+        case(
             "grace_period_negative",
             base(json!({"grace_period_seconds": -5})),
             "grace_period_seconds",

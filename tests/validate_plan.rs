@@ -645,11 +645,13 @@ fn a_job_without_data_references_is_valid() {
         &config,
         "job.json",
         &json!({"command": ["echo", "hello world"], "upload_policy": "on_success",
-                "grace_period_seconds": 5, "environment": {"DATASET_MOUNT_CACHE_SIZE": "10GB"}}),
+                "grace_period_seconds": 5, "environment": {"DATASET_MOUNT_CACHE_SIZE": "10GB"},
+                "verify": "md5"}),
     );
     assert_eq!(plan["references"], json!([]));
     assert_eq!(plan["command"], json!(["echo", "hello world"]));
     assert_eq!(plan["upload_policy"], "on_success");
+    assert_eq!(plan["verify"], "md5");
     assert_eq!(plan["grace_period_seconds"], 5);
 }
 

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::exit::CliError;
-use crate::model::ObjectPath;
 use crate::model::budget::DEFAULT_MEMORY_BUDGET;
+use crate::model::{ObjectPath, Verify};
 use crate::registry::Registry;
 use crate::store::{self, Resources};
 use crate::transfer::{self, Engine, ProgressMode, TransferReport, UploadSource};
@@ -46,6 +46,11 @@ pub struct DownloadArgs {
     /// No progress display (the summary line stays).
     #[arg(long)]
     pub no_progress: bool,
+    /// Check each file against its stored CRC64 (else its MD5) [auto], require an MD5 [md5],
+    /// or check nothing [off].
+    #[arg(long, value_name = "CHECK", default_value = "auto",
+          value_parser = clap::builder::PossibleValuesParser::new(Verify::NAMES))]
+    pub verify: String,
 }
 
 fn progress(no_progress: bool) -> ProgressMode {
@@ -147,7 +152,10 @@ pub fn download(config_dir: &Path, args: DownloadArgs) -> Result<i32, CliError> 
         .map_err(|e| CliError::bad_argument("--target-path", e))?;
     // The full name is kept under the target: blob a/b/x lands at DIR/a/b/x.
     let local = prefix.to_local(&target);
-    let engine = Engine::new(&resources).with_progress(progress(args.no_progress));
+    let verify = Verify::from_name(&args.verify).expect("clap checked the name");
+    let engine = Engine::new(&resources)
+        .with_progress(progress(args.no_progress))
+        .with_verify(verify);
     let runtime = super::runtime()?;
     let report = runtime.block_on(transfer::download(
         &engine,

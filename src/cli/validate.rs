@@ -115,6 +115,7 @@ pub(crate) fn plan_json(plan: &JobPlan) -> serde_json::Value {
         "working_dir": plan.working_dir,
         "command": plan.command,
         "upload_policy": plan.upload_policy,
+        "verify": plan.verify,
         "grace_period_seconds": plan.grace_period.as_secs(),
         "references": references,
     })

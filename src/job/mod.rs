@@ -183,7 +183,9 @@ pub async fn run(
     let mut result = JobResult::new(plan, &options.job_dir);
     result.save(&options.job_dir, &log);
 
-    let mut engine = Engine::new(resources).with_progress(options.progress);
+    let mut engine = Engine::new(resources)
+        .with_progress(options.progress)
+        .with_verify(plan.verify);
     engine.reserved_free_disk_bytes = plan.mount.reserved_free_disk_bytes;
 
     let finished = |end: JobEnd, reason: EndReason, result: JobResult, log: JobLog| FinishedJob {

@@ -190,6 +190,16 @@ impl TransferReport {
                 if self.parts_resumed == 1 { "" } else { "s" }
             ));
         }
+        if !self.verified.is_empty() {
+            let Verified {
+                crc64,
+                md5,
+                unverified,
+            } = self.verified;
+            line.push_str(&format!(
+                ", checked: {crc64} by CRC64, {md5} by MD5, {unverified} unchecked"
+            ));
+        }
         if !self.skipped.is_empty() {
             line.push_str(&format!(", {} skipped", self.skipped.len()));
         }

@@ -6,7 +6,9 @@
 //! - answer `503` itself (optionally with `Retry-After`) and close the connection;
 //! - let the response through for N bytes, then reset the connection (RST);
 //! - let the response through for N bytes, then close cleanly (a truncated body);
-//! - stall the response for a while before its first byte.
+//! - stall the response for a while before its first byte;
+//! - invert one byte of the response body: corruption in transit that TCP's checksum missed,
+//!   which only an end-to-end check catches.
 //!
 //! It also records the request line of every request it forwarded, and can hold requests of
 //! one kind forever after letting a number of them through (a service that stopped answering
@@ -32,6 +34,8 @@ pub enum Fault {
     ResetAfter(usize),
     TruncateAfter(usize),
     Stall(Duration),
+    /// Inverts byte N of the response body.
+    FlipBodyByte(usize),
 }
 
 /// Which requests a queued fault may hit.
@@ -116,6 +120,10 @@ enum Action {
     Reset(usize),
     Truncate(usize),
     Stall(Duration),
+    /// Inverts body byte N once the head has passed.
+    Flip(usize),
+    /// Inverts the Nth byte still to come (the head has passed).
+    FlipBody(usize),
 }
 
 async fn relay(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
@@ -210,6 +218,7 @@ async fn relay(client: TcpStream, server: TcpStream, state: Arc<Mutex<State>>) {
                         Some(Fault::ResetAfter(n)) => Action::Reset(n),
                         Some(Fault::TruncateAfter(n)) => Action::Truncate(n),
                         Some(Fault::Stall(d)) => Action::Stall(d),
+                        Some(Fault::FlipBodyByte(n)) => Action::Flip(n),
                         _ => Action::Pass,
                     };
                 }
@@ -259,9 +268,27 @@ async fn respond(
             Ok(n) => n,
         };
         let current = std::mem::replace(&mut *action.lock().unwrap(), Action::Pass);
+        // Where the body's byte to invert is in this read, if it is; else what to wait for.
+        let flip = match current {
+            Action::Flip(at) => match find(&chunk[..n], b"\r\n\r\n") {
+                Some(end) => Some(end + 4 + at),
+                None => {
+                    *action.lock().unwrap() = Action::Flip(at);
+                    None
+                }
+            },
+            Action::FlipBody(at) => Some(at),
+            _ => None,
+        };
+        if let Some(at) = flip {
+            match at < n {
+                true => chunk[at] ^= 0xff,
+                false => *action.lock().unwrap() = Action::FlipBody(at - n),
+            }
+        }
         let mut data = &chunk[..n];
         match current {
-            Action::Pass => {}
+            Action::Pass | Action::Flip(_) | Action::FlipBody(_) => {}
             Action::Stall(d) => tokio::time::sleep(d).await,
             Action::Reset(limit) | Action::Truncate(limit) if limit < n => {
                 data = &data[..limit];
