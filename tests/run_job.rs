@@ -140,6 +140,50 @@ fn allow_empty_input_runs_the_script() {
     assert_eq!(result["references"]["inp"]["status"], "done");
 }
 
+// 5f. `verify`: the job's setting, and a reference's own. Files of a local datastore carry no
+// MD5, so a reference that requires one fails before the script; `result.json` says how each
+// file was checked.
+#[test]
+fn verify_is_the_jobs_unless_a_reference_sets_its_own() {
+    let job = Job::new();
+    job.put("data/a.txt", "a");
+    let mut strict = download_ref("data");
+    strict["verify"] = json!("md5");
+    strict["path_on_compute"] = json!("strict");
+    let manifest = job.manifest(json!({
+        "data_references": {"lax": download_ref("data"), "strict": strict},
+        "command": sh("touch script-started"),
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 69);
+    assert!(!job.work.join("script-started").exists());
+    let result = job.result();
+    let strict = &result["references"]["strict"];
+    assert_eq!(strict["status"], "failed", "{result:#}");
+    assert!(
+        strict["errors"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("data/a.txt") && e.contains("no Content-MD5")),
+        "{result:#}"
+    );
+
+    let mut lax = download_ref("data");
+    lax["path_on_compute"] = json!("unchecked");
+    let manifest = job.manifest(json!({
+        "data_references": {"lax": lax},
+        "command": sh("touch script-started"),
+        "verify": "off",
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 0);
+    let result = job.result();
+    assert_eq!(
+        result["references"]["lax"]["verified"],
+        json!({"crc64": 0, "md5": 0, "unverified": 1}),
+        "{result:#}"
+    );
+}
+
 // 6. The child's environment and argument substitution.
 #[test]
 fn child_environment_and_argument_substitution() {

@@ -157,6 +157,15 @@ fn cases() -> Vec<Case> {
             Some("\"auto\", \"md5\" or \"off\""),
         ),
         case(
+            "bad_reference_verify",
+            with_refs(
+                json!({"inp": {"datastore": "store", "mode": "download", "verify": "crc32"}}),
+                json!({}),
+            ),
+            "data_references.inp.verify",
+            Some("\"crc32\""),
+        ),
+        case(
             "grace_period_negative",
             base(json!({"grace_period_seconds": -5})),
             "grace_period_seconds",

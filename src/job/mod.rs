@@ -459,8 +459,9 @@ async fn prepare(
             r.local.display()
         ));
         let started = Instant::now();
+        let engine = engine.clone().with_verify(r.verify.unwrap_or(plan.verify));
         let outcome =
-            transfer::download(engine, store, &r.path_on_datastore, &r.local, r.overwrite).await;
+            transfer::download(&engine, store, &r.path_on_datastore, &r.local, r.overwrite).await;
         let entry = result.outcome(&r.name);
         match outcome {
             Ok(report) => {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::log::JobLog;
 use super::supervise::{ChildExit, Supervised};
 use crate::manifest::{JobPlan, Mode};
-use crate::transfer::{FileFailure, Skipped, TransferReport};
+use crate::transfer::{FileFailure, Skipped, TransferReport, Verified};
 
 pub const RESULT_VERSION: u32 = 1;
 
@@ -63,6 +63,9 @@ pub struct ReferenceOutcome {
     pub skipped: Vec<Skipped>,
     pub errors: Vec<FileFailure>,
     pub warnings: Vec<String>,
+    /// Downloads: how the files received were checked (CRC64, MD5, not at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
     pub duration_seconds: f64,
 }
 
@@ -79,6 +82,7 @@ impl ReferenceOutcome {
         self.bytes = report.bytes;
         self.skipped = report.skipped;
         self.errors = report.errors;
+        self.verified = (!report.verified.is_empty()).then_some(report.verified);
         self.duration_seconds = round(report.duration);
         failed
     }
@@ -199,6 +203,7 @@ impl JobResult {
                         skipped: Vec::new(),
                         errors: Vec::new(),
                         warnings: Vec::new(),
+                        verified: None,
                         duration_seconds: 0.0,
                     },
                 )

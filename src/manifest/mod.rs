@@ -195,7 +195,7 @@ pub fn parse(
     let command = parse_command(&top, issues);
     let environment = parse_environment(&top, issues);
     let upload_policy = UploadPolicy::parse(&top, issues);
-    let verify = Verify::parse(&top, issues);
+    let verify = Verify::parse(&top, issues).unwrap_or_default();
     let grace_period = top
         .u64("grace_period_seconds", issues)
         .map(Duration::from_secs)

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::Datastores;
 use crate::model::datastore::{DatastoreSpec, is_env_name};
 use crate::model::issues::{Issues, Object, did_you_mean, type_name};
-use crate::model::{ObjectPath, resolve_path};
+use crate::model::{ObjectPath, Verify, resolve_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +43,8 @@ pub struct Reference {
     pub path_on_compute: Option<String>,
     pub overwrite: bool,
     pub allow_empty: bool,
+    /// This reference's own `verify`; `None` = the job's.
+    pub verify: Option<Verify>,
     /// Where the data appears (mount, download) or is taken from (upload); absolute.
     pub local: PathBuf,
 }
@@ -183,7 +185,10 @@ fn parse_one(
 ) -> Option<Reference> {
     let obj = Object::new(value, path, issues)?;
     let spelling = detect_spelling(&obj, issues);
-    obj.reject_unknown(&spelling.fields, issues);
+    // `verify` is dataref's own, accepted in every spelling.
+    let known: Vec<&str> = spelling.fields.iter().copied().chain(["verify"]).collect();
+    obj.reject_unknown(&known, issues);
+    let verify = Verify::parse(&obj, issues);
     let [f_store, f_remote, f_mode, f_local, f_overwrite, f_empty] = spelling.fields;
 
     let mode = match obj.get(f_mode) {
@@ -263,6 +268,7 @@ fn parse_one(
         path_on_compute,
         overwrite,
         allow_empty,
+        verify,
         local,
     })
 }

@@ -58,18 +58,17 @@ impl Verify {
         }
     }
 
-    /// The manifest's top-level `verify`.
-    pub fn parse(top: &Object<'_>, issues: &mut Issues) -> Self {
-        let Some(name) = top.string("verify", issues) else {
-            return Self::default();
-        };
-        Self::from_name(name).unwrap_or_else(|| {
+    /// The `verify` field of `obj` (the manifest, or one reference), when given.
+    pub fn parse(obj: &Object<'_>, issues: &mut Issues) -> Option<Self> {
+        let name = obj.string("verify", issues)?;
+        let verify = Self::from_name(name);
+        if verify.is_none() {
             issues.push(
-                "verify",
+                obj.field_path("verify"),
                 format!("expected \"auto\", \"md5\" or \"off\", got {name:?}"),
             );
-            Self::default()
-        })
+        }
+        verify
     }
 }
 

@@ -146,7 +146,7 @@ pub struct Verified {
 }
 
 impl Verified {
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
 
