@@ -113,10 +113,7 @@ async fn uploads_create_directories_level_by_level_and_hide_their_temporary_file
     upload.put_part(1, 4, data.slice(4..10)).await.unwrap();
     let md5: [u8; 16] = Md5::digest(&data).into();
     upload
-        .complete(dataref::store::Checksums {
-            md5: Some(md5),
-            crc64: None,
-        })
+        .complete(dataref::store::Checksums::md5_only(md5))
         .await
         .unwrap();
     assert_eq!(

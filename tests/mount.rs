@@ -56,10 +56,9 @@ async fn put_in_parts(store: &dyn Store, name: &str, data: Bytes) {
         })
         .await;
     upload
-        .complete(dataref::store::Checksums {
-            md5: Some(md5::Md5::digest(&data).into()),
-            crc64: None,
-        })
+        .complete(dataref::store::Checksums::md5_only(
+            md5::Md5::digest(&data).into(),
+        ))
         .await
         .unwrap();
 }

@@ -289,12 +289,7 @@ fn a_mount_of_a_prefix_that_matches_nothing_exits_66() {
         "data_references": {"inp": mount_ref("a/b", None)},
         "command": sh("touch script-started"),
     }));
-    let code = job.run(&manifest);
-    job.expect_code(code, 66);
-    assert!(!job.work.join("script-started").exists());
-    let result = job.result();
-    assert_eq!(result["end_reason"], "input_failed", "{result:#}");
-    assert_eq!(result["references"]["inp"]["status"], "failed");
+    let result = job.run_failing_input(&manifest, 66, "inp");
     let error = first_error(&result, "inp");
     assert!(error.starts_with("nothing matches a/b in "), "{error}");
     assert!(job.log().contains("inp: mount failed: nothing matches a/b"));

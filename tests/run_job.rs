@@ -90,12 +90,7 @@ fn local_io_failure_during_download_exits_74() {
         "data_references": {"inp": download_ref("in")},
         "command": sh("touch script-started"),
     }));
-    let code = job.run(&manifest);
-    job.expect_code(code, 74);
-    assert!(!job.work.join("script-started").exists());
-    let result = job.result();
-    assert_eq!(result["end_reason"], "input_failed", "{result:#}");
-    assert_eq!(result["references"]["inp"]["status"], "failed");
+    job.run_failing_input(&manifest, 74, "inp");
 }
 
 // 5d. An input prefix that matches nothing: 66, the script never starts.
@@ -107,14 +102,9 @@ fn missing_input_exits_66_without_running_the_script() {
         "data_references": {"inp": download_ref("nothing/here")},
         "command": sh("touch script-started"),
     }));
-    let code = job.run(&manifest);
-    job.expect_code(code, 66);
-    assert!(!job.work.join("script-started").exists());
-    let result = job.result();
-    assert_eq!(result["end_reason"], "input_failed", "{result:#}");
+    let result = job.run_failing_input(&manifest, 66, "inp");
     assert_eq!(result["exit_code"], 66);
     assert_eq!(result["child"], Value::Null);
-    assert_eq!(result["references"]["inp"]["status"], "failed");
 }
 
 // 5e. The same with `allow_empty`: the script runs and finds an empty directory.
@@ -154,12 +144,8 @@ fn verify_is_the_jobs_unless_a_reference_sets_its_own() {
         "data_references": {"lax": download_ref("data"), "strict": strict},
         "command": sh("touch script-started"),
     }));
-    let code = job.run(&manifest);
-    job.expect_code(code, 69);
-    assert!(!job.work.join("script-started").exists());
-    let result = job.result();
+    let result = job.run_failing_input(&manifest, 69, "strict");
     let strict = &result["references"]["strict"];
-    assert_eq!(strict["status"], "failed", "{result:#}");
     assert!(
         strict["errors"][0]["error"]
             .as_str()

@@ -76,10 +76,7 @@ async fn put_generated(store: &dyn Store, name: &str, size: u64, seed: u32) -> [
     }
     let md5: [u8; 16] = hasher.finalize().into();
     upload
-        .complete(dataref::store::Checksums {
-            md5: Some(md5),
-            crc64: None,
-        })
+        .complete(dataref::store::Checksums::md5_only(md5))
         .await
         .unwrap();
     md5

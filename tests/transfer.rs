@@ -117,10 +117,7 @@ async fn md5_mismatch_keeps_no_file_and_no_partial() {
                 &p("bad.bin"),
                 Bytes::from(data),
                 &PutOptions {
-                    checksums: dataref::store::Checksums {
-                        md5: Some([0u8; 16]),
-                        crc64: None,
-                    },
+                    checksums: dataref::store::Checksums::md5_only([0u8; 16]),
                 },
             )
             .await

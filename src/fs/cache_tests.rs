@@ -196,10 +196,7 @@ async fn a_changed_object_is_a_miss() {
         let memory = memory.clone();
         async move {
             let options = PutOptions {
-                checksums: crate::store::Checksums {
-                    md5: Some([seed; 16]),
-                    crc64: None,
-                },
+                checksums: crate::store::Checksums::md5_only([seed; 16]),
             };
             memory
                 .put(&p("d/f"), data(len, seed).into(), &options)

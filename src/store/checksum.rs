@@ -19,6 +19,16 @@ pub struct Checksums {
     pub crc64: Option<u64>,
 }
 
+impl Checksums {
+    /// Only an MD5, as objects written by other tools have.
+    pub fn md5_only(md5: [u8; 16]) -> Self {
+        Self {
+            md5: Some(md5),
+            crc64: None,
+        }
+    }
+}
+
 /// A running CRC-64/NVME.
 #[derive(Clone)]
 pub struct Crc64(Digest);

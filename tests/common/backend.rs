@@ -165,10 +165,7 @@ impl Remote {
         self.runtime.block_on(async {
             for (name, data) in objects {
                 let options = PutOptions {
-                    checksums: dataref::store::Checksums {
-                        md5: Some(md5_of(data)),
-                        crc64: None,
-                    },
+                    checksums: dataref::store::Checksums::md5_only(md5_of(data)),
                 };
                 store
                     .put(&p(name), data.clone().into(), &options)

@@ -44,10 +44,7 @@ pub fn unique_name(prefix: &str) -> String {
 /// it).
 pub async fn put_with_md5(store: &dyn dataref::store::Store, name: &str, data: &[u8]) {
     let options = dataref::store::PutOptions {
-        checksums: dataref::store::Checksums {
-            md5: Some(md5_of(data)),
-            crc64: None,
-        },
+        checksums: dataref::store::Checksums::md5_only(md5_of(data)),
     };
     store
         .put(&p(name), bytes::Bytes::copy_from_slice(data), &options)

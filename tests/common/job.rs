@@ -155,6 +155,22 @@ impl Job {
     pub fn expect_code(&self, code: i32, expected: i32) {
         assert_eq!(code, expected, "dataref exit code\n{}", self.describe());
     }
+
+    /// Runs `manifest`, whose script would touch `script-started`, and checks that reference
+    /// `failed` stopped the job with `code` before the script ran. Returns `result.json`.
+    #[track_caller]
+    pub fn run_failing_input(&self, manifest: &Path, code: i32, failed: &str) -> Value {
+        let got = self.run(manifest);
+        self.expect_code(got, code);
+        assert!(!self.work.join("script-started").exists(), "the script ran");
+        let result = self.result();
+        assert_eq!(result["end_reason"], "input_failed", "{result:#}");
+        assert_eq!(
+            result["references"][failed]["status"], "failed",
+            "{result:#}"
+        );
+        result
+    }
 }
 
 pub fn signal(child: &Child, sig: Signal) {
