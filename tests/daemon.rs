@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use common::cli;
 use common::daemon::{Area, Daemon};
-use common::procs::alive;
+use common::procs::{alive, children_of, process_state};
 
 #[test]
 fn sd_notify_ready_after_the_socket_accepts_then_watchdog_and_stopping() {
@@ -329,4 +329,156 @@ fn daemon_killed_mid_job_is_recovered_at_the_next_start() {
         .collect();
     names.sort();
     assert_eq!(names, ["copy.txt", "pid"]);
+}
+
+/// The daemon dies again while it uploads the outputs of a job a first crash interrupted
+/// (`recovery: uploading`): the next daemon kills the recovery upload the dead one left and
+/// runs it again to the end.
+#[test]
+fn an_interrupted_recovery_is_run_again_at_the_next_start() {
+    let _serial = serial::lock();
+    let area = Area::new();
+    let config = area.path("config");
+    cli::register_local(&config, "out", &area.path("store"));
+    let mut daemon = area.daemon(&[], &[]);
+    let manifest = area.manifest(
+        "job.json",
+        json!({
+            "data_references": {
+                "out": {"datastore": "out", "path_on_datastore": "results", "mode": "upload",
+                        "path_on_compute": "outputs"}
+            },
+            "command": sh("mkdir -p outputs; echo result > outputs/r.txt; echo $$ > outputs/pid; \
+                           while true; do sleep 0.1; done"),
+        }),
+    );
+    let id = area.submit(&manifest);
+    poll("the script to start", Duration::from_secs(60), || {
+        std::fs::read_to_string(area.path("work/outputs/pid")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait(Duration::from_secs(10));
+
+    // The recovery's storage now accepts connections and never answers, so the recovery
+    // upload is under way, stuck, when the second daemon is killed.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!(
+        "http://127.0.0.1:{}/{}",
+        silent.local_addr().unwrap().port(),
+        common::azurite::ACCOUNT
+    );
+    let (connected, connections) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+            let _ = connected.send(());
+        }
+    });
+    let key = common::azurite::key_file(&area.path("config"));
+    let register = [
+        "datastore",
+        "register",
+        "azure-blob",
+        "--name",
+        "out",
+        "--overwrite",
+        "--account",
+        common::azurite::ACCOUNT,
+        "--container",
+        "results",
+        "--endpoint",
+        &endpoint,
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    cli::run(&config, &register).expect_code(0);
+    let mut daemon = area.daemon(&[], &[]);
+    connections
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the recovery upload reached the storage");
+    let status = area.status(&id);
+    assert_eq!(status["recovery"], "uploading", "{status:#}");
+    let recovery = status["runner"]["pid"]
+        .as_i64()
+        .expect("the recovery's runner is recorded");
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait(Duration::from_secs(10));
+    assert!(alive(recovery as i32), "the recovery outlives its daemon");
+
+    let overwrite = [
+        "datastore",
+        "register",
+        "local",
+        "--name",
+        "out",
+        "--overwrite",
+    ];
+    let root = area.path("store");
+    cli::run(
+        &config,
+        &[&overwrite[..], &["--root", root.to_str().unwrap()]].concat(),
+    )
+    .expect_code(0);
+    let _daemon = area.daemon(&[], &[]);
+    poll(
+        "the stale recovery to be killed",
+        Duration::from_secs(10),
+        || !alive(recovery as i32),
+    );
+    let status = {
+        let mut last = Value::Null;
+        poll(
+            "the recovery upload, run again",
+            Duration::from_secs(60),
+            || {
+                last = area.status(&id);
+                last["recovery"] != "uploading"
+            },
+        );
+        last
+    };
+    assert_eq!(status["recovery"], "done", "{status:#}");
+    assert_eq!(read(&area.path("store/results/r.txt")), "result\n");
+}
+
+/// A job's runner dies (SIGKILL) before a helper its script left behind (`setsid`, in the
+/// background): the helper is reparented to the daemon, a subreaper, which must reap it when it
+/// exits instead of keeping a zombie for its whole life.
+#[test]
+fn orphans_the_daemon_adopts_are_reaped() {
+    let _serial = serial::lock();
+    let area = Area::new();
+    let daemon = area.daemon(&[], &[]);
+    let manifest = area.manifest(
+        "orphan.json",
+        json!({
+            "command": sh("(setsid sh -c 'echo $$ > helper.pid; exec sleep 3' &); \
+                           while true; do sleep 0.1; done"),
+        }),
+    );
+    let id = area.submit(&manifest);
+    let pid_file = area.path("work/helper.pid");
+    poll("the helper to start", Duration::from_secs(60), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let helper: i32 = read(&pid_file).trim().parse().unwrap();
+    let runner = area.status(&id)["runner"]["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), Signal::SIGKILL).unwrap();
+    poll(
+        "the helper to be adopted by the daemon",
+        Duration::from_secs(10),
+        || children_of(daemon.pid()).iter().any(|p| p.pid == helper),
+    );
+    poll(
+        "the helper, exited, to be reaped",
+        Duration::from_secs(20),
+        || process_state(helper).is_none(),
+    );
+    area.wait_state(&id, &["failed"], Duration::from_secs(10));
+    let zombies: Vec<_> = children_of(daemon.pid())
+        .into_iter()
+        .filter(|p| p.has_exited())
+        .collect();
+    assert!(zombies.is_empty(), "zombies under the daemon: {zombies:?}");
 }

@@ -128,12 +128,29 @@ impl Job {
             .expect("dataref starts")
     }
 
-    fn staged_in_journal(&self) -> usize {
+    fn journal(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.job_dir.join("uploads.journal"))
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(r#""op":"staged""#))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `staged` records since the last `start`: the parts of the latest upload.
+    fn staged_in_journal(&self) -> usize {
+        let journal = self.journal();
+        let last_start = journal.iter().rposition(|r| r["op"] == "start");
+        journal[last_start.map_or(0, |i| i + 1)..]
+            .iter()
+            .filter(|r| r["op"] == "staged")
             .count()
+    }
+
+    /// The upload id of the latest `start`.
+    fn upload_id(&self) -> String {
+        let journal = self.journal();
+        let start = journal.iter().rev().find(|r| r["op"] == "start").unwrap();
+        start["upload_id"].as_str().unwrap().to_owned()
     }
 
     fn job_log(&self) -> String {
@@ -143,11 +160,18 @@ impl Job {
     /// Runs the job until the journal shows `staged` parts (the proxy holds every later Put
     /// Block), then SIGKILLs dataref.
     fn run_and_kill_after(&self, bytes: u64, staged: usize) {
+        self.kill_after(bytes, staged, &[]);
+    }
+
+    /// `run_and_kill_after` with more flags (`--stage-out-only`: upload what is there).
+    fn kill_after(&self, bytes: u64, staged: usize, extra: &[&str]) {
+        let starts = |job: &Self| job.journal().iter().filter(|r| r["op"] == "start").count();
+        let earlier = starts(self);
         let proxy = FaultProxy::start(azurite::shared().port);
         proxy.hold_after(staged, is_put_block);
-        let mut child = self.spawn(&self.manifest(&proxy, bytes), &[]);
+        let mut child = self.spawn(&self.manifest(&proxy, bytes), extra);
         let deadline = Instant::now() + Duration::from_secs(90);
-        while self.staged_in_journal() < staged {
+        while starts(self) == earlier || self.staged_in_journal() < staged {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "dataref ended before it was killed\n{}",
@@ -197,7 +221,7 @@ impl Job {
                 "a partial object is visible"
             );
             let resumed = store
-                .resume_upload(&object, bytes, PART_SIZE)
+                .resume_upload(&object, bytes, PART_SIZE, &self.upload_id())
                 .await
                 .unwrap();
             assert_eq!(resumed.staged.len(), staged);
@@ -272,4 +296,34 @@ fn a_source_changed_after_the_kill_is_uploaded_afresh() {
     assert_eq!(count(&proxy, is_put_block), parts);
     job.assert_uploaded_exactly();
     assert!(!job.job_log().contains("resumed"), "{}", job.job_log());
+}
+
+/// Two interruptions with a change of content between them: attempt 1 stages 40 blocks of
+/// content A and is killed; the file is rewritten (B, same size); attempt 2 starts over and is
+/// killed after 10 blocks; attempt 3 resumes B. Only B's 10 blocks may count as staged: with
+/// block ids that named only the part index, A's blocks 10..39 were committed into B's blob.
+#[test]
+fn a_second_interruption_never_commits_blocks_of_an_older_content() {
+    const BYTES: u64 = 384 << 20;
+    let parts = BYTES.div_ceil(PART_SIZE) as usize;
+    let job = Job::new();
+    job.run_and_kill_after(BYTES, 40);
+    let first_id = job.upload_id();
+
+    std::thread::sleep(Duration::from_millis(20));
+    let changed: Vec<u8> = (0..BYTES).map(|i| (i % 251) as u8).collect();
+    std::fs::write(job.output(), changed).unwrap();
+    job.kill_after(BYTES, 10, &["--stage-out-only"]);
+    assert_ne!(job.upload_id(), first_id, "content B is another upload");
+    // The service holds both attempts' blocks; only B's count for B.
+    job.assert_nothing_visible_and_blocks_staged(BYTES, 10);
+
+    let proxy = job.recover(BYTES);
+    assert_eq!(count(&proxy, is_put_block), parts - 10);
+    job.assert_uploaded_exactly();
+    assert!(
+        job.job_log().contains("resumed (10 parts already staged)"),
+        "{}",
+        job.job_log()
+    );
 }

@@ -8,6 +8,7 @@ mod common;
 use common::cli::sh;
 use common::fs::{read, tree, write};
 use common::job::{Job, download_ref, upload_ref};
+use common::tmpfs::{BindMount, Tmpfs};
 
 use std::fs;
 use std::path::Path;
@@ -390,4 +391,45 @@ fn an_unusable_upload_journal_does_not_stop_the_upload() {
         log.contains("uploads.journal") && log.contains("cannot be resumed"),
         "{log}"
     );
+}
+
+// 11b. A journal that cannot be written (its disk is full) costs only resumability too: a
+// multi-part output (three 8 MiB parts, so the upload journals) is uploaded whole and the job
+// exits 0; the log says once that the journal stopped.
+#[test]
+fn an_unwritable_upload_journal_does_not_stop_a_multi_part_upload() {
+    let job = Job::new();
+    // The journal's file lives on a full tmpfs, bind-mounted where dataref keeps it; the rest
+    // of the job directory has room (job.log, result.json).
+    let full = Tmpfs::mount(&job.root.join("full"), "1m");
+    let on_full_disk = full.path().join("journal");
+    fs::write(&on_full_disk, "").unwrap();
+    full.fill();
+    fs::create_dir_all(job.job_dir()).unwrap();
+    let journal = job.job_dir().join("uploads.journal");
+    fs::write(&journal, "").unwrap();
+    let _bound = BindMount::new(&on_full_disk, &journal);
+    let manifest = job.manifest(json!({
+        "data_references": {"model": upload_ref("models/v1", "model.bin")},
+        "command": sh("head -c 20000000 /dev/urandom > model.bin"),
+    }));
+    let code = job.run(&manifest);
+    job.expect_code(code, 0);
+    assert!(
+        fs::read(job.store.join("models/v1/model.bin")).unwrap()
+            == fs::read(job.work.join("model.bin")).unwrap(),
+        "the uploaded object differs from the output"
+    );
+    let log = job.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("uploads.journal") && l.contains("stopped"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("No space left on device")
+            && warnings[0].contains("cannot be resumed"),
+        "{log}"
+    );
+    assert_eq!(fs::read(&journal).unwrap(), b"", "nothing half-written");
 }

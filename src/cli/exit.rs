@@ -165,9 +165,7 @@ fn for_transfer(error: &TransferError) -> ExitCode {
             ExitCode::NoInput
         }
         TransferError::Store(_) | TransferError::List { .. } => ExitCode::Unavailable,
-        TransferError::Local { .. }
-        | TransferError::DiskFull { .. }
-        | TransferError::Journal(_) => ExitCode::IoErr,
+        TransferError::Local { .. } | TransferError::DiskFull { .. } => ExitCode::IoErr,
     }
 }
 

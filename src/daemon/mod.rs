@@ -12,6 +12,7 @@ pub mod api;
 pub mod client;
 pub mod notify;
 pub mod peer;
+mod reaper;
 pub mod record;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -76,6 +77,8 @@ pub struct Daemon {
     /// Signalled whenever a job reaches a final state.
     finished: Notify,
     notifier: Notifier,
+    /// The runners it spawned, and the reaper of the orphans it adopts.
+    children: Arc<reaper::Children>,
 }
 
 impl Daemon {
@@ -89,6 +92,7 @@ impl Daemon {
             wake: Notify::new(),
             finished: Notify::new(),
             notifier,
+            children: Arc::default(),
         })
     }
 
@@ -274,7 +278,9 @@ impl Daemon {
         if record.state != JobState::Queued {
             return;
         }
-        let spawned = self.runner_command(&record, false).spawn();
+        let spawned = self
+            .children
+            .spawn(&mut self.runner_command(&record, false));
         let mut jobs = self.jobs.lock().unwrap();
         let record = jobs.get_mut(id).expect("the record exists");
         let dir = self.job_dir(id);
@@ -303,7 +309,7 @@ impl Daemon {
 
     async fn supervise(self: Arc<Self>, id: String, mut child: tokio::process::Child) {
         use std::os::unix::process::ExitStatusExt;
-        let status = child.wait().await;
+        let status = self.children.wait(&mut child).await;
         let code = match &status {
             Ok(status) => status
                 .code()
@@ -339,7 +345,8 @@ impl Daemon {
     }
 
     /// Reads every record; jobs that were running when the previous daemon died are marked
-    /// `interrupted` and their surviving processes killed. Returns the interrupted jobs.
+    /// `interrupted` and their surviving processes killed. Returns the jobs whose outputs are to
+    /// be uploaded: those, and those whose recovery upload the previous daemon did not finish.
     fn recover_records(&self) -> Vec<String> {
         let jobs_dir = self.config.state_dir.join("jobs");
         let mut records: Vec<JobRecord> = std::fs::read_dir(&jobs_dir)
@@ -370,6 +377,15 @@ impl Daemon {
                         ),
                     );
                     record.recovery = Some(Recovery::Uploading);
+                    let _ = record.save(&self.job_dir(&record.id));
+                    interrupted.push(record.id.clone());
+                }
+                // The previous daemon died during this job's recovery: its `--stage-out-only`
+                // runner may still be uploading; it is killed and the recovery run again (it
+                // resumes from the job's upload journal).
+                JobState::Interrupted if record.recovery == Some(Recovery::Uploading) => {
+                    self.kill_survivors(&record);
+                    record.runner = None;
                     let _ = record.save(&self.job_dir(&record.id));
                     interrupted.push(record.id.clone());
                 }
@@ -414,12 +430,18 @@ impl Daemon {
                 continue;
             };
             let mut command = self.runner_command(&record, true);
-            let outcome = match command.spawn() {
-                Ok(mut child) => child.wait().await.map(|s| s.success()).unwrap_or(false),
+            let outcome = match self.children.spawn(&mut command) {
+                Ok(mut child) => {
+                    // Recorded so that the next daemon kills it if this one dies meanwhile.
+                    self.set_runner(&id, child.id().and_then(|pid| ProcessId::of(pid as i32)));
+                    let status = self.children.wait(&mut child).await;
+                    status.map(|s| s.success()).unwrap_or(false)
+                }
                 Err(_) => false,
             };
             let mut jobs = self.jobs.lock().unwrap();
             if let Some(record) = jobs.get_mut(&id) {
+                record.runner = None;
                 record.recovery = Some(if outcome {
                     Recovery::Done
                 } else {
@@ -427,6 +449,13 @@ impl Daemon {
                 });
                 let _ = record.save(&self.job_dir(&id));
             }
+        }
+    }
+
+    fn set_runner(&self, id: &str, runner: Option<ProcessId>) {
+        if let Some(record) = self.jobs.lock().unwrap().get_mut(id) {
+            record.runner = runner;
+            let _ = record.save(&self.job_dir(id));
         }
     }
 
@@ -442,6 +471,9 @@ impl Daemon {
             .lock()
             .unwrap()
             .values()
+            // A recovery upload (an `interrupted` job's runner) is not a job to stop: it goes
+            // on, and is run again at the next start if it was cut short.
+            .filter(|r| !r.state.is_final())
             .filter_map(|r| Some((r.id.clone(), r.runner?)))
             .collect();
         for (id, runner) in &running {
@@ -535,6 +567,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     daemon.report_status();
     tracing::info!("listening on {}", daemon.config.socket.display());
 
+    tokio::spawn(daemon.children.clone().reap_forever());
     tokio::spawn(daemon.clone().finish_interrupted_uploads(interrupted));
     tokio::spawn(daemon.clone().schedule());
     let server = tokio::spawn(api::serve(daemon.clone(), listener));
@@ -604,10 +637,21 @@ mod tests {
             start_time: 1,
         });
         record.save(&first.job_dir(&running)).unwrap();
+        // Two jobs of a daemon killed during an earlier recovery: one still uploading, one
+        // whose recovery ended.
+        let mut recovering = Vec::new();
+        for recovery in [Recovery::Uploading, Recovery::Done] {
+            let id = first.enqueue(root_peer(), "/".into(), b"{}").unwrap();
+            let mut record = first.view(&id).unwrap();
+            record.finish(JobState::Interrupted, None, None);
+            record.recovery = Some(recovery);
+            record.save(&first.job_dir(&id)).unwrap();
+            recovering.push(id);
+        }
 
         let second = daemon(dir.path());
         let interrupted = second.recover_records();
-        assert_eq!(interrupted, vec![running.clone()]);
+        assert_eq!(interrupted, vec![running.clone(), recovering[0].clone()]);
         let record = second.view(&running).unwrap();
         assert_eq!(record.state, JobState::Interrupted);
         assert_eq!(record.recovery, Some(Recovery::Uploading));

@@ -629,6 +629,11 @@ async fn stage_out(
             }
         }
     }
+    if let Some(failure) = journal.as_ref().and_then(|j| j.failure()) {
+        log.line(&format!(
+            "warning: {failure}; the journal stopped there: uploads cut short now cannot be resumed"
+        ));
+    }
     ok
 }
 

@@ -92,8 +92,11 @@ impl<H: Hook> Store for Hooked<H> {
         path: &ObjectPath,
         total_size: u64,
         part_size: u64,
+        upload_id: &str,
     ) -> Result<ResumedUpload> {
-        self.inner.resume_upload(path, total_size, part_size).await
+        self.inner
+            .resume_upload(path, total_size, part_size, upload_id)
+            .await
     }
 
     async fn delete(&self, path: &ObjectPath) -> Result<()> {

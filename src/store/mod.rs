@@ -232,15 +232,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     -> Result<Box<dyn PartUpload>>;
 
     /// Continues a multi-part write of `path` that an earlier, interrupted process began with
-    /// the same `total_size` and `part_size` and never completed. Parts the backend still holds
-    /// with the length that layout gives them are reported as `staged`: `complete` counts them
-    /// as written, so they need not be sent again. Backends that cannot see an earlier
-    /// attempt's parts start afresh, which is always correct, only slower.
+    /// the same `total_size` and `part_size` and never completed; `upload_id` is what that
+    /// attempt's `PartUpload::upload_id` said. Parts of that very upload the backend still
+    /// holds with the length that layout gives them are reported as `staged`: `complete`
+    /// counts them as written, so they need not be sent again. Backends that cannot see an
+    /// earlier attempt's parts start afresh (with another id), which is always correct, only
+    /// slower.
     async fn resume_upload(
         &self,
         path: &ObjectPath,
         total_size: u64,
         _part_size: u64,
+        _upload_id: &str,
     ) -> Result<ResumedUpload> {
         Ok(ResumedUpload {
             upload: self.start_upload(path, total_size).await?,
@@ -265,6 +268,13 @@ pub trait PartUpload: Send + Sync {
     /// Writes part `index` (0-based), covering bytes `offset..offset + data.len()`. Every part
     /// but the last has the same size, at most `Store::max_part_size`.
     async fn put_part(&self, index: u64, offset: u64, data: Bytes) -> Result<()>;
+
+    /// What `Store::resume_upload` needs to find this upload's parts again, for backends that
+    /// can resume. Unique per upload, so parts another upload of the same name staged (an
+    /// older content of the file) are never taken for this one's.
+    fn upload_id(&self) -> Option<String> {
+        None
+    }
 
     /// Makes the object visible under its final name, atomically, recording the whole-object
     /// checksums (known only once every byte has been read).

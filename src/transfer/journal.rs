@@ -5,13 +5,15 @@
 //! Records are JSON Lines appended to `<job-dir>/uploads.journal` and `fsync`ed one by one. A
 //! line that cannot be read is skipped: the journal only saves work, so losing a record costs
 //! at worst a restarted upload (the service's block list, not the `staged` lines, says which
-//! parts exist).
+//! parts exist). For the same reason a record that cannot be written never fails an upload: the
+//! first failure is logged and the journal stops there, so what is on disk is a prefix of the
+//! truth, exactly what a crash at that moment would have left.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,14 +66,30 @@ pub(crate) struct Start {
     pub mtime_ns: i64,
     pub part_size: u64,
     pub parts: u64,
+    /// What the store needs to find this upload's parts again (`PartUpload::upload_id`; for
+    /// Azure Blob the tag in its block ids). Random per `start`, so parts staged for another
+    /// content of the same file never count as this one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+}
+
+/// The journal file as appends see it.
+#[derive(Debug)]
+enum Writer {
+    /// Opened (and created) by the first record: a job that journals nothing leaves no file.
+    NotYetOpen,
+    Open(File),
+    /// A record could not be written: nothing more is, so the file stays a prefix of the truth.
+    Broken,
 }
 
 /// The open journal of one job directory.
 #[derive(Debug)]
 pub struct UploadJournal {
     path: PathBuf,
-    /// Opened (and created) by the first record: a job that journals nothing leaves no file.
-    file: Arc<Mutex<Option<File>>>,
+    writer: Arc<Mutex<Writer>>,
+    /// Why the journal stopped being written, once it did.
+    failure: OnceLock<String>,
     /// Uploads an earlier run started and neither committed nor closed with its reference's
     /// `done`, by object name (the last `start` of an object wins).
     unfinished: HashMap<String, Start>,
@@ -103,7 +121,8 @@ impl UploadJournal {
         Ok(Self {
             unfinished: unfinished_uploads(&text, &path),
             path,
-            file: Arc::new(Mutex::new(None)),
+            writer: Arc::new(Mutex::new(Writer::NotYetOpen)),
+            failure: OnceLock::new(),
         })
     }
 
@@ -115,30 +134,56 @@ impl UploadJournal {
         }
     }
 
-    /// Appends one record and waits until it is on disk.
-    pub(crate) async fn append(&self, record: Record) -> Result<(), JournalError> {
+    /// Why the journal stopped being written (the disk filled, ...), if it did: uploads cut
+    /// short after that cannot be resumed.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Appends one record and waits until it is on disk. A failure is logged once and stops
+    /// the journal; the upload goes on without it.
+    pub(crate) async fn append(&self, record: Record) {
         let mut line = serde_json::to_vec(&Line {
             v: FORMAT_VERSION,
             record,
         })
         .expect("journal records always serialize");
         line.push(b'\n');
-        let file = self.file.clone();
+        let writer = self.writer.clone();
         let path = self.path.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let mut file = file.lock().unwrap();
-            let file = match &mut *file {
-                Some(file) => file,
-                empty => empty.insert(OpenOptions::new().append(true).create(true).open(&path)?),
+            let mut writer = writer.lock().unwrap();
+            if let Writer::NotYetOpen = *writer {
+                match OpenOptions::new().append(true).create(true).open(&path) {
+                    Ok(file) => *writer = Writer::Open(file),
+                    Err(e) => {
+                        *writer = Writer::Broken;
+                        return Err(e);
+                    }
+                }
+            }
+            let Writer::Open(file) = &mut *writer else {
+                return Ok(());
             };
-            file.write_all(&line).and_then(|()| file.sync_data())
+            let written = file.write_all(&line).and_then(|()| file.sync_data());
+            if written.is_err() {
+                *writer = Writer::Broken;
+            }
+            written
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        written.map_err(|source| JournalError {
-            path: self.path.clone(),
-            source,
-        })
+        if let Err(source) = written {
+            let error = JournalError {
+                path: self.path.clone(),
+                source,
+            };
+            if self.failure.set(error.to_string()).is_ok() {
+                tracing::warn!(
+                    "{error}; not written any more: uploads cut short now cannot be resumed"
+                );
+            }
+        }
     }
 }
 
@@ -206,36 +251,43 @@ impl ReferenceJournal<'_> {
             mtime_ns,
             part_size,
             parts: size.div_ceil(part_size.max(1)),
+            upload_id: None,
         }
     }
 
-    /// An earlier run left this very upload unfinished: same source, unchanged since (size
-    /// and mtime), same part layout.
+    /// The upload id of an upload an earlier run left unfinished that is this very one: same
+    /// source, unchanged since (size and mtime), same part layout.
+    pub(crate) fn unfinished_id(&self, start: &Start) -> Option<String> {
+        let recorded = self.journal.unfinished.get(&start.object)?;
+        let same = Start {
+            upload_id: recorded.upload_id.clone(),
+            ..start.clone()
+        };
+        (*recorded == same).then(|| recorded.upload_id.clone())?
+    }
+
+    /// Whether `start` (with its upload id) is what the journal already says.
     pub(crate) fn is_unfinished(&self, start: &Start) -> bool {
         self.journal.unfinished.get(&start.object) == Some(start)
     }
 
-    pub(crate) async fn started(&self, start: Start) -> Result<(), JournalError> {
+    pub(crate) async fn started(&self, start: Start) {
         self.journal.append(Record::Start(start)).await
     }
 
-    pub(crate) async fn staged(&self, object: &ObjectPath, part: u64) -> Result<(), JournalError> {
+    pub(crate) async fn staged(&self, object: &ObjectPath, part: u64) {
         let object = object.to_string();
         self.journal.append(Record::Staged { object, part }).await
     }
 
-    pub(crate) async fn committed(
-        &self,
-        object: &ObjectPath,
-        md5: [u8; 16],
-    ) -> Result<(), JournalError> {
+    pub(crate) async fn committed(&self, object: &ObjectPath, md5: [u8; 16]) {
         use base64::Engine as _;
         let object = object.to_string();
         let md5 = base64::engine::general_purpose::STANDARD.encode(md5);
         self.journal.append(Record::Committed { object, md5 }).await
     }
 
-    pub(crate) async fn done(&self) -> Result<(), JournalError> {
+    pub(crate) async fn done(&self) {
         let reference = self.reference.to_owned();
         self.journal.append(Record::Done { reference }).await
     }
@@ -289,8 +341,8 @@ mod tests {
         assert!(!path.exists(), "created before its first record");
         let start = start_of(&journal, "runs/1/model.bin", 7);
         let model = journal.for_reference("model");
-        model.started(start.clone()).await.unwrap();
-        model.staged(&object("runs/1/model.bin"), 0).await.unwrap();
+        model.started(start.clone()).await;
+        model.staged(&object("runs/1/model.bin"), 0).await;
         drop(journal);
         // dataref died while writing `committed`.
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
@@ -302,8 +354,7 @@ mod tests {
         journal
             .for_reference("model")
             .staged(&object("runs/1/model.bin"), 1)
-            .await
-            .unwrap();
+            .await;
         drop(journal);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -322,14 +373,11 @@ mod tests {
         let committed = start_of(&journal, "runs/1/a.bin", 1);
         let closed = start_of(&journal, "runs/1/b.bin", 1);
         let open = start_of(&journal, "runs/1/c.bin", 1);
-        model.started(committed.clone()).await.unwrap();
-        model.started(closed.clone()).await.unwrap();
-        model
-            .committed(&object("runs/1/a.bin"), [0; 16])
-            .await
-            .unwrap();
-        model.done().await.unwrap();
-        model.started(open.clone()).await.unwrap();
+        model.started(committed.clone()).await;
+        model.started(closed.clone()).await;
+        model.committed(&object("runs/1/a.bin"), [0; 16]).await;
+        model.done().await;
+        model.started(open.clone()).await;
         drop(journal);
 
         let journal = UploadJournal::open(dir.path()).unwrap();
@@ -355,5 +403,56 @@ mod tests {
         let journal = UploadJournal::open(dir.path()).unwrap();
         let keys: Vec<&String> = journal.unfinished.keys().collect();
         assert_eq!(keys, vec!["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_written_stops_the_journal_without_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = UploadJournal::open(dir.path()).unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        // The file cannot be created: a directory took its name.
+        std::fs::create_dir(&path).unwrap();
+        let model = journal.for_reference("model");
+        model.started(start_of(&journal, "runs/1/a.bin", 1)).await;
+        let failure = journal.failure().expect("the failure is kept").to_owned();
+        assert!(failure.contains(JOURNAL_FILE), "{failure}");
+        // Nothing is written after a failure, even once writing would work again: the file
+        // stays what a crash would have left, never a record with a hole before it.
+        std::fs::remove_dir(&path).unwrap();
+        model.staged(&object("runs/1/a.bin"), 0).await;
+        model.done().await;
+        assert!(!path.exists());
+        assert_eq!(journal.failure(), Some(failure.as_str()));
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_upload_is_resumed_under_its_recorded_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = UploadJournal::open(dir.path()).unwrap();
+        let model = journal.for_reference("model");
+        let with_id = Start {
+            upload_id: Some("1f2e3d4c5b6a".into()),
+            ..start_of(&journal, "runs/1/a.bin", 1)
+        };
+        model.started(with_id.clone()).await;
+        model.started(start_of(&journal, "runs/1/b.bin", 1)).await;
+        drop(journal);
+
+        let journal = UploadJournal::open(dir.path()).unwrap();
+        let model = journal.for_reference("model");
+        let again = start_of(&journal, "runs/1/a.bin", 1);
+        assert_eq!(model.unfinished_id(&again).as_deref(), Some("1f2e3d4c5b6a"));
+        assert!(model.is_unfinished(&with_id));
+        assert!(!model.is_unfinished(&again), "another id is another upload");
+        // Changed since: not this upload, whatever its id.
+        assert_eq!(
+            model.unfinished_id(&start_of(&journal, "runs/1/a.bin", 2)),
+            None
+        );
+        // Recorded without an id (a store that cannot resume): nothing to resume.
+        assert_eq!(
+            model.unfinished_id(&start_of(&journal, "runs/1/b.bin", 1)),
+            None
+        );
     }
 }

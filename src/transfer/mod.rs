@@ -249,8 +249,6 @@ pub enum TransferError {
     },
     #[error("{path}: not found")]
     SourceMissing { path: PathBuf },
-    #[error(transparent)]
-    Journal(#[from] JournalError),
 }
 
 impl TransferError {

@@ -15,7 +15,7 @@ use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
 use crate::model::ObjectPath;
 use crate::store::checksum::{crc64, crc64_combine};
-use crate::store::{Breaker, Checksums, PutOptions, Store, StoreError};
+use crate::store::{Breaker, Checksums, PutOptions, ResumedUpload, Store, StoreError};
 
 /// What to upload.
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ pub async fn upload_journaled(
     if let Some(journal) = journal
         && report.errors.is_empty()
     {
-        journal.done().await?;
+        journal.done().await;
     }
     report.duration = started.elapsed();
     Ok(report)
@@ -334,23 +334,27 @@ async fn upload_file(
                 .mtime()
                 .saturating_mul(1_000_000_000)
                 .saturating_add(meta.mtime_nsec());
-            let start = journal.start(&item.dest, &item.source, item.size, mtime_ns, part_size);
-            if journal.is_unfinished(&start) {
-                let resumed = store
-                    .resume_upload(&item.dest, item.size, part_size)
+            let mut start = journal.start(&item.dest, &item.source, item.size, mtime_ns, part_size);
+            // A changed source (or a new upload) starts over under a new upload id: the blocks
+            // staged for the earlier content are never counted as this one's, nor committed.
+            let resumed = match journal.unfinished_id(&start) {
+                Some(id) => store
+                    .resume_upload(&item.dest, item.size, part_size, &id)
                     .await
-                    .map_err(store_error)?;
-                (resumed.upload, resumed.staged)
-            } else {
-                // A changed source (or a new upload) starts over: the earlier blocks are never
-                // committed, and re-staging a part under the same id replaces its block.
-                journal.started(start).await.map_err(|e| e.to_string())?;
-                let upload = store
-                    .start_upload(&item.dest, item.size)
-                    .await
-                    .map_err(store_error)?;
-                (upload, BTreeSet::new())
+                    .map_err(store_error)?,
+                None => ResumedUpload {
+                    upload: store
+                        .start_upload(&item.dest, item.size)
+                        .await
+                        .map_err(store_error)?,
+                    staged: BTreeSet::new(),
+                },
+            };
+            start.upload_id = resumed.upload.upload_id();
+            if !journal.is_unfinished(&start) {
+                journal.started(start).await;
             }
+            (resumed.upload, resumed.staged)
         }
         None => {
             let upload = store
@@ -396,10 +400,7 @@ async fn upload_file(
             drop(permit);
             result.map_err(store_error)?;
             if let Some(journal) = journal {
-                journal
-                    .staged(dest, index)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                journal.staged(dest, index).await;
             }
             Ok(len)
         });
@@ -433,10 +434,7 @@ async fn upload_file(
     };
     upload.complete(checksums).await.map_err(store_error)?;
     if let Some(journal) = journal {
-        journal
-            .committed(&item.dest, md5)
-            .await
-            .map_err(|e| e.to_string())?;
+        journal.committed(&item.dest, md5).await;
     }
     Ok(Outcome::Uploaded {
         bytes: item.size,

@@ -41,6 +41,8 @@ use crate::store::{
 
 /// Block blobs accept blocks up to 4000 MiB; our parts are far smaller.
 const MAX_BLOCK: u64 = 4000 * 1024 * 1024;
+/// A block blob holds at most 50,000 blocks.
+const MAX_BLOCKS: u64 = 50_000;
 /// The Blob service, as our own (list) requests speak to it.
 const SERVICE: Service = Service {
     kind: "azure_blob",
@@ -338,6 +340,7 @@ impl Store for BlobStore {
             inner: self.inner.clone(),
             path: path.clone(),
             total_size,
+            tag: new_tag(),
             staged: std::sync::Mutex::new(BTreeMap::new()),
         }))
     }
@@ -349,8 +352,16 @@ impl Store for BlobStore {
         path: &ObjectPath,
         total_size: u64,
         part_size: u64,
+        upload_id: &str,
     ) -> Result<ResumedUpload> {
         reject_root(path)?;
+        let Some(tag) = parse_tag(upload_id) else {
+            // Not an id of ours (a damaged journal): none of the blocks can be told to be ours.
+            return Ok(ResumedUpload {
+                upload: self.start_upload(path, total_size).await?,
+                staged: Default::default(),
+            });
+        };
         let blob = self.inner.blob(path);
         let block_blob = blob.block_blob_client();
         let context = path.to_string();
@@ -371,12 +382,12 @@ impl Store for BlobStore {
             Err(StoreError::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e),
         };
-        // A block of another layout (or a stray id) is not ours to reuse: its part is re-sent,
-        // and Put Block with the same id replaces it.
+        // A block of another upload (another tag: an older content of the file), of another
+        // layout, or a stray id is not ours to reuse: its part is re-sent.
         let staged: BTreeMap<u64, u64> = listed
             .iter()
             .filter_map(|block| {
-                let index = part_index(block.name.as_deref()?)?;
+                let index = part_index(tag, block.name.as_deref()?)?;
                 let size = u64::try_from(block.size?).ok()?;
                 (part_len(total_size, part_size, index) == Some(size)).then_some((index, size))
             })
@@ -388,6 +399,7 @@ impl Store for BlobStore {
                 inner: self.inner.clone(),
                 path: path.clone(),
                 total_size,
+                tag,
                 staged: std::sync::Mutex::new(staged),
             }),
         })
@@ -417,17 +429,50 @@ fn quoted(etag: &str) -> String {
     }
 }
 
-/// A block id derived from the part index: deterministic and of equal length for every part,
-/// so an interrupted upload can be resumed against the uncommitted block list.
-pub fn block_id(index: u64) -> Vec<u8> {
-    format!("dataref-{index:012}").into_bytes()
+/// A block id: `dr<tag: 12 hex digits>-<part index: 5 digits>`. The tag is random per upload
+/// (recorded in the journal as its upload id), so a resumed upload counts only the blocks it
+/// staged itself, never those an upload of an older content of the same file left; the index
+/// makes it deterministic per part. 20 bytes for every part (the service requires equal
+/// lengths within a blob), as long as the ids of earlier versions (`dataref-<12 digits>`), so
+/// blocks those left uncommitted never make ours the wrong length.
+pub fn block_id(tag: u64, index: u64) -> Vec<u8> {
+    debug_assert!(tag >> 48 == 0 && index < MAX_BLOCKS);
+    format!("dr{tag:012x}-{index:05}").into_bytes()
 }
 
-/// The part index of one of our block ids (`block_id`'s inverse).
-fn part_index(id: &[u8]) -> Option<u64> {
-    let digits = std::str::from_utf8(id).ok()?.strip_prefix("dataref-")?;
-    let index = digits.parse().ok()?;
-    (block_id(index) == id).then_some(index)
+/// The part index of one of the blocks of upload `tag` (`block_id`'s inverse).
+fn part_index(tag: u64, id: &[u8]) -> Option<u64> {
+    let id = std::str::from_utf8(id).ok()?;
+    let (head, digits) = id.split_once('-')?;
+    let index = digits.parse().ok().filter(|i| *i < MAX_BLOCKS)?;
+    (parse_tag(head.strip_prefix("dr")?) == Some(tag) && block_id(tag, index) == id.as_bytes())
+        .then_some(index)
+}
+
+/// A fresh random 48-bit tag.
+fn new_tag() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // RandomState is seeded from the OS once per process; the counter and the clock make each
+    // upload's tag differ within it.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish() & ((1 << 48) - 1)
+}
+
+fn format_tag(tag: u64) -> String {
+    format!("{tag:012x}")
+}
+
+fn parse_tag(text: &str) -> Option<u64> {
+    let tag = u64::from_str_radix(text, 16).ok()?;
+    (format_tag(tag) == text).then_some(tag)
 }
 
 /// Put Block per part, Put Block List at the end: nothing is visible under the name before the
@@ -437,6 +482,8 @@ struct BlockUpload {
     blob: BlobClient,
     path: ObjectPath,
     total_size: u64,
+    /// This upload's part of every block id (`block_id`).
+    tag: u64,
     /// Part index → bytes staged.
     staged: std::sync::Mutex<BTreeMap<u64, u64>>,
 }
@@ -445,7 +492,13 @@ struct BlockUpload {
 impl PartUpload for BlockUpload {
     async fn put_part(&self, index: u64, offset: u64, data: Bytes) -> Result<()> {
         crate::store::support::check_part(&self.path, self.total_size, MAX_BLOCK, offset, &data)?;
-        let id = block_id(index);
+        if index >= MAX_BLOCKS {
+            return Err(StoreError::InvalidInput {
+                path: self.path.to_string(),
+                reason: format!("part {index}: a blob holds at most {MAX_BLOCKS} blocks"),
+            });
+        }
+        let id = block_id(self.tag, index);
         // No transactional MD5 per block: hashing every block a second time (beside the
         // whole-object MD5 the engine computes while reading) cost as much CPU as the rest of
         // the upload. Content is protected by TCP/TLS checksums in transit and by the
@@ -477,7 +530,7 @@ impl PartUpload for BlockUpload {
                 reason: format!("{bytes} bytes staged of {}", self.total_size),
             });
         }
-        let ids: Vec<Vec<u8>> = staged.keys().map(|i| block_id(*i)).collect();
+        let ids: Vec<Vec<u8>> = staged.keys().map(|i| block_id(self.tag, *i)).collect();
         let block_blob = self.blob.block_blob_client();
         self.inner
             .client
@@ -502,6 +555,10 @@ impl PartUpload for BlockUpload {
             })
             .await?;
         Ok(())
+    }
+
+    fn upload_id(&self) -> Option<String> {
+        Some(format_tag(self.tag))
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {
@@ -640,14 +697,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn block_ids_map_back_to_their_part() {
-        for index in [0, 17, 999_999_999_999] {
-            assert_eq!(part_index(&block_id(index)), Some(index));
+    fn block_ids_map_back_to_their_part_of_their_upload_only() {
+        let tag = new_tag();
+        assert_ne!(tag, new_tag(), "each upload has its own tag");
+        for index in [0, 17, MAX_BLOCKS - 1] {
+            let id = block_id(tag, index);
+            assert_eq!(
+                id.len(),
+                "dataref-000000000017".len(),
+                "as long as the old ids"
+            );
+            assert_eq!(part_index(tag, &id), Some(index));
+            // The same part of another upload (an older content of the file) is not ours.
+            assert_eq!(part_index(tag ^ 1, &id), None);
         }
-        // Another tool's blocks, or ids of another width, are not parts of ours.
-        assert_eq!(part_index(b"dataref-17"), None);
-        assert_eq!(part_index(b"dataref-+00000000017"), None);
-        assert_eq!(part_index(b"block-000000000017"), None);
+        assert_eq!(parse_tag(&format_tag(tag)), Some(tag));
+        // Ids of earlier versions, another tool's blocks, other widths: not parts of ours.
+        assert_eq!(part_index(tag, b"dataref-000000000017"), None);
+        assert_eq!(part_index(0x17, b"dr000000000017-17"), None);
+        assert_eq!(part_index(0x17, b"dr000000000017-+0017"), None);
+        assert_eq!(part_index(0x17, b"dr000000000017-00017"), Some(17));
+        assert_eq!(
+            part_index(0x17, b"dr000000000017-99999"),
+            None,
+            "past the limit"
+        );
+        assert_eq!(parse_tag("00000000001F"), None, "one spelling per tag");
     }
 
     #[test]
