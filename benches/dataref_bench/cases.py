@@ -1,5 +1,6 @@
-"""The nine cases (what each measures, in which direction, on which data) and the order in
-which the tools take turns, so that drift in the machine or the emulator favours none."""
+"""The ten cases (what each measures, in which direction, on which data), case 10's three
+stampings of the large blob, and the order in which the tools take turns, so that drift in the
+machine or the emulator favours none."""
 
 from .procs import log
 
@@ -14,6 +15,17 @@ CASES = {
     7: ("`ls -lR` of the {count} files, cold", "mount", "small"),
     8: ("`ls -l` of {wide} entries, cold", "mount", "wide"),
     9: ("`ls -l` of {wide} entries, warm", "mount", "wide"),
+    # The large blob stored three times, each stamped differently (STAMPINGS), downloaded.
+    10: ("download of one {large} blob, by how it is stamped", "stamped", "large"),
+}
+
+# Case 10: stamping -> (what the row says, the checksums stored with the blob, what
+# `dataref download --verify auto` must report having checked it by: "crc64", "md5" or
+# "unchecked", as its summary line counts them).
+STAMPINGS = {
+    "crc64": ("CRC64 + MD5 (as dataref uploads)", {"crc64", "md5"}, "crc64"),
+    "md5": ("MD5 only (metadata cleared)", {"md5"}, "md5"),
+    "none": ("no checksum (MD5 cleared too)", set(), "unchecked"),
 }
 
 

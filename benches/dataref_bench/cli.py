@@ -1,6 +1,6 @@
 """The command line and the run as a whole: parses the arguments, prepares the work
 directory, tools, data and emulator, runs the chosen cases in order (each in its module:
-transfers for 1-4, mounts for 5-9) and prints the report. `scripts/bench` calls main().
+transfers for 1-4 and 10, mounts for 5-9) and prints the report. `scripts/bench` calls main().
 """
 
 import argparse
@@ -25,8 +25,8 @@ def parser():
     ap = argparse.ArgumentParser(description=DESCRIPTION)
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")),
                     help="rounds per case; the median is reported (default 3, or $BENCH_ROUNDS)")
-    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,9",
-                    help="which cases, e.g. 1,3 or 5,6,7,8,9 (default: all)")
+    ap.add_argument("--cases", default=",".join(map(str, CASES)),
+                    help="which cases, e.g. 1,3 or 5,6,7,8,9 or 1,3,4,10 (default: all)")
     ap.add_argument("--workdir", help="where data and targets live (default: a temp dir)")
     ap.add_argument("--no-build", action="store_true", help="use target/release/dataref as is")
     ap.add_argument("--large-mib", type=int, default=1024)
@@ -43,13 +43,13 @@ def parser():
 
 
 def parse_args(argv=None):
-    """(arguments, the cases to run in the order given); exits on a case outside 1..9."""
+    """(arguments, the cases to run in the order given); exits on a case outside 1..10."""
     args = parser().parse_args(argv)
     cases = [int(c) for c in args.cases.split(",") if c.strip()]
     if args.dataref:
         args.no_build = True
     if any(c not in CASES for c in cases) or args.rounds < 1:
-        die("--cases takes 1..9, --rounds at least 1")
+        die(f"--cases takes 1..{max(CASES)}, --rounds at least 1")
     return args, cases
 
 
@@ -96,7 +96,9 @@ def main(argv=None):
         log(f"case {case}: "
             + title(case, args.large_mib, args.small_count, args.small_kib, args.wide))
         bench.results.setdefault(case, {})
-        if direction != "mount":
+        if direction == "stamped":
+            transfers.run_stamped(bench, case)
+        elif direction != "mount":
             transfers.run_case(bench, case, direction, kind)
         elif case == 9 and 8 in cases:
             log(" measured with case 8 (the second listing of each of its mounts)")
@@ -107,6 +109,6 @@ def main(argv=None):
     shutil.rmtree(bench.out_dir, ignore_errors=True)
 
     print(report.render(bench.results, cases, args, bench.sizes, versions, elapsed,
-                        bench.md5_notes, os.environ, os.cpu_count()))
+                        bench.md5_notes, os.environ, os.cpu_count(), bench.stamp_notes))
     if args.json:
         report.write_json(args.json, versions, args.rounds, bench.results)

@@ -31,6 +31,7 @@ class Bench:
         self.results = {}  # case -> tool -> [runs]
         self.md5_notes = []  # (case, kind, blobs, blobs with a Content-MD5) of preloads
         self.loaded = set()  # what the running emulator holds
+        self.stamp_notes = {}  # case 10: stamping -> the checksums a HEAD showed
         self.big_md5 = None  # the source's MD5, computed once
         self.azurite = self.tools = None
         src = os.path.join(work, "src")
@@ -57,7 +58,8 @@ class Bench:
             _fill(self.wide_dir, args.wide, "e%05d", lambda: b"x", f"{args.wide} one-byte files")
 
     def timed(self, cmd, label, daemon=None, max_wait=None, env=None):
-        """procs.timed against this run's emulator, in its work directory."""
+        """procs.timed against this run's emulator, in its work directory: (run, stdout,
+        stderr)."""
         return procs.timed(cmd, self.azurite.pid, label, self.work,
                            self.args.max_wait if max_wait is None else max_wait,
                            daemon=daemon, env=env)
@@ -71,8 +73,8 @@ class Bench:
         os.sync()  # no writeback of the previous run's data during this one
         return dest
 
-    def download_cmds(self, kind, out_dir):
-        return transfers.download_cmds(self, kind, out_dir)
+    def download_cmds(self, kind, out_dir, prefix=None):
+        return transfers.download_cmds(self, kind, out_dir, prefix)
 
     def record(self, case, tool, run):
         self.results.setdefault(case, {}).setdefault(tool, []).append(run)

@@ -4,7 +4,6 @@
 large file's MD5 once per tool.
 """
 
-import hashlib
 import os
 import shutil
 import signal
@@ -13,8 +12,8 @@ import time
 
 from .azurite import fresh_loaded
 from .cases import round_order
-from .procs import MIB, MOUNT_ENV, TIMED_ENV, die, end, log, proc_rss_mib, spawn
-from .transfers import timed_download
+from .procs import MOUNT_ENV, TIMED_ENV, die, end, log, proc_rss_mib, spawn
+from .transfers import check_md5, timed_download
 
 # Mounts: listings and attributes trusted this long by both tools (dataref's default TTL).
 MOUNT_TTL = 60
@@ -106,25 +105,6 @@ def drop_page_cache(path):
         os.close(fd)
 
 
-def file_md5(path):
-    h = hashlib.md5()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(MIB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_md5(bench, path, what):
-    """Untimed: every byte of the large file, as read back, against the source (whose MD5
-    is computed once)."""
-    if bench.big_md5 is None:
-        bench.big_md5 = file_md5(bench.big)
-    got = file_md5(path)
-    if got != bench.big_md5:
-        die(f"{what}: MD5 {got} of the large file, expected {bench.big_md5}")
-    log(f"  {what}: MD5 of all {bench.args.large_mib} MiB matches the source")
-
-
 def mount_fresh(bench, tool, tag):
     """A new mount of the whole container (with a new, empty cache directory: rclone's is
     unused with --vfs-cache-mode off; dataref's only for "dataref+cache")."""
@@ -159,7 +139,7 @@ def mount_run(bench, case, rnd, tool):
     runs = {}
     if case == 5:
         drop_page_cache(big_path(m))
-    r, out = bench.timed(cmd, tool, daemon=m.pid, env=MOUNT_ENV)
+    r, out, _ = bench.timed(cmd, tool, daemon=m.pid, env=MOUNT_ENV)
     if case in (5, 6):
         expect = bench.sizes["large" if case == 5 else "small"]
         if int(out.split()[0]) != expect:
@@ -171,7 +151,7 @@ def mount_run(bench, case, rnd, tool):
     else:
         # Cold (8), then warm (9): the same listing again on the same mount, within the TTL.
         check_listing(out, args.wide, 1, f"{tool} ls -l cold")
-        warm, out = bench.timed(cmd, f"{tool} warm", daemon=m.pid, env=MOUNT_ENV,
+        warm, out, _ = bench.timed(cmd, f"{tool} warm", daemon=m.pid, env=MOUNT_ENV,
                                 max_wait=min(args.max_wait, 5))
         check_listing(out, args.wide, 1, f"{tool} ls -l warm")
         warm["within_ttl"] = warm["start"] + warm["wall"] - r["start"] < MOUNT_TTL

@@ -180,7 +180,8 @@ def proc_rss_mib(pid, field="VmRSS"):
 
 def timed(cmd, azurite_pid, label, work, max_wait, daemon=None, env=None):
     """One measured run: wall (monotonic clock), peak RSS and CPU from /usr/bin/time, and
-    the CPU seconds a mount daemon (pid `daemon`) spent meanwhile. Returns (run, stdout)."""
+    the CPU seconds a mount daemon (pid `daemon`) spent meanwhile. Returns (run, stdout,
+    stderr)."""
     wait_for_quiet(max_wait)
     fd, tfile = tempfile.mkstemp(prefix="time.", dir=work)
     os.close(fd)
@@ -213,4 +214,4 @@ def timed(cmd, azurite_pid, label, work, max_wait, daemon=None, env=None):
         + f"  azurite cpu {az_cpu:6.2f} s"
         f" ({az_cpu / wall:.2f} cores, rss {proc_rss_mib(azurite_pid):.0f} MiB)"
         f"  others {r['other_cpu'] / wall:.2f} cores")
-    return r, out
+    return r, out, err

@@ -86,9 +86,11 @@ class Tools:
         return self.dr + ["upload", "--datastore", "bench", "--target-path", target,
                           "--overwrite", "--no-progress", src]
 
-    def dataref_download(self, prefix, out_dir):
+    def dataref_download(self, prefix, out_dir, verify=None):
+        """`dataref download` of prefix into out_dir (with `--verify verify` if given)."""
         return self.dr + ["download", "--datastore", "bench", "--prefix", prefix,
-                          "--target-path", out_dir, "--no-progress", "--overwrite"]
+                          "--target-path", out_dir, "--no-progress", "--overwrite"] + (
+                              ["--verify", verify] if verify else [])
 
     def dataref_mount(self, mnt, ttl, cache=None):
         """`dataref mount` of the datastore on mnt; with cache, a disk cache directory that
