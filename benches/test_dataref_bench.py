@@ -13,7 +13,7 @@ import types
 import unittest
 from unittest import mock
 
-from dataref_bench import cli, report, transfers
+from dataref_bench import cli, report, scale, transfers
 from dataref_bench.azurite import Azurite, kept_properties, stored_checksums
 from dataref_bench.cases import CASES, STAMPINGS, large_label, rotation, title
 from dataref_bench.procs import MIB
@@ -412,6 +412,48 @@ class Arguments(unittest.TestCase):
         small = 40 * 64 * 1024
         self.assertEqual(cli.disk_needed(args, False), 2 * 16 * MIB + 5 * small + 512 * MIB)
         self.assertEqual(cli.disk_needed(args, True), 3 * 16 * MIB + 5 * small + 512 * MIB)
+
+
+class Scale(unittest.TestCase):
+    def test_sizes_are_sorted_positive_and_fill_whole_folders(self):
+        self.assertEqual(scale.parse_sizes("100000, 1000,10000"), [1000, 10000, 100000])
+        self.assertEqual(scale.parse_sizes("50"), [50])
+        for bad in ("", "0", "-5", "1500"):
+            with self.assertRaises(ValueError, msg=bad):
+                scale.parse_sizes(bad)
+        self.assertEqual(scale.layout(50), (1, 50))
+        self.assertEqual(scale.layout(10000), (10, 1000))
+
+    def test_growth_compares_the_marginal_cost_of_the_last_and_first_steps(self):
+        # A fixed 0.5 s, then 0.1 s per 1,000 up to 10,000 and 0.12 s per 1,000 after.
+        rows = [{"n": 1000, "find": 0.6}, {"n": 10000, "find": 1.5},
+                {"n": 100000, "find": 12.3}]
+        self.assertAlmostEqual(scale.growth(rows, "find"), 1.2)
+        self.assertIsNone(scale.growth(rows[:2], "find"))
+        flat = [dict(r, find=1.0) for r in rows]
+        self.assertIsNone(scale.growth(flat, "find"), "a first step of nothing: no ratio")
+        self.assertEqual(scale.verdict(1.2), "met")
+        self.assertEqual(scale.verdict(1.6), "**missed**")
+        self.assertIsNone(scale.growth(rows[:1], "find"))
+        self.assertEqual(scale.verdict(None), "—")
+
+    def test_the_table_has_a_row_per_size_and_the_growth_row(self):
+        row = lambda n, k: {"n": n, "download": 0.5 * k, "download_rss": 20 + k,
+                            "find": 0.2 * k, "ls": 0.4 * k, "mount_rss": 15 + k}
+        text = scale.table([row(1000, 1), row(10000, 10), row(100000, 150)])
+        lines = text.splitlines()
+        self.assertEqual(len(lines), 6)
+        self.assertIn("| 1,000 | 0.50 (500) | 21 | 0.20 (200) | 0.40 (400) | 16 (16.00) |",
+                      lines[2])
+        self.assertIn("| 10,000 | 5.00 (500) |", lines[3])
+        # Each 1,000 more cost 0.5 s up to 10,000 and 0.78 s after: 1.56x, missed.
+        self.assertIn("1.56× **missed**", lines[5])
+
+    def test_the_scale_option_is_parsed_and_checked(self):
+        args, _ = cli.parse_args(["--scale", "10000,1000"])
+        self.assertEqual(args.scale, [1000, 10000])
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
+            cli.parse_args(["--scale", "1500"])
 
 
 if __name__ == "__main__":

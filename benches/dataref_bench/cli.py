@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 
-from . import mounts, procs, report, transfers
+from . import mounts, procs, report, scale, transfers
 from .azurite import Azurite, account_sas, free_port
 from .cases import CASES, title
 from .context import Bench
@@ -39,6 +39,9 @@ def parser():
                          "to go quiet (default 120)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", help="also write every measurement to this file")
+    ap.add_argument("--scale", metavar="N,N,...",
+                    help="instead of the cases: the scale study on a local datastore, e.g. "
+                         "1000,10000,100000 (download, mount `find` and `ls -lR`)")
     return ap
 
 
@@ -50,6 +53,11 @@ def parse_args(argv=None):
         args.no_build = True
     if any(c not in CASES for c in cases) or args.rounds < 1:
         die(f"--cases takes 1..{max(CASES)}, --rounds at least 1")
+    if args.scale:
+        try:
+            args.scale = scale.parse_sizes(args.scale)
+        except ValueError as e:
+            die(str(e))
     return args, cases
 
 
@@ -80,7 +88,12 @@ def main(argv=None):
         die(f"{work}: {st.f_bavail * st.f_frsize / MIB:.0f} MiB free, {need / MIB:.0f} needed "
             "(use --workdir)")
 
-    dataref, azurite_bin, versions = ensure_tools(args, bool(mount_cases))
+    dataref, azurite_bin, versions = ensure_tools(args, bool(mount_cases) or bool(args.scale))
+    if args.scale:
+        rows = scale.run_scale(dataref, work, args.scale, args.rounds, args.max_wait)
+        print(f"## Scale: a local datastore, medians of {args.rounds} round(s)\n")
+        print(scale.table(rows))
+        return
     bench = Bench(args, work)
     bench.make_data("wide" in mount_kinds)
     azurite = bench.azurite = Azurite(azurite_bin, free_port(), os.path.join(work, "azurite"),
