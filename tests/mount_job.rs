@@ -236,6 +236,24 @@ fn cleanup_never_removes_live_jobs_mounts() {
     }
 }
 
+/// A process outside the job still holds a file of the mount open when the job ends: the mount
+/// is detached anyway (lazily), so no dead mount is left behind the agent and the folder is
+/// usable at once.
+#[test]
+fn a_mount_still_in_use_by_another_process_is_detached_when_the_job_ends() {
+    let _serial = serial::lock();
+    let (dir, store, _work) = setup();
+    let (mut agent, mountpoint, work) = waiting_job(dir.path(), &store, "busy");
+    let held = std::fs::File::open(mountpoint.join("a.txt")).unwrap();
+    std::fs::write(work.join("release"), "").unwrap();
+    assert_eq!(agent.wait().unwrap().code(), Some(0));
+    assert!(!is_mounted(&mountpoint), "a mount outlived its agent");
+    let log = std::fs::read_to_string(work.join(".dataref/job.log")).unwrap();
+    assert!(!log.contains("warning: unmounting"), "{log}");
+    std::fs::write(mountpoint.join("probe"), "x").unwrap();
+    drop(held);
+}
+
 #[test]
 fn a_killed_agents_mount_is_usable_again_after_cleanup() {
     let _serial = serial::lock();

@@ -398,10 +398,21 @@ impl Mounted {
         self.cache.as_ref()
     }
 
-    /// Unmounts, waits for the session to end, and deletes the disk cache.
+    /// Unmounts, waits for the session to end, and deletes the disk cache. A mount another
+    /// process still holds a file of (EBUSY) is detached lazily instead: it leaves the
+    /// namespace at once, so that no dead mount outlives this process; the holder's reads fail
+    /// once this process has gone.
     pub fn unmount(mut self) -> io::Result<()> {
         let unmounted = match self.session.take() {
-            Some(session) => session.umount_and_join(),
+            Some(session) => match session.umount_and_join() {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    tracing::warn!(mountpoint = %self.mountpoint.display(),
+                        "busy (a file in it is still open): detached lazily");
+                    nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                        .map_err(io::Error::from)
+                }
+                other => other,
+            },
             None => Ok(()),
         };
         if let Some(cache) = self.cache.take() {
