@@ -12,7 +12,8 @@
 //! - [`settings`]: job-wide settings (upload policy, verification, mount and cache settings);
 //! - [`budget`]: the one memory budget of a job;
 //! - [`retry`]: the one retry policy;
-//! - [`process`]: the process table as `/proc` shows it.
+//! - [`process`]: the process table as `/proc` shows it;
+//! - [`random`]: random numbers for names and delays.
 
 pub mod budget;
 pub mod datastore;
@@ -20,6 +21,7 @@ pub mod issues;
 pub mod local_path;
 pub mod object_path;
 pub mod process;
+pub mod random;
 pub mod retry;
 pub mod secret;
 pub mod settings;

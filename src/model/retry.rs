@@ -114,15 +114,7 @@ impl RetryPolicy {
 /// A factor in [0.5, 1.0): enough spread to de-synchronise thousands of nodes retrying at once,
 /// without the near-zero delays of full jitter.
 fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    0.5 + (hasher.finish() % 1_000_000) as f64 / 2_000_000.0
+    0.5 + (super::random::random_u64() % 1_000_000) as f64 / 2_000_000.0
 }
 
 #[cfg(test)]

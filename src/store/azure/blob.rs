@@ -451,19 +451,7 @@ fn part_index(tag: u64, id: &[u8]) -> Option<u64> {
 
 /// A fresh random 48-bit tag.
 fn new_tag() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    // RandomState is seeded from the OS once per process; the counter and the clock make each
-    // upload's tag differ within it.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    hasher.finish() & ((1 << 48) - 1)
+    crate::model::random::random_u64() & ((1 << 48) - 1)
 }
 
 fn format_tag(tag: u64) -> String {

@@ -16,7 +16,6 @@ mod listing;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use azure_core::http::{Method, Request};
@@ -78,19 +77,10 @@ pub fn is_temp_name(segment: &str) -> bool {
 /// A fresh temporary name beside `path`. The original name is shortened so that the result
 /// stays within Azure's 255-character limit.
 fn temp_path(path: &ObjectPath) -> Result<ObjectPath> {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = path.file_name().unwrap_or("file");
     let short: String = name.chars().take(100).collect();
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    let segment = format!(".{short}{TEMP_MARK}{:016x}{TEMP_SUFFIX}", hasher.finish());
+    let random = crate::model::random::random_u64();
+    let segment = format!(".{short}{TEMP_MARK}{random:016x}{TEMP_SUFFIX}");
     path.parent()
         .unwrap_or_default()
         .child(&segment)
