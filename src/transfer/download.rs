@@ -22,7 +22,7 @@ use crate::store::{
 
 mod local_file;
 
-use local_file::{FileWriter, InOrderHasher, PartialFile};
+use local_file::{FileWriter, InOrderHasher, PartFile, PartialFile};
 
 /// One object to fetch and where it goes.
 #[derive(Clone)]
@@ -422,7 +422,13 @@ async fn download_version(
     let mut partial = PartialFile::new(partial_name(&item.dest));
     let file = partial.create(item.meta.size).await?;
     let parts = (engine, store, item, check);
-    fetch_parts(parts, Arc::new(file), &partial.path, progress).await?;
+    fetch_parts(
+        parts,
+        Arc::new(PartFile::new(file)),
+        &partial.path,
+        progress,
+    )
+    .await?;
     tokio::fs::rename(&partial.path, &item.dest)
         .await
         .map_err(|e| FileError::local(&item.dest, e))?;
@@ -499,7 +505,7 @@ async fn download_small(
 /// hash cursor: hashing overlaps the network instead of waiting for the lowest of many parts.
 async fn fetch_parts(
     (engine, store, item, check): (&Engine, &dyn Store, &Planned, Check),
-    file: Arc<std::fs::File>,
+    file: Arc<PartFile>,
     partial: &Path,
     progress: &Progress,
 ) -> Result<(), FileError> {
