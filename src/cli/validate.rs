@@ -51,10 +51,17 @@ pub(crate) fn load_plan_with_base(
 }
 
 fn print_plan(plan: &JobPlan) {
-    println!("manifest     {}", plan.manifest_path.display());
+    println!(
+        "manifest     {} ({})",
+        plan.manifest_path.display(),
+        plan.dialect.describe()
+    );
     println!("working_dir  {}", plan.working_dir.display());
     println!("command      {}", shell_words(&plan.command));
     println!("upload       {}", policy_name(plan));
+    for note in &plan.notes {
+        println!("note         {note}");
+    }
     if plan.references.is_empty() {
         println!("references   (none)");
     }
@@ -112,6 +119,8 @@ pub(crate) fn plan_json(plan: &JobPlan) -> serde_json::Value {
         .collect();
     json!({
         "manifest": plan.manifest_path,
+        "dialect": plan.dialect,
+        "notes": plan.notes,
         "working_dir": plan.working_dir,
         "command": plan.command,
         "upload_policy": plan.upload_policy,

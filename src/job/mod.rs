@@ -180,6 +180,12 @@ pub async fn run(
             mount.fsname
         ));
     }
+    if !options.stage_out_only {
+        log.line(&format!("job: {}", plan.dialect.describe()));
+        for note in &plan.notes {
+            log.line(note);
+        }
+    }
     let mut result = JobResult::new(plan, &options.job_dir);
     result.save(&options.job_dir, &log);
 
@@ -250,11 +256,12 @@ pub async fn run(
     let argv: Vec<String> = plan
         .command
         .iter()
-        .map(|arg| {
-            env::substitute(arg, |name| {
+        .map(|arg| match plan.substitute_variables {
+            true => env::substitute(arg, |name| {
                 env.get(std::ffi::OsStr::new(name))
                     .map(|v| v.to_string_lossy().into_owned())
-            })
+            }),
+            false => arg.clone(),
         })
         .collect();
     let spec = ChildSpec {
@@ -382,13 +389,13 @@ async fn prepare(
     mounts: &mut Vec<MountedPath>,
 ) -> Result<(), Prepare> {
     for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
-        if let Some(parent) = r.local.parent() {
-            create_dirs_for(parent, options.identity.as_ref()).map_err(|e| {
-                log.line(&format!(
-                    "{}: cannot create {}: {e}",
-                    r.name,
-                    parent.display()
-                ));
+        let dir = match r.create_dir {
+            true => Some(r.local.as_path()),
+            false => r.local.parent(),
+        };
+        if let Some(dir) = dir {
+            create_dirs_for(dir, options.identity.as_ref()).map_err(|e| {
+                log.line(&format!("{}: cannot create {}: {e}", r.name, dir.display()));
                 Prepare::Failed(InputFailure::Local)
             })?;
         }

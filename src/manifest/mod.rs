@@ -5,7 +5,11 @@
 //! contacted. The result is a `JobPlan` in which every path is absolute and every reference knows
 //! its datastore, mode and local path.
 
+mod azureml_v1;
+mod azureml_v2;
+mod document;
 mod reference;
+mod uri;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use crate::model::datastore::{DatastoreSpec, SecretRef, check_datastore_name};
 use crate::model::issues::{Issue, Issues, Object, describe_value, type_name};
 use crate::model::{MountSettings, UploadPolicy, Verify, normalize_lexically, resolve_path};
 use crate::registry::Registry;
+pub use document::Dialect;
 pub use reference::{Mode, Reference};
 
 /// Top-level manifest fields (ours; the Azure ML spellings apply only to reference entries).
@@ -54,6 +59,13 @@ pub struct JobPlan {
     pub verify: Verify,
     /// Names of the datastores the manifest defines itself (the others come from the registry).
     pub inline_datastores: Vec<String>,
+    /// The language the job was written in.
+    pub dialect: Dialect,
+    /// Whether dataref replaces `$VAR` in `command` (not when a shell runs it: it expands them).
+    pub substitute_variables: bool,
+    /// What dataref chose to ignore in the document: logged when the job starts, printed by
+    /// `validate`.
+    pub notes: Vec<String>,
     secret_env_vars: Vec<String>,
 }
 
@@ -151,32 +163,98 @@ pub fn parse_bytes(
     base: &Path,
     registry: &Registry,
 ) -> Result<JobPlan, Vec<Issue>> {
-    // A file that is not UTF-8 is there but not JSON: invalid (65), not missing (66).
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        vec![Issue {
-            path: String::new(),
-            message: format!(
-                "invalid JSON: not UTF-8 text (invalid byte at offset {})",
-                e.valid_up_to()
-            ),
-        }]
-    })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        vec![Issue {
-            path: String::new(),
-            message: format!(
-                "invalid JSON at line {}, column {}: {e}",
-                e.line(),
-                e.column()
-            ),
-        }]
-    })?;
+    let value = document::decode(bytes).map_err(|issue| vec![issue])?;
     let mut issues = Issues::default();
-    let plan = parse(&value, manifest_path, base, registry, &mut issues);
+    let plan = match document::detect(&value) {
+        Dialect::Dataref => parse(&value, manifest_path, base, registry, &mut issues),
+        Dialect::AzureMlV1 => parse_v1(&value, manifest_path, base, registry, &mut issues),
+        Dialect::AzureMlV1Submission => {
+            let plan = parse_v1(
+                &value["Configuration"],
+                manifest_path,
+                base,
+                registry,
+                &mut issues,
+            )
+            .map(|plan| JobPlan {
+                dialect: Dialect::AzureMlV1Submission,
+                ..plan
+            });
+            for issue in &mut issues.0 {
+                issue.path = join_path("Configuration", &issue.path);
+            }
+            plan
+        }
+        Dialect::AzureMlV2 => parse_v2(&value, manifest_path, base, registry, &mut issues),
+        Dialect::AzureMlV2Rest => {
+            issues.push(
+                "properties",
+                "this is the REST body azure-ai-ml sends to the service; give dataref the \
+                 job's YAML (what az ml job create --file reads)",
+            );
+            None
+        }
+    };
     match plan {
         Some(plan) if issues.is_empty() => Ok(plan),
         _ => Err(issues.0),
     }
+}
+
+/// A v1 run configuration: translated into a manifest, then validated as one.
+fn parse_v1(
+    value: &Value,
+    manifest_path: &Path,
+    base: &Path,
+    registry: &Registry,
+    issues: &mut Issues,
+) -> Option<JobPlan> {
+    let translated = azureml_v1::translate(value, issues)?;
+    let plan = parse(&translated.manifest, manifest_path, base, registry, issues)?;
+    Some(JobPlan {
+        dialect: Dialect::AzureMlV1,
+        substitute_variables: translated.substitute_variables,
+        notes: translated.notes,
+        ..plan
+    })
+}
+
+fn parse_v2(
+    value: &Value,
+    manifest_path: &Path,
+    base: &Path,
+    registry: &Registry,
+    issues: &mut Issues,
+) -> Option<JobPlan> {
+    let top = Object::new(value, "", issues)?;
+    let job = azureml_v2::parse(&top, base, registry, issues)?;
+    // The Azure ML mount variables (`DATASET_MOUNT_*`) in `environment_variables` still apply.
+    let no_fields = Value::Object(Default::default());
+    let mount = MountSettings::parse(
+        &Object::new(&no_fields, "", issues)?,
+        &job.environment,
+        base,
+        issues,
+    );
+    check_environment_conflicts(&job.environment, &job.references, issues);
+    check_secrets(&job.references, &job.inline, issues);
+    Some(JobPlan {
+        manifest_path: manifest_path.to_path_buf(),
+        working_dir: job.working_dir,
+        command: job.command,
+        environment: job.environment,
+        upload_policy: UploadPolicy::Always,
+        grace_period: DEFAULT_GRACE_PERIOD,
+        mount,
+        memory_budget_bytes: DEFAULT_MEMORY_BUDGET,
+        verify: Verify::default(),
+        inline_datastores: job.inline.keys().cloned().collect(),
+        dialect: Dialect::AzureMlV2,
+        substitute_variables: false,
+        notes: job.notes,
+        secret_env_vars: collect_secret_env_vars(registry.datastores.values()),
+        references: job.references,
+    })
 }
 
 /// Validates a parsed manifest. `base` is the directory relative paths resolve against.
@@ -232,6 +310,9 @@ pub fn parse(
         memory_budget_bytes,
         verify,
         inline_datastores: inline.keys().cloned().collect(),
+        dialect: Dialect::Dataref,
+        substitute_variables: true,
+        notes: Vec::new(),
         secret_env_vars: collect_secret_env_vars(
             inline.values().chain(registry.datastores.values()),
         ),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::Datastores;
-use crate::model::datastore::{DatastoreSpec, is_env_name};
+use crate::model::datastore::DatastoreSpec;
 use crate::model::issues::{Issues, Object, did_you_mean, type_name};
 use crate::model::{ObjectPath, Verify, resolve_path};
 
@@ -47,6 +47,16 @@ pub struct Reference {
     pub verify: Option<Verify>,
     /// Where the data appears (mount, download) or is taken from (upload); absolute.
     pub local: PathBuf,
+    /// An upload whose `local` is a folder dataref creates before the script starts (an Azure
+    /// ML v2 `uri_folder` output); otherwise only `local`'s parent is created.
+    pub create_dir: bool,
+}
+
+/// Reference names become part of `AZUREML_DATAREFERENCE_<name>`, so any non-empty
+/// `[A-Za-z0-9_]+` is a valid variable name (the v1 SDK names `ds.path()` references with
+/// `uuid4().hex`, which often starts with a digit).
+pub fn is_reference_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Reference {
@@ -157,12 +167,12 @@ pub(super) fn parse_all(
     let mut references = Vec::new();
     for (name, entry) in entries.map {
         let path = entries.field_path(name);
-        if !is_env_name(name) {
+        if !is_reference_name(name) {
             issues.push(
                 &path,
                 format!(
-                    "{name:?} is not a valid reference name: it must match \
-                     ^[A-Za-z_][A-Za-z0-9_]*$ (it becomes AZUREML_DATAREFERENCE_<name>)"
+                    "{name:?} is not a valid reference name: use letters, digits and \
+                     underscores (it becomes AZUREML_DATAREFERENCE_<name>)"
                 ),
             );
             continue;
@@ -183,11 +193,35 @@ fn parse_one(
     working_dir: Option<&Path>,
     issues: &mut Issues,
 ) -> Option<Reference> {
+    let spelling = detect_spelling(&Object::new(value, path, issues)?, &mut Issues::default());
+    // Azure ML writes absent fields as nulls (`"pathOnDataStore": null`): absent they are.
+    let without_nulls;
+    let value = match value {
+        Value::Object(fields) if spelling.name != SNAKE.name => {
+            without_nulls = Value::Object(
+                fields
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            );
+            &without_nulls
+        }
+        other => other,
+    };
     let obj = Object::new(value, path, issues)?;
-    let spelling = detect_spelling(&obj, issues);
-    // `verify` is dataref's own, accepted in every spelling.
-    let known: Vec<&str> = spelling.fields.iter().copied().chain(["verify"]).collect();
+    detect_spelling(&obj, issues);
+    // `verify` is dataref's own, accepted in every spelling; `ForceRead` is the node runtime's
+    // (checked, and meaningless here: inputs are always read, on demand or up front).
+    let extra: &[&str] = match spelling.name == PASCAL.name {
+        true => &["verify", "ForceRead"],
+        false => &["verify"],
+    };
+    let known: Vec<&str> = spelling.fields.iter().chain(extra).copied().collect();
     obj.reject_unknown(&known, issues);
+    if spelling.name == PASCAL.name {
+        obj.bool("ForceRead", issues);
+    }
     let verify = Verify::parse(&obj, issues);
     let [f_store, f_remote, f_mode, f_local, f_overwrite, f_empty] = spelling.fields;
 
@@ -270,6 +304,7 @@ fn parse_one(
         allow_empty,
         verify,
         local,
+        create_dir: false,
     })
 }
 
@@ -340,7 +375,7 @@ fn local_path(
 
 /// No two references may share or nest their local paths: a mount would hide a download, an
 /// upload would pick up an input.
-fn check_overlaps(references: &[Reference], key: &str, issues: &mut Issues) {
+pub(super) fn check_overlaps(references: &[Reference], key: &str, issues: &mut Issues) {
     // A local datastore's own directory must not overlap where its data appears: a download
     // would copy files onto themselves, an upload would copy a folder into itself.
     for reference in references {
