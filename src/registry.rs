@@ -141,6 +141,38 @@ impl Registry {
     }
 }
 
+/// Where the registry keeps secrets it was handed inline (`datastore register --file`).
+pub const KEYS_DIR: &str = "keys";
+
+/// Writes `secret` to `<config-dir>/keys/<name>` (directory 0700, file 0600, replaced
+/// atomically) and returns the file's path, for a datastore to reference instead of the value.
+pub fn store_secret(config_dir: &Path, name: &str, secret: &str) -> Result<PathBuf, RegistryError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = config_dir.join(KEYS_DIR);
+    let path = dir.join(name);
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(secret.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        fs::File::open(&dir)?.sync_all()
+    })();
+    if let Err(source) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(RegistryError::Io { path, source });
+    }
+    Ok(path)
+}
+
 fn stores_contains(value: &Value, name: &str) -> bool {
     value
         .get("datastores")

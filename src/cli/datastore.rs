@@ -13,9 +13,9 @@ use crate::registry::Registry;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Register a datastore (Datastore.register_*).
-    #[command(subcommand)]
-    Register(Register),
+    /// Register a datastore (Datastore.register_*), from flags or from Azure ML's datastore
+    /// YAML (`--file`, what `az ml datastore create --file` reads).
+    Register(RegisterArgs),
     /// List registered datastores: name and kind, one per line.
     List,
     /// Show one datastore's definition (secrets appear only as references).
@@ -24,6 +24,24 @@ pub enum Command {
     SetDefault { name: String },
     /// Remove a datastore from the registry (the data is untouched).
     Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RegisterArgs {
+    /// An Azure ML datastore YAML (`type: azure_blob | azure_file`, `name`, `account_name`,
+    /// `container_name` / `file_share_name`, `endpoint`, `protocol`, `credentials`). An inline
+    /// key or SAS token is moved into <config-dir>/keys/<name> (0600) and referenced.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// With --file: the name to register under, instead of the file's `name`.
+    #[arg(long, value_name = "N", requires = "file")]
+    name: Option<String>,
+    /// With --file: replace an existing datastore of the same name.
+    #[arg(long, requires = "file")]
+    overwrite: bool,
+    #[command(subcommand)]
+    kind: Option<Register>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,10 +86,10 @@ pub enum Register {
 pub struct Common {
     /// The datastore's name (letters, digits, underscores).
     #[arg(long, value_name = "N")]
-    name: String,
+    pub(super) name: String,
     /// Replace an existing datastore of the same name.
     #[arg(long)]
-    overwrite: bool,
+    pub(super) overwrite: bool,
 }
 
 #[derive(Debug, Args)]
@@ -124,7 +142,28 @@ pub struct FileCredential {
 
 pub fn run(config_dir: &Path, command: Command) -> Result<i32, CliError> {
     match command {
-        Command::Register(register) => self::register(config_dir, register),
+        Command::Register(RegisterArgs {
+            kind: Some(register),
+            ..
+        }) => self::register(config_dir, register),
+        Command::Register(RegisterArgs {
+            file: Some(file),
+            name,
+            overwrite,
+            kind: None,
+        }) => {
+            let common = Common {
+                name: String::new(),
+                overwrite,
+            };
+            let (common, spec) = super::datastore_yaml::load(config_dir, &file, name, common)?;
+            add(config_dir, common, spec, false)
+        }
+        Command::Register(_) => Err(CliError::Usage(
+            "datastore register: give a kind (local, azure-blob, azure-file) with its flags, or \
+             --file FILE"
+                .into(),
+        )),
         Command::List => {
             let registry = super::load_registry(config_dir)?;
             for (name, spec) in &registry.datastores {
@@ -247,6 +286,16 @@ fn register(config_dir: &Path, register: Register) -> Result<i32, CliError> {
             (common, spec, azure.create_if_not_exists)
         }
     };
+    add(config_dir, common, spec, create)
+}
+
+/// Adds a checked definition to the registry (creating the container first when asked).
+fn add(
+    config_dir: &Path,
+    common: Common,
+    spec: DatastoreSpec,
+    create: bool,
+) -> Result<i32, CliError> {
     check_datastore_name(&common.name)
         .map_err(|message| CliError::InvalidDefinition(format!("--name: {message}")))?;
     // Secret files are checked now, so a mistake shows at registration, not in a job.
@@ -271,7 +320,7 @@ fn register(config_dir: &Path, register: Register) -> Result<i32, CliError> {
 }
 
 /// Builds an Azure datastore through the same validation as JSON definitions, so the CLI and
-/// manifests accept exactly the same things.
+/// manifests accept exactly the same things. Problems name the flags.
 fn azure_spec(
     blob: bool,
     account: String,
@@ -279,6 +328,25 @@ fn azure_spec(
     endpoint: Option<String>,
     credential: Credential,
 ) -> Result<DatastoreSpec, CliError> {
+    checked_azure_spec(blob, account, container, endpoint, credential).map_err(|problems| {
+        CliError::InvalidDefinition(
+            problems
+                .iter()
+                .map(|p| flag_name(p))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
+/// `azure_spec` with the problems as JSON fields say them (`container_name: …`).
+pub(super) fn checked_azure_spec(
+    blob: bool,
+    account: String,
+    container: String,
+    endpoint: Option<String>,
+    credential: Credential,
+) -> Result<DatastoreSpec, Vec<String>> {
     let location = AzureLocation {
         account_name: account,
         container,
@@ -294,13 +362,7 @@ fn azure_spec(
     let parsed = DatastoreSpec::parse(&spec.to_json(), "", Path::new("/"), &mut issues);
     match parsed {
         Some(parsed) if issues.is_empty() => Ok(parsed),
-        _ => Err(CliError::InvalidDefinition(
-            issues
-                .iter()
-                .map(|i| flag_name(&i.to_string()))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )),
+        _ => Err(issues.iter().map(|i| i.to_string()).collect()),
     }
 }
 

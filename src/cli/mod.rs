@@ -5,6 +5,7 @@
 mod cleanup;
 mod daemon;
 mod datastore;
+mod datastore_yaml;
 pub mod exit;
 mod mount;
 mod run;

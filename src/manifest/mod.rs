@@ -22,7 +22,7 @@ use crate::model::datastore::{DatastoreSpec, SecretRef, check_datastore_name};
 use crate::model::issues::{Issue, Issues, Object, describe_value, type_name};
 use crate::model::{MountSettings, UploadPolicy, Verify, normalize_lexically, resolve_path};
 use crate::registry::Registry;
-pub use document::Dialect;
+pub use document::{Dialect, decode as decode_document};
 pub use reference::{Mode, Reference};
 
 /// Top-level manifest fields (ours; the Azure ML spellings apply only to reference entries).
