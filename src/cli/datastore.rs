@@ -41,7 +41,7 @@ pub struct RegisterArgs {
     #[arg(long, requires = "file")]
     overwrite: bool,
     #[command(subcommand)]
-    kind: Option<Register>,
+    kind: Option<Box<Register>>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,7 +145,7 @@ pub fn run(config_dir: &Path, command: Command) -> Result<i32, CliError> {
         Command::Register(RegisterArgs {
             kind: Some(register),
             ..
-        }) => self::register(config_dir, register),
+        }) => self::register(config_dir, *register),
         Command::Register(RegisterArgs {
             file: Some(file),
             name,
