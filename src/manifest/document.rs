@@ -38,6 +38,18 @@ impl Dialect {
     }
 }
 
+/// Fields only dataref's manifest has: with any of them, the document is dataref's own (and
+/// a v1 or v2 field in it is reported as unknown, not silently reinterpreted).
+const DATAREF_MARKERS: &[&str] = &[
+    "datastores",
+    "data_references",
+    "working_dir",
+    "upload_policy",
+    "grace_period_seconds",
+    "mount",
+    "memory_budget_bytes",
+];
+
 /// Sections only a v1 run configuration has.
 const V1_MARKERS: &[&str] = &[
     "script",
@@ -66,15 +78,19 @@ pub fn detect(value: &Value) -> Dialect {
     if matches!(top.get("Configuration"), Some(Value::Object(_))) {
         return Dialect::AzureMlV1Submission;
     }
-    if top
-        .get("properties")
-        .and_then(|p| p.get("jobType"))
-        .is_some()
-    {
-        return Dialect::AzureMlV2Rest;
+    if DATAREF_MARKERS.iter().any(|key| top.contains_key(*key)) {
+        return Dialect::Dataref;
+    }
+    if let Some(Value::Object(properties)) = top.get("properties") {
+        if properties.contains_key("jobType") {
+            return Dialect::AzureMlV2Rest;
+        }
     }
     if V1_MARKERS.iter().any(|key| top.contains_key(*key)) {
         return Dialect::AzureMlV1;
+    }
+    if matches!(top.get("command"), Some(Value::Array(_))) {
+        return Dialect::Dataref;
     }
     let command_is_a_line = matches!(top.get("command"), Some(Value::String(_)));
     let is_command_job = matches!(top.get("type"), Some(Value::String(t)) if t == "command");
@@ -220,6 +236,16 @@ mod tests {
             (json!({"command": "python t.py"}), Dialect::AzureMlV2),
             (json!({"type": "command", "inputs": {}}), Dialect::AzureMlV2),
             (json!(["not", "an", "object"]), Dialect::Dataref),
+            // A manifest with a stray Azure ML field is still a manifest (the field is
+            // reported unknown), and so is one whose command is a string (reported).
+            (
+                json!({"command": ["python3"], "target": "gpu", "datastores": {}}),
+                Dialect::Dataref,
+            ),
+            (
+                json!({"command": "python3 t.py", "data_references": {}}),
+                Dialect::Dataref,
+            ),
             (
                 json!({"properties": {"jobType": "Command"}}),
                 Dialect::AzureMlV2Rest,
