@@ -161,6 +161,26 @@ fn unprivileged_peers_run_as_themselves_and_cannot_borrow_roots_secrets() {
     let audit = read(&area.path("state/audit.log"));
     assert!(audit.contains("refused a job of uid 65534"), "{audit}");
 
+    // An inline datastore on the node's managed identity: refused (the registry's to grant).
+    let identity_manifest = area.manifest(
+        "identity.json",
+        json!({
+            "datastores": {"mi": {"kind": "azure_blob", "account_name": "acct",
+                                   "container_name": "data", "credential": "managed_identity"}},
+            "data_references": {"d": {"datastore": "mi", "path_on_datastore": "x",
+                                      "mode": "download"}},
+            "command": ["true"],
+        }),
+    );
+    let out = area.client_as(
+        NOBODY,
+        NOBODY,
+        &["submit", identity_manifest.to_str().unwrap()],
+    );
+    out.expect_code(77);
+    assert!(out.stderr.contains("managed identity"), "{}", out.stderr);
+    assert_eq!(area.job_dirs(), jobs_before);
+
     // A peer outside root and the allowed group (socket opened up to reach the check): 403.
     std::fs::set_permissions(area.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = area.client_as(NOBODY, 4242, &["status"]);

@@ -131,6 +131,16 @@ credentials:
     env.ok(&["register", "--file", &yaml, "--name", "renamed"]);
     let got = env.get("renamed");
     assert_eq!(got.get("endpoint"), None, "{got}");
+    // No credentials: identity-based access, the node's managed identity; no key file.
+    let yaml = write_yaml(
+        &env,
+        "identity.yml",
+        "type: azure_blob\nname: by_identity\naccount_name: myacct\ncontainer_name: data\n",
+    );
+    env.ok(&["register", "--file", &yaml]);
+    let got = env.get("by_identity");
+    assert_eq!(got["credential"], "managed_identity", "{got}");
+    assert!(!env.config.join("keys/by_identity").exists());
 }
 
 // Invalid definitions are refused naming the field, write no key file, never echo a secret,
@@ -139,10 +149,6 @@ credentials:
 fn invalid_definitions_are_refused_naming_the_field_and_keep_existing_keys() {
     let env = Env::new();
     let cases = [
-        (
-            "type: azure_blob\nname: n\naccount_name: myacct\ncontainer_name: data\n",
-            "credentials: identity-based",
-        ),
         (
             "type: azure_data_lake_gen2\nname: n\naccount_name: myacct\nfilesystem: f\n",
             "type: azure_data_lake_gen2 is not supported",

@@ -100,6 +100,9 @@ pub struct AzureOptions {
     /// Create the container or share if it does not exist.
     #[arg(long)]
     create_if_not_exists: bool,
+    /// With --managed-identity: the client ID of a user-assigned identity.
+    #[arg(long, value_name = "ID", requires = "managed_identity")]
+    client_id: Option<String>,
 }
 
 /// Secrets are taken by reference only: a file (mode 0600 or stricter) or a variable name.
@@ -121,6 +124,9 @@ pub struct BlobCredential {
     /// A public container: no credential.
     #[arg(long)]
     anonymous: bool,
+    /// Entra ID tokens from the node's managed identity (no key, no SAS).
+    #[arg(long)]
+    managed_identity: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +144,9 @@ pub struct FileCredential {
     /// Environment variable holding a SAS token.
     #[arg(long, value_name = "V")]
     sas_env: Option<String>,
+    /// Entra ID tokens from the node's managed identity (no key, no SAS).
+    #[arg(long)]
+    managed_identity: bool,
 }
 
 pub fn run(config_dir: &Path, command: Command) -> Result<i32, CliError> {
@@ -268,6 +277,9 @@ fn register(config_dir: &Path, register: Register) -> Result<i32, CliError> {
             let credential = match secret_from_flags(c.key_file, c.key_env, c.sas_file, c.sas_env)?
             {
                 Some(credential) => credential,
+                None if c.managed_identity => Credential::ManagedIdentity {
+                    client_id: azure.client_id.clone(),
+                },
                 None => Credential::Anonymous, // clap's group guarantees --anonymous here
             };
             let spec = azure_spec(true, account, container, azure.endpoint, credential)?;
@@ -280,8 +292,14 @@ fn register(config_dir: &Path, register: Register) -> Result<i32, CliError> {
             credential: c,
             azure,
         } => {
-            let credential = secret_from_flags(c.key_file, c.key_env, c.sas_file, c.sas_env)?
-                .expect("clap requires one credential flag");
+            let credential = match secret_from_flags(c.key_file, c.key_env, c.sas_file, c.sas_env)?
+            {
+                Some(credential) => credential,
+                // clap's group guarantees --managed-identity here
+                None => Credential::ManagedIdentity {
+                    client_id: azure.client_id.clone(),
+                },
+            };
             let spec = azure_spec(false, account, share, azure.endpoint, credential)?;
             (common, spec, azure.create_if_not_exists)
         }

@@ -26,10 +26,11 @@ const FIELDS: &[&str] = &[
     "credentials",
 ];
 
-/// The secret a definition carries inline, by kind.
+/// The credential a definition gives: a secret inline, or none (identity-based access).
 enum InlineSecret {
     AccountKey(String),
     SasToken(String),
+    Identity,
 }
 
 /// Reads `file` and returns the name and the definition to register; an inline secret is
@@ -83,6 +84,10 @@ pub(super) fn load(
     let (value, as_credential): (&str, fn(SecretRef) -> Credential) = match &secret {
         InlineSecret::AccountKey(key) => (key, Credential::AccountKey),
         InlineSecret::SasToken(sas) => (sas, Credential::SasToken),
+        InlineSecret::Identity => {
+            let identity = Credential::ManagedIdentity { client_id: None };
+            return Ok((Common { name, ..common }, spec(identity)?));
+        }
     };
     let key_file = crate::registry::store_secret(config_dir, &name, value)?;
     eprintln!(
@@ -168,19 +173,14 @@ fn endpoint(
 }
 
 fn secret(top: &Object<'_>, issues: &mut Issues) -> Option<InlineSecret> {
-    let identity = "identity-based access (no account_key, no sas_token) needs managed \
-                    identity support, which dataref does not have yet; give account_key or \
-                    sas_token";
+    // No credentials: identity-based access, the node's managed identity (Azure ML v2's
+    // recommended setup).
     let credentials = match top.get("credentials") {
-        None | Some(Value::Null) => {
-            issues.push("credentials", identity);
-            return None;
-        }
+        None | Some(Value::Null) => return Some(InlineSecret::Identity),
         Some(value) => Object::new(value, "credentials", issues)?,
     };
     if credentials.map.is_empty() {
-        issues.push("credentials", identity);
-        return None;
+        return Some(InlineSecret::Identity);
     }
     let keys: Vec<&str> = credentials.map.keys().map(String::as_str).collect();
     // Never echo a value: only its type when it is not a string.

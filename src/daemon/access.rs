@@ -17,6 +17,23 @@ pub fn check_non_root(plan: &JobPlan, uid: u32, config_dir: &Path) -> Vec<Issue>
     for r in &plan.references {
         let field = format!("data_references.{}", r.name);
         let from_registry = !plan.inline_datastores.contains(&r.datastore_name);
+        // The node's identity is the administrator's to grant, through the registry; an inline
+        // datastore would lend it to anyone who can submit.
+        if !from_registry
+            && matches!(
+                r.datastore.credential(),
+                Some(crate::model::Credential::ManagedIdentity { .. })
+            )
+        {
+            issues.push(Issue {
+                path: field.clone(),
+                message: format!(
+                    "datastore {:?} would use the node's managed identity; jobs submitted by a \
+                     non-root user may use it only through a registered datastore",
+                    r.datastore_name
+                ),
+            });
+        }
         match r.datastore.credential().and_then(|c| c.secret_ref()) {
             Some(SecretRef::Env(var)) => issues.push(Issue {
                 path: field.clone(),

@@ -15,13 +15,18 @@ pub enum Credential {
     AccountKey(SecretRef),
     SasToken(SecretRef),
     Anonymous,
+    /// Entra ID tokens from the node's managed identity (IMDS, `IDENTITY_ENDPOINT`, or Azure
+    /// ML compute's `MSI_ENDPOINT`); `client_id` picks a user-assigned identity.
+    ManagedIdentity {
+        client_id: Option<String>,
+    },
 }
 
 impl Credential {
     pub fn secret_ref(&self) -> Option<&SecretRef> {
         match self {
             Credential::AccountKey(r) | Credential::SasToken(r) => Some(r),
-            Credential::Anonymous => None,
+            Credential::Anonymous | Credential::ManagedIdentity { .. } => None,
         }
     }
 }
@@ -113,6 +118,8 @@ impl DatastoreSpec {
                         "account_key",
                         "sas_token",
                         "anonymous",
+                        "credential",
+                        "client_id",
                     ],
                     issues,
                 );
@@ -133,6 +140,8 @@ impl DatastoreSpec {
                         "endpoint",
                         "account_key",
                         "sas_token",
+                        "credential",
+                        "client_id",
                     ],
                     issues,
                 );
@@ -200,6 +209,12 @@ impl DatastoreSpec {
                     Credential::Anonymous => {
                         map.insert("anonymous".into(), true.into());
                     }
+                    Credential::ManagedIdentity { client_id } => {
+                        map.insert("credential".into(), "managed_identity".into());
+                        if let Some(id) = client_id {
+                            map.insert("client_id".into(), id.clone().into());
+                        }
+                    }
                 }
                 Value::Object(map)
             }
@@ -232,15 +247,34 @@ fn parse_azure(
     } else {
         false
     };
+    let identity = match obj.string("credential", issues) {
+        None => false,
+        Some("managed_identity") => true,
+        Some(other) => {
+            issues.push(
+                obj.field_path("credential"),
+                format!("expected \"managed_identity\", got {other:?}"),
+            );
+            false
+        }
+    };
+    let client_id = obj.string("client_id", issues).map(str::to_owned);
+    if client_id.is_some() && !identity {
+        issues.push(
+            obj.field_path("client_id"),
+            "only with \"credential\": \"managed_identity\" (it names a user-assigned identity)",
+        );
+    }
     let given = [
         obj.get("account_key").is_some(),
         obj.get("sas_token").is_some(),
         anonymous,
+        identity,
     ];
     let expected = if anonymous_allowed {
-        "account_key, sas_token or \"anonymous\": true"
+        "account_key, sas_token, \"credential\": \"managed_identity\" or \"anonymous\": true"
     } else {
-        "account_key or sas_token"
+        "account_key, sas_token or \"credential\": \"managed_identity\""
     };
     match given.iter().filter(|g| **g).count() {
         0 => issues.push(
@@ -253,10 +287,11 @@ fn parse_azure(
             format!("more than one credential: expected exactly one of {expected}"),
         ),
     }
-    let credential = match (key, sas, anonymous) {
-        (Some(k), None, false) => Credential::AccountKey(k),
-        (None, Some(s), false) => Credential::SasToken(s),
-        (None, None, true) => Credential::Anonymous,
+    let credential = match (key, sas, anonymous, identity) {
+        (Some(k), None, false, false) => Credential::AccountKey(k),
+        (None, Some(s), false, false) => Credential::SasToken(s),
+        (None, None, true, false) => Credential::Anonymous,
+        (None, None, false, true) => Credential::ManagedIdentity { client_id },
         _ => return None,
     };
     Some(AzureLocation {

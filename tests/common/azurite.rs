@@ -56,6 +56,32 @@ pub fn start_new(location: Option<&std::path::Path>) -> (std::process::Child, u1
 
 /// Starts an Azurite on `port` (a restart reuses its predecessor's port).
 pub fn start_at(port: u16, location: Option<&std::path::Path>) -> (std::process::Child, u16) {
+    start_with(port, location, &[])
+}
+
+/// An Azurite serving HTTPS with `cert`/`key` and accepting OAuth tokens (`--oauth basic`: the
+/// issuer, audience and lifetime are checked, not the signature).
+pub fn start_https_oauth(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (std::process::Child, u16) {
+    let args = [
+        "--oauth".to_owned(),
+        "basic".to_owned(),
+        "--cert".to_owned(),
+        cert.display().to_string(),
+        "--key".to_owned(),
+        key.display().to_string(),
+    ];
+    start_with(free_port(), None, &args)
+}
+
+/// Starts an Azurite on `port` with `extra` arguments.
+pub fn start_with(
+    port: u16,
+    location: Option<&std::path::Path>,
+    extra: &[String],
+) -> (std::process::Child, u16) {
     let bin = binary();
     assert!(
         bin.exists(),
@@ -72,6 +98,7 @@ pub fn start_at(port: u16, location: Option<&std::path::Path>) -> (std::process:
             "--silent",
             "--disableTelemetry",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     match location {

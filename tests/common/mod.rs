@@ -19,5 +19,7 @@ pub mod procs;
 pub mod registry;
 pub mod secrets;
 pub mod serial;
+pub mod tls;
 pub mod tmpfs;
+pub mod token_server;
 pub mod wait;

@@ -97,6 +97,19 @@ impl AzureClient {
                 (Some(Arc::new(policy)), Some(source.clone()), Some(source))
             }
             Credential::Anonymous => (None, None, None),
+            Credential::ManagedIdentity { client_id } => {
+                let credential =
+                    super::identity::managed_identity(client_id.as_deref(), resources.http())
+                        .map_err(|e| StoreError::InvalidInput {
+                            path: service_url.to_owned(),
+                            reason: format!("managed identity: {e}"),
+                        })?;
+                let policy = super::identity::BearerPolicy {
+                    credential,
+                    file_intent: service.kind == "azure_file",
+                };
+                (Some(Arc::new(policy)), None, None)
+            }
         };
         let invalid = |reason: String| StoreError::InvalidInput {
             path: service_url.to_owned(),

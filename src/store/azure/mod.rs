@@ -7,3 +7,4 @@ pub mod auth;
 pub mod blob;
 mod client;
 pub mod file;
+mod identity;
