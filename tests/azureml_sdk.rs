@@ -284,6 +284,36 @@ outputs:
     assert_eq!(seen["words"], json!(["resnet"]));
 }
 
+// An https path to a container no datastore of the node holds is read anonymously; a private
+// one then fails the job before its script, saying why and what to do.
+#[test]
+fn an_unregistered_private_container_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = azurite::unique_container("v2private");
+    put(&private, json!({"x.csv": "X"}));
+    let endpoint = azurite::shared().endpoint();
+    let yaml = format!(
+        "command: echo ran > ran.txt\ninputs:\n  data:\n    type: uri_folder\n    \
+         path: {endpoint}/{private}/\n    mode: download\n"
+    );
+    let job = dir.path().join("job.yml");
+    write_file(&job, &yaml, 0o644);
+    let config = dir.path().join("config");
+    let outcome = run_in(
+        dir.path(),
+        &config,
+        &["run", "--no-progress", job.to_str().unwrap()],
+    );
+    assert_ne!(outcome.code, 0, "{}", outcome.all_output());
+    let output = outcome.all_output();
+    assert!(output.contains("anonymously"), "{output}");
+    assert!(output.contains("dataref datastore register"), "{output}");
+    assert!(
+        !dir.path().join("ran.txt").exists(),
+        "the script must not run"
+    );
+}
+
 /// `dataref validate` on a document: its exit code and all its output.
 fn validate(dir: &Path, name: &str, text: &str) -> (i32, String) {
     let path = dir.join(name);

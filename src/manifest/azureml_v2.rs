@@ -160,7 +160,18 @@ impl Built {
                 (name, spec)
             }
         };
-        self.references.push(reference(name, spec));
+        let reference = reference(name, spec);
+        if let DatastoreSpec::AzureBlob(location) = &reference.datastore {
+            if location.credential == crate::model::Credential::Anonymous {
+                self.notes.push(format!(
+                    "{}: no registered datastore holds account {:?} container {:?}; reading it \
+                     anonymously, which works only for a public container (register the \
+                     container with dataref datastore register to use its credentials)",
+                    reference.name, location.account_name, location.container
+                ));
+            }
+        }
+        self.references.push(reference);
     }
 }
 
