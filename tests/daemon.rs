@@ -482,3 +482,51 @@ fn orphans_the_daemon_adopts_are_reaped() {
         .collect();
     assert!(zombies.is_empty(), "zombies under the daemon: {zombies:?}");
 }
+
+// The daemon takes the Azure ML documents as `dataref run` does: a v2 command-job YAML and a
+// v1 `.runconfig`, both on the registry's datastore, submitted as they are.
+#[test]
+fn the_daemon_runs_azure_ml_v1_and_v2_documents() {
+    let area = Area::new();
+    cli::register_local(&area.path("config"), "store", &area.path("store"));
+    let _daemon = area.daemon(&[], &[]);
+    cli::write_file(&area.path("store/in/a.txt"), "input-a", 0o644);
+    let v2 = area.path("work/v2/job.yml");
+    cli::write_file(
+        &v2,
+        "type: command
+command: cat ${{inputs.data}}/a.txt > ${{outputs.out}}/copy.txt
+inputs:
+  data: {type: uri_folder, path: 'azureml://datastores/store/paths/in', mode: download}
+outputs:
+  out: {type: uri_folder, path: 'azureml://datastores/store/paths/results/v2', mode: upload}
+",
+        0o644,
+    );
+    area.client(&["submit", "--wait", v2.to_str().unwrap()])
+        .expect_code(0);
+    assert_eq!(read(&area.path("store/results/v2/copy.txt")), "input-a");
+
+    let v1 = area.path("work/v1/job.runconfig");
+    cli::write_file(
+        &area.path("work/v1/train.sh"),
+        "cat \"$1\"/a.txt > \"$2\"\n",
+        0o644,
+    );
+    cli::write_file(
+        &v1,
+        "script: train.sh
+arguments: [$AZUREML_DATAREFERENCE_data, ./copy.txt]
+target: cpu-cluster
+environment:
+  python: {interpreterPath: /bin/sh}
+dataReferences:
+  data: {dataStoreName: store, pathOnDataStore: in, mode: download, pathOnCompute: }
+  out: {dataStoreName: store, pathOnDataStore: results/v1, mode: upload, pathOnCompute: ./copy.txt}
+",
+        0o644,
+    );
+    area.client(&["submit", "--wait", v1.to_str().unwrap()])
+        .expect_code(0);
+    assert_eq!(read(&area.path("store/results/v1/copy.txt")), "input-a");
+}
