@@ -93,7 +93,7 @@ fn unprivileged_peers_run_as_themselves_and_cannot_borrow_roots_secrets() {
             },
             // dataref creates made/by/dataref as root: the script can only write there if
             // dataref gave those folders to it. The source file is 0600 root: the script reads
-            // it through the mount (0444, allow_other) and owns its downloaded copy.
+            // it through the mount (its own, 0400, allow_other) and owns its downloaded copy.
             "command": sh("mkdir made/by/dataref/outputs && cd made/by/dataref/outputs && \
                            id -u > uid && echo \"$HOME $USER\" > env && \
                            cat $AZUREML_DATAREFERENCE_data/a.txt > mounted && \

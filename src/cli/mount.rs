@@ -67,6 +67,7 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
     let config = MountConfig {
         fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("mount"), &name),
         allow_other: args.allow_other,
+        owner: None,
     };
     let runtime = super::runtime()?;
     runtime.block_on(async {

@@ -32,6 +32,10 @@ pub struct MountConfig {
     pub fsname: String,
     /// Let other users in (`allow_other,default_permissions`): the script runs as another uid.
     pub allow_other: bool,
+    /// The user and group whose data this is (a job run as that user): entries are theirs,
+    /// files 0400 and folders 0500, so the kernel lets in that user (and root) and no one else.
+    /// `None`: entries are dataref's own user's, 0444/0555.
+    pub owner: Option<(u32, u32)>,
 }
 
 struct Adapter {
@@ -39,6 +43,8 @@ struct Adapter {
     runtime: tokio::runtime::Handle,
     uid: u32,
     gid: u32,
+    /// Entries only their owner may read (0400/0500), not everyone (0444/0555).
+    private: bool,
     /// Told when the kernel's INIT has been answered: the mount serves from then on.
     serving: Option<std::sync::mpsc::Sender<()>>,
     /// Requests that came from this very process (counted in test builds only).
@@ -65,12 +71,15 @@ fn errno(e: &FsError) -> Errno {
     }
 }
 
-/// The kernel's view of an entry: read-only permissions, owned by dataref's user.
-fn file_attr(attr: &Attr, uid: u32, gid: u32) -> FileAttr {
+/// The kernel's view of an entry: read-only permissions, owned by `uid`/`gid`; readable by
+/// everyone, or (`private`) by the owner only.
+fn file_attr(attr: &Attr, uid: u32, gid: u32, private: bool) -> FileAttr {
     {
-        let (kind, perm, nlink) = match attr.kind {
-            Kind::Directory => (FileType::Directory, 0o555, 2),
-            Kind::File => (FileType::RegularFile, 0o444, 1),
+        let (kind, perm, nlink) = match (attr.kind, private) {
+            (Kind::Directory, false) => (FileType::Directory, 0o555, 2),
+            (Kind::Directory, true) => (FileType::Directory, 0o500, 2),
+            (Kind::File, false) => (FileType::RegularFile, 0o444, 1),
+            (Kind::File, true) => (FileType::RegularFile, 0o400, 1),
         };
         FileAttr {
             ino: INodeNo(attr.ino),
@@ -362,8 +371,8 @@ fn entries_from(
 
 impl Adapter {
     fn attr_maker(&self) -> impl Fn(&Attr) -> FileAttr + Send + 'static {
-        let (uid, gid) = (self.uid, self.gid);
-        move |attr| file_attr(attr, uid, gid)
+        let (uid, gid, private) = (self.uid, self.gid, self.private);
+        move |attr| file_attr(attr, uid, gid, private)
     }
 }
 
@@ -465,8 +474,13 @@ pub fn mount(
     let adapter = Adapter {
         core: core.clone(),
         runtime,
-        uid: nix::unistd::getuid().as_raw(),
-        gid: nix::unistd::getgid().as_raw(),
+        uid: config
+            .owner
+            .map_or(nix::unistd::getuid().as_raw(), |(uid, _)| uid),
+        gid: config
+            .owner
+            .map_or(nix::unistd::getgid().as_raw(), |(_, gid)| gid),
+        private: config.owner.is_some(),
         serving: Some(serving_tx),
         self_requests: self_requests.clone(),
     };

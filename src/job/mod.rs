@@ -411,13 +411,16 @@ async fn prepare(
             budget: engine.budget.clone(),
             cache: cache.clone(),
         };
+        // A script running as someone else is let in, and only them: the entries are that
+        // user's, 0400/0500, and the kernel checks them (default_permissions).
+        let script_user = options
+            .identity
+            .as_ref()
+            .filter(|identity| identity.is_other_than_self());
         let config = MountConfig {
             fsname: crate::fs::cleanup::fsname(&crate::fs::cleanup::job_label("run"), &r.name),
-            // A script running as someone else must be let in (files 0444, dirs 0555).
-            allow_other: options
-                .identity
-                .as_ref()
-                .is_some_and(Identity::is_other_than_self),
+            allow_other: script_user.is_some(),
+            owner: script_user.map(|identity| (identity.uid, identity.gid)),
         };
         let store = stores[&r.datastore_name].clone();
         let local = &r.local;

@@ -38,6 +38,7 @@ pub fn test_config(job: &str) -> dataref::fs::fuse::MountConfig {
     dataref::fs::fuse::MountConfig {
         fsname: format!("dataref:test-{job}.{}:data", std::process::id()),
         allow_other: false,
+        owner: None,
     }
 }
 
