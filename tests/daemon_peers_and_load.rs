@@ -181,6 +181,29 @@ fn unprivileged_peers_run_as_themselves_and_cannot_borrow_roots_secrets() {
     assert!(out.stderr.contains("managed identity"), "{}", out.stderr);
     assert_eq!(area.job_dirs(), jobs_before);
 
+    // The cache's place and the free-space floor are the service's.
+    let cache_manifest = area.manifest(
+        "cache.json",
+        json!({
+            "data_references": {"d": {"datastore": "store", "path_on_datastore": "in"}},
+            "mount": {"cache_dir": area.path("state"), "reserved_free_disk_bytes": 0},
+            "command": ["true"],
+        }),
+    );
+    let out = area.client_as(
+        NOBODY,
+        NOBODY,
+        &["submit", cache_manifest.to_str().unwrap()],
+    );
+    out.expect_code(77);
+    assert!(out.stderr.contains("mount.cache_dir"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("mount.reserved_free_disk_bytes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(area.job_dirs(), jobs_before);
+
     // A peer outside root and the allowed group (socket opened up to reach the check): 403.
     std::fs::set_permissions(area.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = area.client_as(NOBODY, 4242, &["status"]);

@@ -9,10 +9,34 @@ use std::path::Path;
 use crate::manifest::JobPlan;
 use crate::model::SecretRef;
 use crate::model::issues::Issue;
+use crate::model::settings::DEFAULT_RESERVED_FREE_DISK;
 
 /// The reasons `plan` may not run for the non-root user `uid`; empty when it may.
 pub fn check_non_root(plan: &JobPlan, uid: u32, config_dir: &Path) -> Vec<Issue> {
     let mut issues = Vec::new();
+    // The cache and the free-space floor are the service's: a user's manifest may neither
+    // place the cache (root would create and delete files there) nor lower the floor (one
+    // user's cache could fill the node's disk).
+    if let Some(dir) = &plan.mount.cache_dir {
+        issues.push(Issue {
+            path: "mount.cache_dir".into(),
+            message: format!(
+                "{}: jobs submitted by a non-root user use the service's cache location; \
+                 remove mount.cache_dir",
+                dir.display()
+            ),
+        });
+    }
+    if plan.mount.reserved_free_disk_bytes < DEFAULT_RESERVED_FREE_DISK {
+        issues.push(Issue {
+            path: "mount.reserved_free_disk_bytes".into(),
+            message: format!(
+                "{} is below the service's floor of {DEFAULT_RESERVED_FREE_DISK} bytes; a \
+                 non-root user's job may raise it, not lower it",
+                plan.mount.reserved_free_disk_bytes
+            ),
+        });
+    }
     let keys_dir = config_dir.join("keys");
     for r in &plan.references {
         let field = format!("data_references.{}", r.name);
