@@ -39,7 +39,14 @@ fn a_mount_of_a_job_run_as_a_user_is_readable_by_that_user_only() {
     job.current_dir(&work)
         .arg("--config-dir")
         .arg(dir.path().join("config"))
-        .args(["run", "--no-progress", "--run-as", "65534:65534"])
+        .args([
+            "run",
+            "--no-progress",
+            "--run-as",
+            "65534:65534",
+            "--job-dir",
+        ])
+        .arg(dir.path().join("jobs/1"))
         .arg(&manifest);
     let mut child = job.spawn().unwrap();
     poll("the script to start", Duration::from_secs(60), || {
@@ -73,4 +80,21 @@ fn a_mount_of_a_job_run_as_a_user_is_readable_by_that_user_only() {
     assert_eq!(read(&work.join("seen")).trim(), "65534 65534 400");
     assert_eq!(read(&work.join("dir_mode")).trim(), "500");
     assert_eq!(read(&work.join("copy")), "private");
+
+    // Root writes the job directory: with --run-as, never inside the user's own folder, where
+    // the user could plant symlinks (the default `<working_dir>/.dataref` is theirs here).
+    let mut job = command();
+    job.current_dir(&work)
+        .arg("--config-dir")
+        .arg(dir.path().join("config"))
+        .args(["run", "--no-progress", "--run-as", "65534:65534"])
+        .arg(&manifest);
+    let refused = common::cli::output(&mut job);
+    assert_eq!(refused.code, 64, "{}", refused.all_output());
+    assert!(
+        refused.stderr.contains("owned by uid 65534"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!work.join(".dataref/job.log").exists());
 }

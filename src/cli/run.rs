@@ -58,6 +58,24 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
         }
         None => RunOptions::default_job_dir(&plan),
     };
+    // Root writes the job directory (result, log, journal, cache): never through a path the
+    // script's user could swap for a symlink.
+    if args
+        .run_as
+        .as_ref()
+        .is_some_and(crate::job::identity::Identity::is_other_than_self)
+    {
+        crate::job::identity::check_root_only_path(&job_dir).map_err(|problem| {
+            CliError::bad_argument(
+                "--job-dir",
+                format!(
+                    "{}: {problem}; with --run-as the job directory must be a place only root \
+                     controls (e.g. --job-dir /var/lib/dataref/jobs/$SLURM_JOB_ID)",
+                    job_dir.display()
+                ),
+            )
+        })?;
+    }
     let options = RunOptions {
         job_dir,
         progress: if args.no_progress {

@@ -134,9 +134,81 @@ impl Identity {
 /// The `PATH` of a clean environment (Debian's default for login shells, with sbin).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Whether root may write under `path` for a job that runs as someone else: every existing
+/// component (not followed if a symlink) must be root's and writable by root alone, except a
+/// sticky directory (like `/tmp`) whose next component exists and is root's, which no one else
+/// can then replace. The user can then swap nothing on the way, so no check-then-act race is
+/// left; a path through anything the user could change is refused.
+pub fn check_root_only_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut prefix = PathBuf::from("/");
+    let mut components = path.components().skip(1).peekable();
+    loop {
+        let meta = match std::fs::symlink_metadata(&prefix) {
+            Ok(meta) => meta,
+            // Missing from here on: dataref creates the rest, as root, under a safe parent.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", prefix.display())),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(format!("{} is a symbolic link", prefix.display()));
+        }
+        if meta.uid() != 0 {
+            return Err(format!(
+                "{} is owned by uid {}",
+                prefix.display(),
+                meta.uid()
+            ));
+        }
+        let Some(next) = components.next() else {
+            return Ok(());
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o022 != 0 {
+            let sticky = mode & 0o1000 != 0;
+            let next_is_roots = std::fs::symlink_metadata(prefix.join(next))
+                .is_ok_and(|m| m.uid() == 0 && !m.file_type().is_symlink());
+            if !(sticky && next_is_roots) {
+                return Err(format!(
+                    "{} is writable by others than root",
+                    prefix.display()
+                ));
+            }
+        }
+        prefix.push(next);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_paths_root_alone_controls_are_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            assert!(check_root_only_path(&root.join("x")).is_err());
+            return;
+        }
+        // /tmp is sticky: its root-owned entries cannot be replaced by others.
+        assert_eq!(check_root_only_path(&root.join("jobs/1")), Ok(()));
+        let users = root.join("users");
+        std::fs::create_dir(&users).unwrap();
+        std::os::unix::fs::chown(&users, Some(65534), Some(65534)).unwrap();
+        let problem = check_root_only_path(&users.join(".dataref")).unwrap_err();
+        assert!(problem.contains("owned by uid 65534"), "{problem}");
+        let open = root.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let problem = check_root_only_path(&open.join("job")).unwrap_err();
+        assert!(problem.contains("writable by others"), "{problem}");
+        std::os::unix::fs::symlink(root, root.join("link")).unwrap();
+        let problem = check_root_only_path(&root.join("link/jobs")).unwrap_err();
+        assert!(problem.contains("symbolic link"), "{problem}");
+    }
 
     #[test]
     fn parses_and_prints_the_run_as_form() {
