@@ -17,6 +17,7 @@ pub(crate) mod faulty;
 #[cfg(any(test, feature = "test-support"))]
 pub mod hooked;
 pub mod local;
+pub mod metered;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 mod ranged;
