@@ -26,8 +26,11 @@ const OVER: f64 = 1.0;
 /// `in/f.bin` (64 KiB: one kernel read, one storage read).
 fn area(proxy: &FaultProxy, runtime: &tokio::runtime::Runtime) -> (Job, Value) {
     let job = Job::new();
-    let store =
-        runtime.block_on(azurite::fresh_store(&proxy.endpoint(), &job.root, "datawait"));
+    let store = runtime.block_on(azurite::fresh_store(
+        &proxy.endpoint(),
+        &job.root,
+        "datawait",
+    ));
     runtime.block_on(async {
         let data = pattern(64 * 1024, 7);
         store
@@ -92,7 +95,10 @@ fn a_slow_mount_reports_the_delay_as_data_wait_and_the_page_cache_reports_none()
     assert!(io["fuse"]["read"]["count"].as_u64().unwrap() >= 1, "{io:#}");
     assert!(io["storage"]["get"]["ok"].as_u64().unwrap() >= 1, "{io:#}");
     let total = &result["data_wait"];
-    assert!(total["seconds"].as_f64().unwrap() >= delay * 0.95, "{total}");
+    assert!(
+        total["seconds"].as_f64().unwrap() >= delay * 0.95,
+        "{total}"
+    );
     assert!(
         total["of_seconds"].as_f64().unwrap() >= total["seconds"].as_f64().unwrap(),
         "{total}"

@@ -29,6 +29,10 @@ pub struct DaemonArgs {
     /// A group (name or gid) whose members may submit jobs; the socket is given to it.
     #[arg(long, value_name = "GROUP")]
     pub allow_group: Option<String>,
+    /// Also serve /metrics (Prometheus), /healthz and /readyz over TCP at ADDR:PORT (off by
+    /// default; they are always on the socket).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +89,7 @@ pub fn daemon(config_dir: &Path, args: DaemonArgs) -> Result<i32, CliError> {
         allow_group,
         config_dir: absolute(config_dir, "--config-dir")?,
         executable,
+        metrics_listen: args.metrics_listen,
     };
     let runtime = super::runtime()?;
     runtime.block_on(daemon::run(config))?;

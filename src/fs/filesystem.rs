@@ -23,8 +23,8 @@ use super::buffers::BufferPool;
 use super::cache::{CacheOptions, DiskCache, ObjectId};
 use super::reader::{FileReader, IdleFiles, Outage};
 use crate::model::MemoryBudget;
-use crate::model::metrics::ReferenceMetrics;
 use crate::model::ObjectPath;
+use crate::model::metrics::ReferenceMetrics;
 use crate::store::{ObjectMeta, Store, StoreError, list_all};
 
 pub const ROOT_INO: u64 = 1;

@@ -378,7 +378,11 @@ mod tests {
         h.observe(Duration::from_secs(100));
         let s = h.snapshot();
         assert_eq!(s.count, 3);
-        assert!((s.sum_seconds - 100.00305).abs() < 1e-6, "{}", s.sum_seconds);
+        assert!(
+            (s.sum_seconds - 100.00305).abs() < 1e-6,
+            "{}",
+            s.sum_seconds
+        );
         let cumulative = s.cumulative();
         assert_eq!(cumulative[0], (0.0001, 1));
         assert_eq!(cumulative[5], (0.005, 2));

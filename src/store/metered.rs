@@ -74,7 +74,12 @@ impl Store for Metered {
     }
 
     async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()> {
-        timed(&self.metrics, StoreOp::Put, self.inner.put(path, data, options)).await
+        timed(
+            &self.metrics,
+            StoreOp::Put,
+            self.inner.put(path, data, options),
+        )
+        .await
     }
 
     async fn start_upload(
@@ -155,7 +160,12 @@ mod tests {
             .await
             .unwrap();
         store.head(&path).await.unwrap();
-        assert!(store.head(&ObjectPath::parse("nope").unwrap()).await.is_err());
+        assert!(
+            store
+                .head(&ObjectPath::parse("nope").unwrap())
+                .await
+                .is_err()
+        );
         let figures = metrics.snapshot(None);
         assert_eq!((figures.requests, figures.errors), (3, 0));
         assert_eq!(figures.storage["head"].ok, 1);

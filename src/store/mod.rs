@@ -17,9 +17,9 @@ pub(crate) mod faulty;
 #[cfg(any(test, feature = "test-support"))]
 pub mod hooked;
 pub mod local;
-pub mod metered;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+pub mod metered;
 mod ranged;
 mod resources;
 mod support;
