@@ -228,3 +228,46 @@ fn readyz_follows_a_registry_datastore_and_healthz_stays_healthy() {
     assert_eq!(body["problems"], json!([]), "{body:#}");
     healthy();
 }
+
+#[test]
+fn status_shows_a_running_jobs_live_figures_and_the_record_keeps_its_data_wait() {
+    let area = Area::new();
+    std::fs::create_dir_all(area.path("store/data")).unwrap();
+    std::fs::write(area.path("store/data/f.bin"), vec![1u8; 3 * 1024 * 1024]).unwrap();
+    let _daemon = area.daemon(&[], &[]);
+    let manifest = area.manifest(
+        "live.json",
+        json!({
+            "data_references": {"data": {"datastore": "store", "path_on_datastore": "data"}},
+            "command": sh("cat \"$AZUREML_DATAREFERENCE_data/f.bin\" > /dev/null && sleep 60"),
+        }),
+    );
+    let id = area.submit(&manifest);
+    let mut shown = String::new();
+    poll(
+        "status to show the live figures",
+        Duration::from_secs(60),
+        || {
+            shown = area.client(&["status", &id]).expect_code(0).stdout.clone();
+            shown.contains(" running ") && shown.contains("3.0 MiB")
+        },
+    );
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with("data "))
+        .unwrap_or_else(|| panic!("a line for the reference: {shown}"));
+    assert!(line.contains("mount"), "{shown}");
+    assert!(shown.contains("memory budget: "), "{shown}");
+
+    area.client(&["cancel", &id]).expect_code(0);
+    area.wait_state(&id, &["cancelled"], Duration::from_secs(60));
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(area.path("state/jobs").join(&id).join("record.json")).unwrap(),
+    )
+    .unwrap();
+    let wait = &record["data_wait"];
+    assert!(wait["seconds"].is_number(), "{record:#}");
+    assert!(wait["references"]["data"].is_number(), "{record:#}");
+    let shown = area.client(&["status", &id]).expect_code(0).stdout.clone();
+    assert!(shown.contains("waited on data "), "{shown}");
+}

@@ -343,6 +343,7 @@ impl Daemon {
                 (JobState::Failed, None)
             };
             record.finish(state, code, message);
+            record.note_data_wait(&self.job_dir(&id));
             let _ = record.save(&self.job_dir(&id));
             tracing::info!(job = id, state = state.as_str(), ?code, "finished");
         }
