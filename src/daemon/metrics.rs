@@ -233,7 +233,8 @@ impl Collector for JobsCollector {
             }
         }
 
-        let gauges: [(&str, &str, fn(&LiveFigures) -> u64); 2] = [
+        type JobFigure = fn(&LiveFigures) -> u64;
+        let gauges: [(&str, &str, JobFigure); 2] = [
             (
                 "dataref_job_memory_budget_bytes",
                 "A job's memory budget.",
