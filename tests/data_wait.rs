@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::azurite;
 use common::data::{p, pattern};
-use common::fault_proxy::{Fault, FaultProxy, ranged_get};
+use common::fault_proxy::{Fault, FaultProxy, Rule, ranged_get};
 use common::job::Job;
 use dataref::store::{PutOptions, Store};
 use serde_json::{Value, json};
@@ -119,9 +119,26 @@ fn a_slow_mount_reports_the_delay_as_data_wait_and_the_page_cache_reports_none()
         "model": {"datastore": "blobs", "path_on_datastore": "models", "mode": "upload",
                   "path_on_compute": "out"},
     });
+    // One busy answer to the job's first GET (the mount's listing): retried, and counted.
+    proxy.push(Rule {
+        method: Some("GET"),
+        ranged_only: false,
+        fault: Fault::Status {
+            code: 503,
+            retry_after_seconds: None,
+        },
+    });
     let manifest = job.manifest(reading_job(&datastores, extra));
     job.expect_code(job.run(&manifest), 0);
+    assert_eq!(proxy.fired().len(), 1);
     let result = job.result();
+    let retries: u64 = result["references"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|r| r["io"]["retries"].as_u64().unwrap())
+        .sum();
+    assert_eq!(retries, 1, "the retry is counted: {result:#}");
     let io = &result["references"]["data"]["io"];
     let waited = io["wait_seconds"].as_f64().unwrap();
     assert!(waited < 0.5, "near zero: {io:#}");
