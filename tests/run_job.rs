@@ -369,7 +369,7 @@ fn rerun_replaces_result_and_log() {
     assert_ne!(second["child"]["pid"], first["child"]["pid"]);
     assert_eq!(
         tree(&job.job_dir()),
-        ["job.log", "result.json"],
+        ["job.log", "live.json", "result.json"],
         "stray files in the job directory"
     );
 }

@@ -29,6 +29,10 @@ pub struct DaemonArgs {
     /// A group (name or gid) whose members may submit jobs; the socket is given to it.
     #[arg(long, value_name = "GROUP")]
     pub allow_group: Option<String>,
+    /// Also serve /metrics (Prometheus), /healthz and /readyz over TCP at ADDR:PORT (off by
+    /// default; they are always on the socket).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +89,7 @@ pub fn daemon(config_dir: &Path, args: DaemonArgs) -> Result<i32, CliError> {
         allow_group,
         config_dir: absolute(config_dir, "--config-dir")?,
         executable,
+        metrics_listen: args.metrics_listen,
     };
     let runtime = super::runtime()?;
     runtime.block_on(daemon::run(config))?;
@@ -223,7 +228,7 @@ pub fn status(args: StatusArgs) -> Result<i32, CliError> {
             return Ok(0);
         }
         let jobs = match &args.id {
-            Some(_) => vec![body],
+            Some(_) => vec![body.clone()],
             None => body["jobs"].as_array().cloned().unwrap_or_default(),
         };
         println!(
@@ -246,8 +251,81 @@ pub fn status(args: StatusArgs) -> Result<i32, CliError> {
                 job["message"].as_str().unwrap_or(""),
             );
         }
+        if let Some(job) = args.id.as_ref().and(Some(&body)) {
+            print_figures(job);
+        }
         Ok(0)
     })
+}
+
+/// One job's data-path figures: live while it runs (`live`, rewritten every second by its
+/// runner), final once it ended (`result`).
+fn print_figures(job: &Value) {
+    let result = &job["result"];
+    let live = &job["live"];
+    let references = result["references"].as_object();
+    let Some(references) = references.filter(|r| !r.is_empty()) else {
+        return;
+    };
+    println!();
+    println!(
+        "{:<20} {:<8} {:>10} {:>7} {:>9} {:>7} {:>6} {:>10}",
+        "REFERENCE", "MODE", "BYTES", "FILES", "REQUESTS", "RETRIES", "ERRORS", "WAITED"
+    );
+    for (name, outcome) in references {
+        // The runner's last second is newer than result.json while the job runs.
+        let io = match &live["references"][name] {
+            Value::Null => &outcome["io"],
+            figures => figures,
+        };
+        let number = |key: &str| io[key].as_u64().unwrap_or(0);
+        println!(
+            "{:<20} {:<8} {:>10} {:>7} {:>9} {:>7} {:>6} {:>8.1} s",
+            name,
+            outcome["mode"].as_str().unwrap_or(""),
+            human_bytes(number("bytes")),
+            number("files"),
+            number("requests"),
+            number("retries"),
+            number("errors"),
+            io["wait_seconds"].as_f64().unwrap_or(0.0),
+        );
+    }
+    if let (Some(held), Some(budget)) = (
+        live["budget_in_use_bytes"].as_u64(),
+        live["budget_bytes"].as_u64(),
+    ) {
+        let state = job["state"].as_str().unwrap_or("");
+        if matches!(state, "running" | "staging_out") {
+            println!(
+                "memory budget: {} of {} in use",
+                human_bytes(held),
+                human_bytes(budget)
+            );
+        }
+    }
+    if let Some(wait) = result["data_wait"].as_object() {
+        println!(
+            "waited on data {:.1} s of {:.1} s ({:.1} %)",
+            wait["seconds"].as_f64().unwrap_or(0.0),
+            wait["of_seconds"].as_f64().unwrap_or(0.0),
+            wait["percent"].as_f64().unwrap_or(0.0),
+        );
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
 }
 
 pub fn cancel(args: CancelArgs) -> Result<i32, CliError> {

@@ -3,7 +3,8 @@
 //!
 //! `POST /v1/jobs` (manifest; `?base_dir=` for relative paths) → 201 `{"id"}`;
 //! `GET /v1/jobs`; `GET /v1/jobs/{id}`; `POST /v1/jobs/{id}/cancel`;
-//! `GET /v1/jobs/{id}/logs?follow=1`.
+//! `GET /v1/jobs/{id}/logs?follow=1`; and, also on `--metrics-listen`, `GET /metrics`,
+//! `GET /healthz`, `GET /readyz`.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +20,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::UnixListener;
 
@@ -69,14 +71,15 @@ pub fn bind(config: &Config) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+pub async fn serve(daemon: Arc<Daemon>, registry: Arc<Registry>, listener: UnixListener) {
     let app = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(show))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/logs", get(logs))
         .layer(DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
-        .with_state(daemon);
+        .with_state(daemon.clone())
+        .merge(observing(daemon, registry));
     if let Err(e) = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<Caller>(),
@@ -85,6 +88,60 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
     {
         tracing::error!("the API server stopped: {e}");
     }
+}
+
+/// The metrics and health endpoints: on the socket, and alone on `--metrics-listen`.
+pub fn observing(daemon: Arc<Daemon>, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state((daemon, registry))
+}
+
+/// Serves [`observing`] on a TCP listener (`--metrics-listen`).
+pub async fn serve_metrics(
+    daemon: Arc<Daemon>,
+    registry: Arc<Registry>,
+    listener: tokio::net::TcpListener,
+) {
+    if let Err(e) = axum::serve(listener, observing(daemon, registry)).await {
+        tracing::error!("the metrics listener stopped: {e}");
+    }
+}
+
+type Observed = State<(Arc<Daemon>, Arc<Registry>)>;
+
+async fn metrics(State((_, registry)): Observed) -> Response {
+    let text = tokio::task::spawn_blocking(move || super::metrics::render(&registry))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            super::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn health_answer(ok: bool, body: Value) -> Response {
+    let status = match ok {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn healthz(State((daemon, _)): Observed) -> Response {
+    let (ok, body) = super::health::healthz(&daemon);
+    health_answer(ok, body)
+}
+
+async fn readyz(State((daemon, _)): Observed) -> Response {
+    let (ok, body) = super::health::readyz(&daemon).await;
+    health_answer(ok, body)
 }
 
 /// An error answer: a status and a JSON body with `error` (and `issues` for manifests).
@@ -296,6 +353,11 @@ async fn show(
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
     value["result"] = result.unwrap_or(Value::Null);
+    // The running job's figures of the last second (bytes, requests, data-wait so far).
+    let live = std::fs::read(daemon.job_dir(&id).join(crate::job::figures::LIVE_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    value["live"] = live.unwrap_or(Value::Null);
     Ok(axum::Json(value).into_response())
 }
 

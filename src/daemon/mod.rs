@@ -10,6 +10,8 @@
 pub mod access;
 pub mod api;
 pub mod client;
+pub mod health;
+pub mod metrics;
 pub mod notify;
 pub mod peer;
 mod reaper;
@@ -44,6 +46,8 @@ pub struct Config {
     pub config_dir: PathBuf,
     /// The `dataref` binary each job runs (`dataref run`).
     pub executable: PathBuf,
+    /// `--metrics-listen`: where `/metrics`, `/healthz` and `/readyz` are served over TCP too.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,8 @@ pub struct Daemon {
     notifier: Notifier,
     /// The runners it spawned, and the reaper of the orphans it adopts.
     children: Arc<reaper::Children>,
+    /// Start-up progress and the heartbeat, for `/healthz` and `/readyz`.
+    pub health: Arc<health::Health>,
 }
 
 impl Daemon {
@@ -93,6 +99,7 @@ impl Daemon {
             finished: Notify::new(),
             notifier,
             children: Arc::default(),
+            health: Arc::default(),
         })
     }
 
@@ -336,6 +343,7 @@ impl Daemon {
                 (JobState::Failed, None)
             };
             record.finish(state, code, message);
+            record.note_data_wait(&self.job_dir(&id));
             let _ = record.save(&self.job_dir(&id));
             tracing::info!(job = id, state = state.as_str(), ?code, "finished");
         }
@@ -535,6 +543,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &config.state_dir,
     ))?;
     let daemon = Daemon::new(config, notifier.clone());
+    daemon.health.beat();
+    tokio::spawn(daemon.health.clone().beat_forever());
 
     // Watchdog pings start first and continue through recovery and draining.
     if let Some(interval) = notifier.watchdog_interval() {
@@ -554,6 +564,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .await
             .unwrap_or_default()
     };
+    daemon.health.set_state_loaded();
     if nix::unistd::geteuid().is_root() {
         let report = tokio::task::spawn_blocking(crate::fs::cleanup::cleanup_dead_mounts)
             .await
@@ -563,6 +574,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     }
     let listener = api::bind(&daemon.config)?;
+    daemon.health.set_socket_bound();
+    let registry = Arc::new(metrics::registry(daemon.clone()));
+    if let Some(address) = daemon.config.metrics_listen {
+        let tcp = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(io_error(
+                "cannot listen for metrics on",
+                Path::new(&address.to_string()),
+            ))?;
+        tracing::info!("metrics on http://{address}/metrics");
+        tokio::spawn(api::serve_metrics(daemon.clone(), registry.clone(), tcp));
+    }
     notifier.notify("READY=1");
     daemon.report_status();
     tracing::info!("listening on {}", daemon.config.socket.display());
@@ -570,7 +593,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tokio::spawn(daemon.children.clone().reap_forever());
     tokio::spawn(daemon.clone().finish_interrupted_uploads(interrupted));
     tokio::spawn(daemon.clone().schedule());
-    let server = tokio::spawn(api::serve(daemon.clone(), listener));
+    let server = tokio::spawn(api::serve(daemon.clone(), registry, listener));
 
     tokio::select! {
         _ = term.recv() => {}
@@ -596,6 +619,7 @@ mod tests {
                 allow_group: None,
                 config_dir: state_dir.join("config"),
                 executable: PathBuf::from("/bin/false"),
+                metrics_listen: None,
             },
             Notifier::default(),
         )

@@ -95,6 +95,10 @@ pub struct JobRecord {
     pub cancel_requested: bool,
     pub message: Option<String>,
     pub recovery: Option<Recovery>,
+    /// When the job ended: how long it waited on data (`result.json`'s `data_wait`) and each
+    /// reference's share (`references`: name → seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_wait: Option<serde_json::Value>,
 }
 
 pub fn now() -> f64 {
@@ -120,6 +124,7 @@ impl JobRecord {
             cancel_requested: false,
             message: None,
             recovery: None,
+            data_wait: None,
         }
     }
 
@@ -129,6 +134,28 @@ impl JobRecord {
         self.message = message;
         self.runner = None;
         self.finished_at = Some(now());
+    }
+
+    /// Takes the job's data-wait from its `result.json` (absent when it never ran).
+    pub fn note_data_wait(&mut self, job_dir: &Path) {
+        let Some(result) = std::fs::read(job_dir.join("result.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        else {
+            return;
+        };
+        let mut wait = result["data_wait"].clone();
+        if !wait.is_object() {
+            return;
+        }
+        let references: serde_json::Map<String, serde_json::Value> = result["references"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, outcome)| (name.clone(), outcome["io"]["wait_seconds"].clone()))
+            .collect();
+        wait["references"] = serde_json::Value::Object(references);
+        self.data_wait = Some(wait);
     }
 
     pub fn save(&self, job_dir: &Path) -> std::io::Result<()> {

@@ -24,6 +24,7 @@ use super::cache::{CacheOptions, DiskCache, ObjectId};
 use super::reader::{FileReader, IdleFiles, Outage};
 use crate::model::MemoryBudget;
 use crate::model::ObjectPath;
+use crate::model::metrics::ReferenceMetrics;
 use crate::store::{ObjectMeta, Store, StoreError, list_all};
 
 pub const ROOT_INO: u64 = 1;
@@ -205,6 +206,9 @@ pub struct FsOptions {
     pub budget: MemoryBudget,
     /// The on-disk block cache; `None` = reads are served from storage (and memory) only.
     pub cache: Option<CacheOptions>,
+    /// Where the mount's requests are timed and counted (the job's figures for the reference);
+    /// its retry counter counts the reads' retries.
+    pub metrics: Arc<ReferenceMetrics>,
 }
 
 impl FsOptions {
@@ -214,6 +218,7 @@ impl FsOptions {
             attribute_ttl: Duration::from_secs(60),
             budget,
             cache: None,
+            metrics: ReferenceMetrics::new(),
         }
     }
 }
@@ -335,6 +340,11 @@ impl FsCore {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The figures this mount's requests are counted in.
+    pub fn metrics(&self) -> &Arc<ReferenceMetrics> {
+        &self.options.metrics
     }
 
     fn node(&self, ino: u64) -> Result<Node, FsError> {
@@ -510,6 +520,9 @@ impl FsCore {
             self.pool.clone(),
         )
         .with_outage(self.outage.clone())
+        .with_retry(
+            crate::model::RetryPolicy::default().counting(self.options.metrics.retry_counter()),
+        )
         .with_version(node.content.as_ref().and_then(|c| c.version.clone()))
         .with_expected_crc64(node.content.as_ref().and_then(|c| c.crc64))
         .with_idle_files(&self.idle);

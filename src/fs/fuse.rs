@@ -17,6 +17,7 @@ use fuser::{
 
 use super::cache::DiskCache;
 use super::filesystem::{Attr, DirEntry, FsCore, FsError, Kind, Listing};
+use crate::model::metrics::FuseOp;
 use crate::store::StoreError;
 
 /// The largest read request we ask the kernel for. The kernel splits reads into requests of at
@@ -157,11 +158,13 @@ impl Filesystem for Adapter {
         };
         let core = self.core.clone();
         let this = self.attr_maker();
+        let timer = core.metrics().fuse_request(FuseOp::Lookup);
         self.spawn(async move {
             match core.lookup(parent.0, &name).await {
                 Ok(attr) => reply.entry(&core.attribute_ttl(), &this(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
+            drop(timer);
         });
     }
 
@@ -169,11 +172,13 @@ impl Filesystem for Adapter {
         self.note_requester(req);
         let core = self.core.clone();
         let this = self.attr_maker();
+        let timer = core.metrics().fuse_request(FuseOp::Getattr);
         self.spawn(async move {
             match core.getattr(ino.0).await {
                 Ok(attr) => reply.attr(&core.attribute_ttl(), &this(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
+            drop(timer);
         });
     }
 
@@ -183,12 +188,17 @@ impl Filesystem for Adapter {
             return reply.error(errno(&FsError::ReadOnly));
         }
         let core = self.core.clone();
+        let timer = core.metrics().fuse_request(FuseOp::Open);
         self.spawn(async move {
             match core.open(ino.0).await {
                 // Objects do not change under a mount's TTL: keep the page cache across opens.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(fh) => {
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                    core.metrics().add_files(1);
+                }
                 Err(e) => reply.error(errno(&e)),
             }
+            drop(timer);
         });
     }
 
@@ -204,11 +214,17 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         let core = self.core.clone();
+        // From the request's arrival to its reply: what the reader was blocked on.
+        let timer = core.metrics().fuse_request(FuseOp::Read);
         self.spawn(async move {
             match core.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    reply.data(&data);
+                    core.metrics().add_bytes(data.len() as u64);
+                }
                 Err(e) => reply.error(errno(&e)),
             }
+            drop(timer);
         });
     }
 
@@ -252,7 +268,9 @@ impl Filesystem for Adapter {
         mut reply: ReplyDirectory,
     ) {
         let core = self.core.clone();
+        let timer = core.metrics().fuse_request(FuseOp::Readdir);
         self.spawn(async move {
+            let _timer = timer;
             let listing = match core.read_listing(ino.0, offset).await {
                 Ok(listing) => listing,
                 Err(e) => return reply.error(errno(&e)),
@@ -276,7 +294,9 @@ impl Filesystem for Adapter {
     ) {
         let core = self.core.clone();
         let this = self.attr_maker();
+        let timer = core.metrics().fuse_request(FuseOp::Readdir);
         self.spawn(async move {
+            let _timer = timer;
             let listing = match core.read_listing(ino.0, offset).await {
                 Ok(listing) => listing,
                 Err(e) => return reply.error(errno(&e)),

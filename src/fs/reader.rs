@@ -70,6 +70,8 @@ struct Source {
     size: u64,
     cache: Option<(Arc<DiskCache>, ObjectId)>,
     outage: Arc<Outage>,
+    /// The retry policy of its fetches (counting into the mount's figures).
+    retry: RetryPolicy,
     pool: Arc<BufferPool>,
 }
 
@@ -77,6 +79,10 @@ impl Source {
     /// Fetches end on a multiple of this (or at the end of the object).
     fn alignment(&self) -> u64 {
         self.cache.as_ref().map_or(1, |(c, _)| c.block_size())
+    }
+
+    fn policies(&self) -> (&Outage, &RetryPolicy) {
+        (&self.outage, &self.retry)
     }
 
     /// What a fetch reads: the object, at the version opened.
@@ -100,7 +106,7 @@ impl Source {
 
     async fn fetch_unchecked(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
         let Some((cache, id)) = &self.cache else {
-            return fetch(self.object(), range, &self.outage, &self.pool).await;
+            return fetch(self.object(), range, self.policies(), &self.pool).await;
         };
         let block = cache.block_size();
         let blocks = range.start / block..range.end.div_ceil(block);
@@ -122,7 +128,7 @@ impl Source {
             let data = match cached {
                 Some(data) => data,
                 None => {
-                    let data = fetch(self.object(), run, &self.outage, &self.pool).await?;
+                    let data = fetch(self.object(), run, self.policies(), &self.pool).await?;
                     cache.record_misses(end - first);
                     cache.insert(*id, first, data.clone());
                     data
@@ -244,10 +250,10 @@ pub struct FileReader {
 async fn fetch(
     (store, path, version): (Arc<dyn Store>, ObjectPath, Option<Arc<str>>),
     range: Range<u64>,
-    outage: &Outage,
+    (outage, retry): (&Outage, &RetryPolicy),
     pool: &Arc<BufferPool>,
 ) -> Result<Bytes, StoreError> {
-    let policy = outage.policy(&RetryPolicy::default());
+    let policy = outage.policy(retry);
     let mut out = pool.take((range.end - range.start) as usize);
     let result = read_range(
         store.as_ref(),
@@ -292,6 +298,7 @@ impl FileReader {
                 whole: None,
                 cache: None,
                 outage: Arc::default(),
+                retry: RetryPolicy::default(),
                 pool,
             },
             size,
@@ -322,6 +329,12 @@ impl FileReader {
     /// Shares the mount's record of a storage outage.
     pub fn with_outage(mut self, outage: Arc<Outage>) -> Self {
         self.source.outage = outage;
+        self
+    }
+
+    /// Fetches retry under `retry` (while storage is not known to be gone).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.source.retry = retry;
         self
     }
 

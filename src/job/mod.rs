@@ -6,6 +6,7 @@
 //! that code, so exit codes are decided in one place (`cli::exit`).
 
 pub mod env;
+pub mod figures;
 pub mod identity;
 pub mod log;
 pub mod result;
@@ -22,8 +23,10 @@ use crate::fs::fuse::MountConfig;
 use crate::fs::mount::{MountError, MountedPath, mount_reference};
 use crate::manifest::{JobPlan, Mode};
 use crate::model::UploadPolicy;
+use crate::store::metered::Metered;
 use crate::store::{self, Resources, Store};
 use crate::transfer::{self, Engine, ProgressMode, TransferError, UploadJournal, UploadSource};
+use figures::JobFigures;
 use identity::Identity;
 use log::JobLog;
 use result::{EndReason, JobResult, Phase, ReferenceOutcome, ReferenceStatus};
@@ -124,12 +127,16 @@ pub struct FinishedJob {
     job_dir: PathBuf,
     log: JobLog,
     budget: crate::model::MemoryBudget,
+    figures: JobFigures,
 }
 
 impl FinishedJob {
     /// Records `code` as the job's exit code in `result.json`, and returns it.
     pub fn close(mut self, code: i32) -> i32 {
         self.result.memory = Some(result::MemoryUse::of(&self.budget));
+        let summary = self.figures.record(&mut self.result);
+        self.log.line(&summary);
+        self.figures.write_live(&self.job_dir);
         self.result.end(self.reason, code);
         self.result.save(&self.job_dir, &self.log);
         code
@@ -158,7 +165,8 @@ pub async fn run(
         false => Vec::new(),
     };
 
-    let stores = open_stores(plan, resources)?;
+    let figures = JobFigures::new(plan, &resources.budget);
+    let stores = open_stores(plan, resources, &figures)?;
     std::fs::create_dir_all(&options.job_dir).map_err(|source| JobError::JobDir {
         path: options.job_dir.clone(),
         source,
@@ -188,6 +196,7 @@ pub async fn run(
     }
     let mut result = JobResult::new(plan, &options.job_dir);
     result.save(&options.job_dir, &log);
+    let _live = figures.keep_live(options.job_dir.clone());
 
     let mut engine = Engine::new(resources)
         .with_progress(options.progress)
@@ -201,6 +210,7 @@ pub async fn run(
         job_dir: options.job_dir.clone(),
         log,
         budget: resources.budget.clone(),
+        figures: figures.clone(),
     };
     if options.stage_out_only {
         let (end, result) = recover_outputs(
@@ -355,22 +365,50 @@ pub async fn run(
     Ok(finished(end, reason, result, log))
 }
 
+/// Each reference's store, and its figures.
+struct References {
+    /// By reference name: each reference has a store of its own (sharing the job's budget and
+    /// HTTP client), whose requests and retries count into that reference's figures.
+    stores: BTreeMap<String, Arc<dyn Store>>,
+    figures: JobFigures,
+}
+
+impl References {
+    fn store(&self, name: &str) -> Arc<dyn Store> {
+        self.stores[name].clone()
+    }
+
+    /// The job's engine, retrying under a policy that counts into reference `name`'s figures.
+    fn engine(&self, engine: &Engine, name: &str) -> Engine {
+        let mut engine = engine.clone();
+        engine.retry = engine
+            .retry
+            .clone()
+            .counting(self.figures.of(name).retry_counter());
+        engine
+    }
+}
+
 fn open_stores(
     plan: &JobPlan,
     resources: &Resources,
-) -> Result<BTreeMap<String, Arc<dyn Store>>, JobError> {
+    figures: &JobFigures,
+) -> Result<References, JobError> {
     let mut stores = BTreeMap::new();
     for r in &plan.references {
-        if stores.contains_key(&r.datastore_name) {
-            continue;
-        }
-        let store = store::open(&r.datastore, resources).map_err(|source| JobError::OpenStore {
+        let metrics = figures.of(&r.name);
+        let mut counted = resources.clone();
+        counted.retry = counted.retry.clone().counting(metrics.retry_counter());
+        let store = store::open(&r.datastore, &counted).map_err(|source| JobError::OpenStore {
             datastore: r.datastore_name.clone(),
             source,
         })?;
-        stores.insert(r.datastore_name.clone(), store);
+        stores.insert(r.name.clone(), Metered::wrap(store, metrics));
     }
-    Ok(stores)
+    Ok(References {
+        stores,
+        figures: figures.clone(),
+    })
 }
 
 enum Prepare {
@@ -382,7 +420,7 @@ enum Prepare {
 async fn prepare(
     plan: &JobPlan,
     options: &RunOptions,
-    stores: &BTreeMap<String, Arc<dyn Store>>,
+    stores: &References,
     engine: &Engine,
     log: &JobLog,
     result: &mut JobResult,
@@ -410,6 +448,7 @@ async fn prepare(
             attribute_ttl: plan.mount.attribute_ttl,
             budget: engine.budget.clone(),
             cache: cache.clone(),
+            metrics: stores.figures.of(&r.name),
         };
         // A script running as someone else is let in, and only them: the entries are that
         // user's, 0400/0500, and the kernel checks them (default_permissions).
@@ -422,7 +461,7 @@ async fn prepare(
             allow_other: script_user.is_some(),
             owner: script_user.map(|identity| (identity.uid, identity.gid)),
         };
-        let store = stores[&r.datastore_name].clone();
+        let store = stores.store(&r.name);
         let local = &r.local;
         let remote = &r.path_on_datastore;
         match mount_reference(store, remote, local, r.allow_empty, fs_options, &config).await {
@@ -436,6 +475,9 @@ async fn prepare(
                     r.datastore_name,
                     local.display()
                 ));
+                if let Some(c) = mounted.mount.cache() {
+                    stores.figures.add_cache(&r.name, c.clone());
+                }
                 match (mounted.mount.cache(), &cache) {
                     (Some(c), _) => log.line(&format!("{}: {}", r.name, describe_cache(c))),
                     (None, Some(wanted)) => log.line(&format!(
@@ -460,7 +502,7 @@ async fn prepare(
         }
     }
     for r in plan.references.iter().filter(|r| r.mode == Mode::Download) {
-        let store = stores[&r.datastore_name].clone();
+        let store = stores.store(&r.name);
         log.line(&format!(
             "{}: downloading {} from {} to {}",
             r.name,
@@ -469,9 +511,12 @@ async fn prepare(
             r.local.display()
         ));
         let started = Instant::now();
-        let engine = engine.clone().with_verify(r.verify.unwrap_or(plan.verify));
+        let engine = stores
+            .engine(engine, &r.name)
+            .with_verify(r.verify.unwrap_or(plan.verify));
         let outcome =
             transfer::download(&engine, store, &r.path_on_datastore, &r.local, r.overwrite).await;
+        note_transfer(&stores.figures, &r.name, started, &outcome);
         let entry = result.outcome(&r.name);
         match outcome {
             Ok(report) => {
@@ -536,7 +581,7 @@ fn give_downloaded_tree(identity: &Identity, local: &Path, log: &JobLog) -> Resu
 /// left, as a preempted job's outputs would have been.
 async fn recover_outputs(
     plan: &JobPlan,
-    stores: &BTreeMap<String, Arc<dyn Store>>,
+    stores: &References,
     engine: &Engine,
     log: &JobLog,
     mut result: JobResult,
@@ -559,7 +604,7 @@ async fn recover_outputs(
 /// warning).
 async fn stage_out(
     plan: &JobPlan,
-    stores: &BTreeMap<String, Arc<dyn Store>>,
+    stores: &References,
     engine: &Engine,
     log: &JobLog,
     result: &mut JobResult,
@@ -609,9 +654,10 @@ async fn stage_out(
             r.path_on_datastore
         ));
         let exclude = vec![job_dir.to_path_buf()];
-        let store = stores[&r.datastore_name].clone();
+        let store = stores.store(&r.name);
+        let engine = stores.engine(engine, &r.name);
         let outcome = transfer::upload_journaled(
-            engine,
+            &engine,
             store,
             &source,
             &r.path_on_datastore,
@@ -620,6 +666,7 @@ async fn stage_out(
             journal.as_ref().map(|j| j.for_reference(&r.name)),
         )
         .await;
+        note_transfer(&stores.figures, &r.name, started, &outcome);
         let entry = result.outcome(&r.name);
         match outcome {
             Ok(report) => {
@@ -662,6 +709,21 @@ impl JobResult {
                 outcome.status = ReferenceStatus::NotRun;
             }
         }
+    }
+}
+
+/// A transfer's figures: what it moved, and its whole time as time the job waited on data
+/// (staging before the script, stage-out after it).
+fn note_transfer(
+    figures: &JobFigures,
+    name: &str,
+    started: Instant,
+    outcome: &Result<transfer::TransferReport, TransferError>,
+) {
+    let metrics = figures.of(name);
+    metrics.add_transfer_wait(started.elapsed());
+    if let Ok(report) = outcome {
+        metrics.set_transferred(report.files, report.bytes);
     }
 }
 

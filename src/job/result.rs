@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::log::JobLog;
 use super::supervise::{ChildExit, Supervised};
 use crate::manifest::{JobPlan, Mode};
+use crate::model::metrics::ReferenceFigures;
 use crate::transfer::{FileFailure, Skipped, TransferReport, Verified};
 
 pub const RESULT_VERSION: u32 = 1;
@@ -67,6 +68,9 @@ pub struct ReferenceOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified: Option<Verified>,
     pub duration_seconds: f64,
+    /// What the data path cost for this reference: bytes, files, requests, retries, errors,
+    /// cache hits/misses (mounts) and the time the script waited on it.
+    pub io: ReferenceFigures,
 }
 
 impl ReferenceOutcome {
@@ -144,6 +148,46 @@ pub struct JobResult {
     /// What the job held in memory, recorded when it ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryUse>,
+    /// How long the job waited on dataref in all, recorded when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_wait: Option<DataWait>,
+}
+
+/// The job's time spent waiting on data (every reference's `io.wait_seconds`) against its
+/// whole time (staging, script and stage-out).
+#[derive(Debug, Clone, Serialize)]
+pub struct DataWait {
+    pub seconds: f64,
+    pub of_seconds: f64,
+    pub percent: f64,
+}
+
+impl DataWait {
+    pub fn new(seconds: f64, of_seconds: f64) -> Self {
+        let percent = match of_seconds > 0.0 {
+            true => seconds / of_seconds * 100.0,
+            false => 0.0,
+        };
+        Self {
+            seconds: round_f(seconds),
+            of_seconds: round_f(of_seconds),
+            percent: (percent * 100.0).round() / 100.0,
+        }
+    }
+
+    /// `waited on data 12.4 s of 3,600 s (0.3 %)`.
+    pub fn summary(&self) -> String {
+        format!(
+            "waited on data {} of {} ({:.1} %)",
+            super::figures::seconds(self.seconds),
+            super::figures::seconds(self.of_seconds),
+            self.percent
+        )
+    }
+}
+
+fn round_f(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
 }
 
 /// The job's memory: its budget, the most it held from it at once, and the agent's peak RSS
@@ -205,6 +249,7 @@ impl JobResult {
                         warnings: Vec::new(),
                         verified: None,
                         duration_seconds: 0.0,
+                        io: ReferenceFigures::default(),
                     },
                 )
             })
@@ -224,6 +269,7 @@ impl JobResult {
             signals_during_stage_out: Vec::new(),
             references,
             memory: None,
+            data_wait: None,
         }
     }
 

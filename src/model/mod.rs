@@ -12,6 +12,7 @@
 //! - [`settings`]: job-wide settings (upload policy, verification, mount and cache settings);
 //! - [`budget`]: the one memory budget of a job;
 //! - [`retry`]: the one retry policy;
+//! - [`metrics`]: what the data path costs each reference (counters, latency histograms);
 //! - [`process`]: the process table as `/proc` shows it;
 //! - [`random`]: random numbers for names and delays.
 
@@ -19,6 +20,7 @@ pub mod budget;
 pub mod datastore;
 pub mod issues;
 pub mod local_path;
+pub mod metrics;
 pub mod object_path;
 pub mod process;
 pub mod random;

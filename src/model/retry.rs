@@ -14,6 +14,8 @@
 //! timeout, 30 s, so at most 165 s).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// An error the policy can judge: whether it is worth another attempt, how long the server
@@ -33,6 +35,8 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Stop retrying once this much time has passed since the first attempt.
     pub give_up_after: Duration,
+    /// Where each retry is counted (a reference's figures), if anywhere.
+    pub retries: Option<Arc<AtomicU64>>,
 }
 
 impl Default for RetryPolicy {
@@ -44,6 +48,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
             give_up_after: Duration::from_secs(120),
+            retries: None,
         }
     }
 }
@@ -54,6 +59,19 @@ impl RetryPolicy {
         Self {
             max_attempts: 1,
             ..Self::default()
+        }
+    }
+
+    /// The same policy, counting its retries in `counter`.
+    pub fn counting(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.retries = Some(counter);
+        self
+    }
+
+    /// Counts one retry (every layer that retries calls this when it decides to).
+    pub fn note_retry(&self) {
+        if let Some(counter) = &self.retries {
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -103,6 +121,7 @@ impl RetryPolicy {
                 Err(e) if self.allows(attempts, started, &e) => {
                     let delay = self.backoff(attempts - 1, e.retry_after());
                     tracing::debug!(attempt = attempts, ?delay, error = %e, "retrying");
+                    self.note_retry();
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(self.give_up(attempts, started, e)),

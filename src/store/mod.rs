@@ -19,6 +19,7 @@ pub mod hooked;
 pub mod local;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+pub mod metered;
 mod ranged;
 mod resources;
 mod support;

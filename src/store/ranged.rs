@@ -93,6 +93,7 @@ pub async fn read_range<S: RangeSink>(
                     return Err(RangeError::Store(retry.give_up(attempts, started, e)));
                 }
                 let delay = retry.backoff(attempts - 1, e.retry_after());
+                retry.note_retry();
                 tracing::info!(path = %path, offset = range.start + received, error = %e,
                     "range broke; resuming after {delay:?}");
                 tokio::time::sleep(delay).await;

@@ -11,6 +11,7 @@ pub mod engines;
 pub mod fault_proxy;
 pub mod filerest;
 pub mod fs;
+pub mod http;
 pub mod job;
 pub mod manifests;
 pub mod mounts;
