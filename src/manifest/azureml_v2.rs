@@ -325,34 +325,15 @@ fn parse_inputs(top: &Object<'_>, context: &Context<'_>, built: &mut Built, issu
         let Some(uri) = obj.required_string("path", issues) else {
             continue;
         };
-        let located = locate(
-            uri,
-            &obj.field_path("path"),
-            &format!("inputs_{name}"),
-            context.base,
-            context.registry,
-            issues,
-        );
-        let (Some(kind), Some(mode), Some((located, remote))) = (kind, mode, located) else {
-            continue;
-        };
-        let dir = context.io.join("inputs").join(name);
-        let Some(local) = data_local_path(kind, &dir, &remote, &obj, issues) else {
-            continue;
-        };
-        built.add(located, |datastore_name, datastore| Reference {
-            name: name.clone(),
-            datastore_name,
-            datastore,
-            mode,
-            path_on_datastore: remote,
-            path_on_compute: Some(local.display().to_string()),
-            overwrite: true,
-            allow_empty: false,
-            verify: None,
-            local,
-            create_dir: false,
-        });
+        if let (Some(kind), Some(mode)) = (kind, mode) {
+            let data = Data {
+                scope: "inputs",
+                name,
+                kind,
+                mode,
+            };
+            add_data(built, context, &obj, data, uri, issues);
+        }
     }
 }
 
@@ -419,40 +400,80 @@ fn parse_outputs(top: &Object<'_>, context: &Context<'_>, built: &mut Built, iss
                 .map(|p| p.replace("${{name}}", context.job_name)),
         };
         let Some(uri) = uri else { continue };
-        let located = locate(
-            &uri,
-            &obj.field_path("path"),
-            &format!("outputs_{name}"),
-            context.base,
-            context.registry,
-            issues,
-        );
-        let (Some(kind), Some(mode), Some((located, remote))) = (kind, mode, located) else {
-            continue;
-        };
-        let dir = context.io.join("outputs").join(name);
-        let Some(local) = data_local_path(kind, &dir, &remote, &obj, issues) else {
-            continue;
-        };
-        // An upload takes a file's parent as the object's folder.
-        let remote = match kind {
-            DataType::File => remote.parent().unwrap_or_else(ObjectPath::root),
-            DataType::Folder => remote,
-        };
-        built.add(located, |datastore_name, datastore| Reference {
-            name: name.clone(),
-            datastore_name,
-            datastore,
-            mode,
-            path_on_datastore: remote,
-            path_on_compute: Some(local.display().to_string()),
-            overwrite: true,
-            allow_empty: false,
-            verify: None,
-            local,
-            create_dir: kind == DataType::Folder,
-        });
+        if let (Some(kind), Some(mode)) = (kind, mode) {
+            let data = Data {
+                scope: "outputs",
+                name,
+                kind,
+                mode,
+            };
+            add_data(built, context, &obj, data, &uri, issues);
+        }
     }
+}
+
+/// One data input or output, as far as it is known before its URI is resolved.
+struct Data<'a> {
+    /// `inputs` or `outputs`.
+    scope: &'static str,
+    name: &'a str,
+    kind: DataType,
+    mode: Mode,
+}
+
+/// Resolves `uri` and adds the reference: its data appears at (or is taken from)
+/// `<io>/<scope>/<name>`.
+fn add_data(
+    built: &mut Built,
+    context: &Context<'_>,
+    obj: &Object<'_>,
+    data: Data<'_>,
+    uri: &str,
+    issues: &mut Issues,
+) {
+    let Data {
+        scope,
+        name,
+        kind,
+        mode,
+    } = data;
+    let inline_name = format!("{scope}_{name}");
+    let field = obj.field_path("path");
+    let located = locate(
+        uri,
+        &field,
+        &inline_name,
+        context.base,
+        context.registry,
+        issues,
+    );
+    let Some((located, remote)) = located else {
+        return;
+    };
+    let dir = context.io.join(scope).join(name);
+    let Some(local) = data_local_path(kind, &dir, &remote, obj, issues) else {
+        return;
+    };
+    // An upload takes a file's parent as the object's folder, and a folder output is created
+    // for the script to write into.
+    let output = !mode.is_input();
+    let remote = match (output, kind) {
+        (true, DataType::File) => remote.parent().unwrap_or_else(ObjectPath::root),
+        _ => remote,
+    };
+    built.add(located, |datastore_name, datastore| Reference {
+        name: name.to_owned(),
+        datastore_name,
+        datastore,
+        mode,
+        path_on_datastore: remote,
+        path_on_compute: Some(local.display().to_string()),
+        overwrite: true,
+        allow_empty: false,
+        verify: None,
+        local,
+        create_dir: output && kind == DataType::Folder,
+    });
 }
 
 /// Azure ML's default: `azureml/<job name>/<output name>` on the default datastore.

@@ -137,15 +137,13 @@ fn https(uri: &str, inline_name: &str, registry: &Registry) -> Found {
         };
         let endpoint = format!("{origin}/{account}");
         let path = object_path(&segments[2..])?;
-        return azure(
-            Service::Blob,
+        let at = Container {
+            service: Service::Blob,
             account,
             container,
-            Some(endpoint),
-            path,
-            inline_name,
-            registry,
-        );
+            endpoint: Some(endpoint),
+        };
+        return azure(at, path, inline_name, registry);
     }
     let Some((account, service, suffix)) = split_host(&host) else {
         return Err(format!(
@@ -157,15 +155,13 @@ fn https(uri: &str, inline_name: &str, registry: &Registry) -> Found {
     };
     let endpoint = (suffix != "core.windows.net").then(|| origin.clone());
     let path = object_path(&segments[1..])?;
-    azure(
+    let at = Container {
         service,
         account,
         container,
         endpoint,
-        path,
-        inline_name,
-        registry,
-    )
+    };
+    azure(at, path, inline_name, registry)
 }
 
 fn wasbs(uri: &str, inline_name: &str, registry: &Registry) -> Found {
@@ -188,15 +184,13 @@ fn wasbs(uri: &str, inline_name: &str, registry: &Registry) -> Found {
     });
     let segments: Vec<&str> = path.split('/').collect();
     let path = object_path(&segments)?;
-    azure(
-        Service::Blob,
+    let at = Container {
+        service: Service::Blob,
         account,
         container,
         endpoint,
-        path,
-        inline_name,
-        registry,
-    )
+    };
+    azure(at, path, inline_name, registry)
 }
 
 /// `<account>.<blob|dfs|file>.<suffix>`.
@@ -211,15 +205,22 @@ fn split_host(host: &str) -> Option<(&str, Service, &str)> {
     (!account.is_empty()).then_some((account, service, suffix))
 }
 
-fn azure(
+/// A container or share a URL names.
+struct Container<'a> {
     service: Service,
-    account: &str,
-    container: &str,
+    account: &'a str,
+    container: &'a str,
+    /// The service URL when it is not Azure's public one.
     endpoint: Option<String>,
-    path: ObjectPath,
-    inline_name: &str,
-    registry: &Registry,
-) -> Found {
+}
+
+fn azure(at: Container<'_>, path: ObjectPath, inline_name: &str, registry: &Registry) -> Found {
+    let Container {
+        service,
+        account,
+        container,
+        endpoint,
+    } = at;
     let registered = registry
         .datastores
         .iter()
