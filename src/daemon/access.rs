@@ -67,7 +67,7 @@ pub fn check_non_root(plan: &JobPlan, uid: u32, config_dir: &Path) -> Vec<Issue>
                     r.datastore_name
                 ),
             }),
-            Some(SecretRef::File(file)) => {
+            Some(SecretRef::File(file) | SecretRef::UserFile { path: file, .. }) => {
                 let registry_key = from_registry && file.starts_with(&keys_dir);
                 if !registry_key && owner(file) != Some(uid) {
                     issues.push(Issue {

@@ -166,7 +166,7 @@ pub async fn run(
     };
 
     let figures = JobFigures::new(plan, &resources.budget);
-    let stores = open_stores(plan, resources, &figures)?;
+    let stores = open_stores(plan, resources, &figures, options.identity.as_ref())?;
     std::fs::create_dir_all(&options.job_dir).map_err(|source| JobError::JobDir {
         path: options.job_dir.clone(),
         source,
@@ -393,13 +393,29 @@ fn open_stores(
     plan: &JobPlan,
     resources: &Resources,
     figures: &JobFigures,
+    identity: Option<&Identity>,
 ) -> Result<References, JobError> {
+    // The job's own datastores are the user's: their secret files are read with the user's
+    // rights (the registry's are the administrator's, read as root).
+    let user = identity
+        .filter(|identity| identity.is_other_than_self())
+        .map(|identity| crate::model::UserIds {
+            uid: identity.uid,
+            gid: identity.gid,
+            groups: identity.groups.clone(),
+        });
     let mut stores = BTreeMap::new();
     for r in &plan.references {
         let metrics = figures.of(&r.name);
         let mut counted = resources.clone();
         counted.retry = counted.retry.clone().counting(metrics.retry_counter());
-        let store = store::open(&r.datastore, &counted).map_err(|source| JobError::OpenStore {
+        let spec = match &user {
+            Some(user) if plan.inline_datastores.contains(&r.datastore_name) => {
+                r.datastore.with_secret_read_by(user)
+            }
+            _ => r.datastore.clone(),
+        };
+        let store = store::open(&spec, &counted).map_err(|source| JobError::OpenStore {
             datastore: r.datastore_name.clone(),
             source,
         })?;

@@ -83,7 +83,7 @@ fn collect_secret_env_vars<'a>(stores: impl Iterator<Item = &'a DatastoreSpec>) 
         .filter_map(|spec| spec.credential()?.secret_ref())
         .filter_map(|s| match s {
             SecretRef::Env(var) => Some(var.clone()),
-            SecretRef::File(_) => None,
+            SecretRef::File(_) | SecretRef::UserFile { .. } => None,
         })
         .collect();
     vars.sort();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::issues::{Issues, Object, did_you_mean};
-pub use super::secret::{Secret, SecretError, SecretRef};
+pub use super::secret::{Secret, SecretError, SecretRef, UserIds};
 
 /// How a datastore authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,19 @@ impl DatastoreSpec {
             DatastoreSpec::Local { .. } => None,
             DatastoreSpec::AzureBlob(loc) | DatastoreSpec::AzureFile(loc) => Some(&loc.credential),
         }
+    }
+
+    /// This datastore with its secret file read by `user` (see `SecretRef::UserFile`).
+    pub fn with_secret_read_by(&self, user: &UserIds) -> DatastoreSpec {
+        let mut spec = self.clone();
+        if let DatastoreSpec::AzureBlob(loc) | DatastoreSpec::AzureFile(loc) = &mut spec {
+            loc.credential = match &loc.credential {
+                Credential::AccountKey(r) => Credential::AccountKey(r.read_by(user)),
+                Credential::SasToken(r) => Credential::SasToken(r.read_by(user)),
+                other => other.clone(),
+            };
+        }
+        spec
     }
 
     /// The service URL: the configured endpoint or Azure's public one.

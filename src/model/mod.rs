@@ -34,5 +34,5 @@ pub use issues::{Issue, Issues};
 pub use local_path::{normalize_lexically, resolve_path};
 pub use object_path::{ObjectPath, PathError};
 pub use retry::{RetryPolicy, Retryable};
-pub use secret::{Secret, SecretError, SecretRef};
+pub use secret::{Secret, SecretError, SecretRef, UserIds};
 pub use settings::{MountSettings, UploadPolicy, Verify};

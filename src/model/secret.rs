@@ -13,6 +13,21 @@ use std::path::{Path, PathBuf};
 pub enum SecretRef {
     File(PathBuf),
     Env(String),
+    /// A file read by a process that runs as `user` (the secret of a job's own datastore, for
+    /// a job run as that user): the kernel decides what it may read, so a file swapped for a
+    /// link to root's secret yields EACCES, not root's secret.
+    UserFile {
+        path: PathBuf,
+        user: UserIds,
+    },
+}
+
+/// A user's ids, for acting with that user's rights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 /// A secret value. Redacted in `Debug`; read it with `expose`.
@@ -95,6 +110,14 @@ impl SecretRef {
     /// written by `echo` end in a newline).
     pub fn read(&self) -> Result<Secret, SecretError> {
         match self {
+            SecretRef::UserFile { path, user } => {
+                let text = read_as(path, user)?;
+                let value = text.trim();
+                if value.is_empty() {
+                    return Err(SecretError::EmptyFile { path: path.clone() });
+                }
+                Ok(Secret::new(value))
+            }
             SecretRef::File(path) => {
                 self.check_permissions()?;
                 let text = std::fs::read_to_string(path).map_err(|e| SecretError::Unreadable {
@@ -115,12 +138,70 @@ impl SecretRef {
         }
     }
 
+    /// This secret, read with `user`'s rights when it is a file.
+    pub fn read_by(&self, user: &UserIds) -> SecretRef {
+        match self {
+            SecretRef::File(path) | SecretRef::UserFile { path, .. } => SecretRef::UserFile {
+                path: path.clone(),
+                user: user.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         match self {
-            SecretRef::File(path) => serde_json::json!({ "file": path }),
+            SecretRef::File(path) | SecretRef::UserFile { path, .. } => {
+                serde_json::json!({ "file": path })
+            }
             SecretRef::Env(var) => serde_json::json!({ "env": var }),
         }
     }
+}
+
+/// Reads `path` in a child process that dropped to `user`'s uid, gid and groups (no way back)
+/// before it opened anything: `cat`, whose output is the file.
+fn read_as(path: &Path, user: &UserIds) -> Result<String, SecretError> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let unreadable = |reason: String| SecretError::Unreadable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let groups: Vec<nix::unistd::Gid> = user
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(user.uid),
+        nix::unistd::Gid::from_raw(user.gid),
+    );
+    let mut cat = Command::new("/bin/cat");
+    cat.arg("--")
+        .arg(path)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cat.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+            Ok(())
+        });
+    }
+    let out = cat
+        .output()
+        .map_err(|e| unreadable(format!("cannot start a reader as uid {}: {e}", user.uid)))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let reason = said.rsplit(": ").next().unwrap_or("").trim();
+        return Err(unreadable(format!("as uid {}: {reason}", user.uid)));
+    }
+    String::from_utf8(out.stdout).map_err(|_| unreadable("not UTF-8 text".into()))
 }
 
 #[cfg(test)]
@@ -152,6 +233,39 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         assert_eq!(SecretRef::File(link).read().unwrap().expose(), "abc");
+    }
+
+    // A secret file read as its user: what they may read, and nothing of root's even through
+    // a link of theirs.
+    #[test]
+    fn a_user_file_is_read_with_the_users_rights() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let nobody = UserIds {
+            uid: 65534,
+            gid: 65534,
+            groups: Vec::new(),
+        };
+        if !nix::unistd::geteuid().is_root() {
+            return; // dropping to another user needs root; the suite runs as root
+        }
+        let theirs = dir.path().join("theirs");
+        fs::write(&theirs, "their-sas\n").unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let secret = SecretRef::File(theirs).read_by(&nobody);
+        assert_eq!(secret.read().unwrap().expose(), "their-sas");
+        let roots = dir.path().join("roots");
+        fs::write(&roots, "ROOT-SAS").unwrap();
+        fs::set_permissions(&roots, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&roots, &link).unwrap();
+        let error = SecretRef::File(link).read_by(&nobody).read().unwrap_err();
+        assert!(
+            matches!(&error, SecretError::Unreadable { reason, .. } if reason.contains("Permission denied")),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("ROOT-SAS"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ struct FileStamp(Option<SystemTime>, u64, u64);
 fn stamp(secret: &SecretRef) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     match secret {
-        SecretRef::File(path) => std::fs::metadata(path)
+        SecretRef::File(path) | SecretRef::UserFile { path, .. } => std::fs::metadata(path)
             .ok()
             .map(|m| FileStamp(m.modified().ok(), m.len(), m.ino())),
         SecretRef::Env(_) => None,
