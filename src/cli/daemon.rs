@@ -42,8 +42,11 @@ pub struct SubmitArgs {
     /// Follow the job's log and exit with its exit code.
     #[arg(long)]
     pub wait: bool,
-    /// The job manifest; its relative paths resolve against its own directory.
-    #[arg(value_name = "JOB.json")]
+    /// The job: dataref's manifest (JSON or YAML), an Azure ML v1 run configuration (JSON,
+    /// submission body or .runconfig YAML) or an Azure ML v2 command-job YAML, told apart by
+    /// content. Its relative paths resolve
+    /// against its own directory.
+    #[arg(value_name = "JOB")]
     pub manifest: PathBuf,
 }
 

@@ -56,7 +56,8 @@ pub enum Command {
     /// Exits with the script's code (128+N if signal N killed it). SIGTERM, SIGINT and SIGHUP
     /// are forwarded to the script; outputs are still uploaded (upload_policy).
     Run(run::Args),
-    /// Check a job manifest and print the resolved plan, without side effects.
+    /// Check a job (manifest, Azure ML v1 or v2 document) and print the resolved plan, without
+    /// side effects.
     ///
     /// Prints, per data reference: datastore, mode, remote path, the absolute local path and
     /// the variable the script receives. On errors, prints every problem with its JSON path and

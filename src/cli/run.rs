@@ -31,8 +31,10 @@ pub struct Args {
     /// behind (the daemon's recovery). Exits 0, or 75 when an upload failed.
     #[arg(long)]
     pub stage_out_only: bool,
-    /// The job manifest.
-    #[arg(value_name = "JOB.json")]
+    /// The job: dataref's manifest (JSON or YAML), an Azure ML v1 run configuration (JSON,
+    /// submission body or .runconfig YAML) or an Azure ML v2 command-job YAML, told apart by
+    /// content.
+    #[arg(value_name = "JOB")]
     pub manifest: PathBuf,
 }
 

@@ -9,8 +9,10 @@ use crate::manifest::{self, JobPlan};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The job manifest.
-    #[arg(value_name = "JOB.json")]
+    /// The job: dataref's manifest (JSON or YAML), an Azure ML v1 run configuration (JSON,
+    /// submission body or .runconfig YAML) or an Azure ML v2 command-job YAML, told apart by
+    /// content.
+    #[arg(value_name = "JOB")]
     pub manifest: PathBuf,
     /// Print the plan as JSON.
     #[arg(long)]
