@@ -10,6 +10,7 @@ pub mod figures;
 pub mod identity;
 pub mod log;
 pub mod result;
+mod stage_in;
 pub mod supervise;
 
 use std::collections::BTreeMap;
@@ -517,52 +518,8 @@ async fn prepare(
             }
         }
     }
-    for r in plan.references.iter().filter(|r| r.mode == Mode::Download) {
-        let store = stores.store(&r.name);
-        log.line(&format!(
-            "{}: downloading {} from {} to {}",
-            r.name,
-            r.path_on_datastore,
-            r.datastore_name,
-            r.local.display()
-        ));
-        let started = Instant::now();
-        let engine = stores
-            .engine(engine, &r.name)
-            .with_verify(r.verify.unwrap_or(plan.verify));
-        let outcome =
-            transfer::download(&engine, store, &r.path_on_datastore, &r.local, r.overwrite).await;
-        note_transfer(&stores.figures, &r.name, started, &outcome);
-        let entry = result.outcome(&r.name);
-        match outcome {
-            Ok(report) => {
-                log.line(&format!("{}: downloaded {}", r.name, report.summary()));
-                if let Some(identity) = &options.identity {
-                    give_downloaded_tree(identity, &r.local, log)
-                        .map_err(|()| Prepare::Failed(InputFailure::Local))?;
-                }
-                let all_local = report.errors.iter().all(|e| e.local);
-                for e in &report.errors {
-                    log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
-                }
-                if entry.record(report) {
-                    return Err(Prepare::Failed(InputFailure::Files { all_local }));
-                }
-            }
-            Err(TransferError::NothingMatched { .. }) if r.allow_empty => {
-                create_dirs_for(&r.local, options.identity.as_ref())
-                    .map_err(|_| Prepare::Failed(InputFailure::Local))?;
-                log.line(&format!("{}: nothing to download (allow_empty)", r.name));
-                entry.status = ReferenceStatus::Done;
-                entry.duration_seconds = started.elapsed().as_secs_f64();
-            }
-            Err(e) => {
-                log.line(&format!("{}: download failed: {e}", r.name));
-                entry.fail(e.to_string(), started.elapsed());
-                return Err(Prepare::Failed(InputFailure::Transfer(e)));
-            }
-        }
-    }
+    stage_in::download_inputs(plan, options, stores, engine, log, result).await?;
+    stage_in::restore_outputs(plan, options, stores, engine, log).await?;
     Ok(())
 }
 

@@ -473,6 +473,7 @@ fn add_data(
         verify: None,
         local,
         create_dir: output && kind == DataType::Folder,
+        restore: false,
     });
 }
 

@@ -50,6 +50,9 @@ pub struct Reference {
     /// An upload whose `local` is a folder dataref creates before the script starts (an Azure
     /// ML v2 `uri_folder` output); otherwise only `local`'s parent is created.
     pub create_dir: bool,
+    /// An upload whose folder is first filled with what is already under `path_on_datastore`
+    /// (a preempted job resumes from its last checkpoint).
+    pub restore: bool,
 }
 
 /// Reference names become part of `AZUREML_DATAREFERENCE_<name>`, so any non-empty
@@ -211,11 +214,12 @@ fn parse_one(
     };
     let obj = Object::new(value, path, issues)?;
     detect_spelling(&obj, issues);
-    // `verify` is dataref's own, accepted in every spelling; `ForceRead` is the node runtime's
-    // (checked, and meaningless here: inputs are always read, on demand or up front).
+    // `verify` and `restore` are dataref's own, accepted in every spelling; `ForceRead` is the
+    // node runtime's (checked, and meaningless here: inputs are always read, on demand or up
+    // front).
     let extra: &[&str] = match spelling.name == PASCAL.name {
-        true => &["verify", "ForceRead"],
-        false => &["verify"],
+        true => &["verify", "restore", "ForceRead"],
+        false => &["verify", "restore"],
     };
     let known: Vec<&str> = spelling.fields.iter().chain(extra).copied().collect();
     obj.reject_unknown(&known, issues);
@@ -280,6 +284,14 @@ fn parse_one(
     }
     let overwrite = obj.bool(f_overwrite, issues).unwrap_or(false);
     let allow_empty = obj.bool(f_empty, issues).unwrap_or(false);
+    let restore = obj.bool("restore", issues).unwrap_or(false);
+    if restore && mode.is_some_and(Mode::is_input) {
+        issues.push(
+            obj.field_path("restore"),
+            "only for mode \"upload\": it fills the folder the script writes with what is \
+             already stored",
+        );
+    }
 
     if missing_upload_source {
         return None; // no local path: nothing to compare with other references
@@ -305,6 +317,7 @@ fn parse_one(
         verify,
         local,
         create_dir: false,
+        restore,
     })
 }
 
