@@ -124,6 +124,13 @@ pub fn decode(bytes: &[u8]) -> Result<Value, Issue> {
             ))
         });
     }
+    // The YAML parser takes time quadratic in the nesting of flow collections before its own
+    // recursion limit stops it (100,000 `[`: 28 s); a daemon parses bodies of other users.
+    if flow_depth(text) > MAX_FLOW_DEPTH {
+        return Err(problem(format!(
+            "invalid YAML: nested more than {MAX_FLOW_DEPTH} levels deep"
+        )));
+    }
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
         let at = e
             .location()
@@ -132,6 +139,25 @@ pub fn decode(bytes: &[u8]) -> Result<Value, Issue> {
         problem(format!("invalid YAML{at}: {e}"))
     })?;
     Ok(yaml_to_json(yaml))
+}
+
+/// Deeper than any job document nests, far below where parsing gets slow.
+const MAX_FLOW_DEPTH: usize = 256;
+
+/// The deepest nesting of `[` and `{` (quotes ignored: a string of brackets only counts more).
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn yaml_to_json(value: serde_yaml_ng::Value) -> Value {
@@ -213,6 +239,15 @@ mod tests {
             "{}",
             yaml_error.message
         );
+        let deep = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let started = std::time::Instant::now();
+        let too_deep = decode(deep.as_bytes()).unwrap_err();
+        assert!(
+            too_deep.message.contains("levels deep"),
+            "{}",
+            too_deep.message
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
         let binary = decode(&[0x7b, 0xff, 0xfe]).unwrap_err();
         assert!(binary.message.contains("not UTF-8"));
     }
