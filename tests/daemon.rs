@@ -530,3 +530,37 @@ dataReferences:
         .expect_code(0);
     assert_eq!(read(&area.path("store/results/v1/copy.txt")), "input-a");
 }
+
+// `--cache-root`: the service's place for mount caches (local NVMe); each job's cache is
+// named after its job directory, and removed when the mount ends.
+#[test]
+fn mount_caches_go_under_the_services_cache_root() {
+    let area = Area::new();
+    let cache_root = area.path("nvme");
+    cli::mkdir(&cache_root);
+    let _daemon = area.daemon(&["--cache-root", cache_root.to_str().unwrap()], &[]);
+    cli::write_file(&area.path("store/in/a.txt"), "cached", 0o644);
+    let manifest = area.manifest(
+        "mount.json",
+        json!({
+            "data_references": {"data": {"datastore": "store", "path_on_datastore": "in"}},
+            "command": sh("cat $AZUREML_DATAREFERENCE_data/a.txt"),
+        }),
+    );
+    let out = area.client(&["submit", "--wait", manifest.to_str().unwrap()]);
+    out.expect_code(0);
+    let list = area.client(&["status", "--json"]).expect_code(0).json();
+    let id = list["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let logs = area.client(&["logs", &id]);
+    let expected = format!(
+        "disk cache at {}",
+        cache_root.join(format!("{id}.data")).display()
+    );
+    assert!(
+        logs.stdout.contains(&expected),
+        "{expected}\n{}",
+        logs.stdout
+    );
+    let left: Vec<_> = std::fs::read_dir(&cache_root).unwrap().collect();
+    assert!(left.is_empty(), "the cache outlived the job: {left:?}");
+}

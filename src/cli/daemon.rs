@@ -33,6 +33,10 @@ pub struct DaemonArgs {
     /// default; they are always on the socket).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where jobs' mounts keep their disk caches (local NVMe, say) when a manifest does not
+    /// say; jobs of non-root users may not say. Default: each job's own directory.
+    #[arg(long, value_name = "DIR")]
+    pub cache_root: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +97,10 @@ pub fn daemon(config_dir: &Path, args: DaemonArgs) -> Result<i32, CliError> {
         config_dir: absolute(config_dir, "--config-dir")?,
         executable,
         metrics_listen: args.metrics_listen,
+        cache_root: match &args.cache_root {
+            Some(dir) => Some(absolute(dir, "--cache-root")?),
+            None => None,
+        },
     };
     let runtime = super::runtime()?;
     runtime.block_on(daemon::run(config))?;

@@ -27,6 +27,10 @@ pub struct Args {
     /// the manifest's `environment`) instead of inheriting dataref's.
     #[arg(long)]
     pub clean_env: bool,
+    /// Where mounts keep their disk caches when the manifest does not say
+    /// (<DIR>/<job directory's name>.<reference>); default: the job directory.
+    #[arg(long, value_name = "DIR")]
+    pub cache_root: Option<PathBuf>,
     /// Do not prepare or run anything: upload the outputs an interrupted run of this job left
     /// behind (the daemon's recovery). Exits 0, or 75 when an upload failed.
     #[arg(long)]
@@ -78,6 +82,17 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
             )
         })?;
     }
+    let cache_root = match &args.cache_root {
+        Some(dir) => {
+            Some(std::path::absolute(dir).map_err(|e| CliError::bad_argument("--cache-root", e))?)
+        }
+        None => None,
+    };
+    if let (Some(root), true) = (&cache_root, args.run_as.is_some()) {
+        crate::job::identity::check_root_only_path(root).map_err(|problem| {
+            CliError::bad_argument("--cache-root", format!("{}: {problem}", root.display()))
+        })?;
+    }
     let options = RunOptions {
         job_dir,
         progress: if args.no_progress {
@@ -88,6 +103,7 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
         identity: args.run_as,
         clean_env: args.clean_env,
         stage_out_only: args.stage_out_only,
+        cache_root,
     };
     let runtime = super::runtime()?;
     // `block_on` runs the job on this (main) thread, which outlives the child: the child's

@@ -48,6 +48,8 @@ pub struct Config {
     pub executable: PathBuf,
     /// `--metrics-listen`: where `/metrics`, `/healthz` and `/readyz` are served over TCP too.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `--cache-root`: where jobs' mount caches go (`dataref run --cache-root`).
+    pub cache_root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +247,9 @@ impl Daemon {
             .arg("--clean-env")
             .arg("--base-dir")
             .arg(&record.base_dir);
+        if let Some(root) = &self.config.cache_root {
+            command.arg("--cache-root").arg(root);
+        }
         let identity = record.submitted_by.identity();
         if identity.is_other_than_self() {
             command.arg("--run-as").arg(identity.to_arg());
@@ -620,6 +625,7 @@ mod tests {
                 config_dir: state_dir.join("config"),
                 executable: PathBuf::from("/bin/false"),
                 metrics_listen: None,
+                cache_root: None,
             },
             Notifier::default(),
         )

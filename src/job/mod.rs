@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub clean_env: bool,
     /// Only upload the outputs a previous, interrupted run left (daemon recovery).
     pub stage_out_only: bool,
+    /// Where mount caches go when the manifest does not say (`<root>/<job>.<reference>`);
+    /// `None`: `<job_dir>/cache/<reference>`.
+    pub cache_root: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -458,9 +461,21 @@ async fn prepare(
     // Mounts first: they are quick to fail, and they stay usable while downloads run.
     for r in plan.references.iter().filter(|r| r.mode == Mode::Mount) {
         let started = Instant::now();
-        // The default cache lives in the job directory (one folder per reference).
-        let cache =
-            CacheOptions::from_settings(&plan.mount, &options.job_dir.join("cache"), &r.name);
+        // The default cache lives in the job directory (one folder per reference), or under the
+        // service's cache root, named after the job directory (unique per job).
+        let cache = match &options.cache_root {
+            Some(root) => {
+                let job = options
+                    .job_dir
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy();
+                CacheOptions::from_settings(&plan.mount, root, &format!("{job}.{}", r.name))
+            }
+            None => {
+                CacheOptions::from_settings(&plan.mount, &options.job_dir.join("cache"), &r.name)
+            }
+        };
         let fs_options = FsOptions {
             attribute_ttl: plan.mount.attribute_ttl,
             budget: engine.budget.clone(),
