@@ -69,3 +69,19 @@ fn restore_is_only_for_uploads() {
         out.stderr
     );
 }
+
+// A file already in the folder (this node's own, at least as new) is kept, not overwritten.
+#[test]
+fn a_restore_keeps_what_the_folder_already_holds() {
+    let job = Job::new();
+    job.put("runs/2/ckpt/latest", "stored");
+    job.put("runs/2/ckpt/step-1", "1");
+    let mut checkpoints = upload_ref("runs/2/ckpt", "ckpt");
+    checkpoints["restore"] = json!(true);
+    common::cli::write_file(&job.work.join("ckpt/latest"), "local", 0o644);
+    let manifest = job.manifest(json!({
+        "data_references": {"ckpt": checkpoints},
+        "command": sh("test \"$(cat ckpt/latest)\" = local && test -e ckpt/step-1"),
+    }));
+    job.expect_code(job.run(&manifest), 0);
+}

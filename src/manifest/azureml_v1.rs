@@ -49,7 +49,8 @@ pub(super) fn translate(config: &Value, issues: &mut Issues) -> Option<Translate
         manifest.insert("environment".into(), Value::Object(environment));
     }
     if let Some(refs) = top.get("dataReferences").filter(|v| !v.is_null()) {
-        manifest.insert("dataReferences".into(), without_nulls(refs));
+        // Nulls in Azure ML's spellings are absent fields to the reference parser.
+        manifest.insert("dataReferences".into(), refs.clone());
     }
     let ignored: Vec<&str> = top
         .iter()
@@ -274,27 +275,6 @@ fn is_empty(value: &Value) -> bool {
     }
 }
 
-/// The SDK writes absent reference fields as nulls (`pathOnDataStore: null`): absent they are.
-fn without_nulls(refs: &Value) -> Value {
-    let Value::Object(entries) = refs else {
-        return refs.clone();
-    };
-    let entries = entries.iter().map(|(name, entry)| {
-        let entry = match entry {
-            Value::Object(fields) => Value::Object(
-                fields
-                    .iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            other => other.clone(),
-        };
-        (name.clone(), entry)
-    });
-    Value::Object(entries.collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,15 +374,5 @@ mod tests {
             ]
         );
         assert_eq!(problems(json!({"arguments": []})), ["script"]);
-    }
-
-    #[test]
-    fn null_reference_fields_are_absent() {
-        let t = translate_ok(json!({"script": "t.py", "dataReferences": {
-            "r": {"dataStoreName": "ds", "pathOnDataStore": null, "mode": "mount"}}}));
-        assert_eq!(
-            t.manifest["dataReferences"],
-            json!({"r": {"dataStoreName": "ds", "mode": "mount"}})
-        );
     }
 }

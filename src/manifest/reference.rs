@@ -196,7 +196,7 @@ fn parse_one(
     working_dir: Option<&Path>,
     issues: &mut Issues,
 ) -> Option<Reference> {
-    let spelling = detect_spelling(&Object::new(value, path, issues)?, &mut Issues::default());
+    let spelling = detect_spelling(&Object::new(value, path, issues)?, issues);
     // Azure ML writes absent fields as nulls (`"pathOnDataStore": null`): absent they are.
     let without_nulls;
     let value = match value {
@@ -213,7 +213,6 @@ fn parse_one(
         other => other,
     };
     let obj = Object::new(value, path, issues)?;
-    detect_spelling(&obj, issues);
     // `verify` and `restore` are dataref's own, accepted in every spelling; `ForceRead` is the
     // node runtime's (checked, and meaningless here: inputs are always read, on demand or up
     // front).
