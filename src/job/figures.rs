@@ -12,6 +12,7 @@ use super::result::{DataWait, JobResult};
 use crate::fs::cache::DiskCache;
 use crate::manifest::JobPlan;
 use crate::model::MemoryBudget;
+use crate::model::durable::SharedSyncState;
 use crate::model::metrics::{LiveFigures, ReferenceMetrics};
 
 /// The live figures' file in the job directory.
@@ -28,6 +29,8 @@ struct Inner {
     references: BTreeMap<String, Arc<ReferenceMetrics>>,
     /// Mounts' disk caches, added as they are made (their hits and misses).
     caches: Mutex<BTreeMap<String, Arc<DiskCache>>>,
+    /// Outputs uploaded while the script runs, added as they start.
+    syncs: Mutex<BTreeMap<String, SharedSyncState>>,
     budget: MemoryBudget,
     started: Instant,
 }
@@ -43,6 +46,7 @@ impl JobFigures {
             inner: Arc::new(Inner {
                 references,
                 caches: Mutex::default(),
+                syncs: Mutex::default(),
                 budget: budget.clone(),
                 started: Instant::now(),
             }),
@@ -60,6 +64,14 @@ impl JobFigures {
             .lock()
             .unwrap()
             .insert(name.to_owned(), cache);
+    }
+
+    pub fn add_sync(&self, name: &str, state: SharedSyncState) {
+        self.inner
+            .syncs
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), state);
     }
 
     pub fn snapshot(&self) -> LiveFigures {
@@ -84,6 +96,14 @@ impl JobFigures {
             budget_bytes: self.inner.budget.bytes(),
             budget_in_use_bytes: self.inner.budget.held_bytes(),
             references,
+            outputs: self
+                .inner
+                .syncs
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(name, state)| (name.clone(), state.lock().unwrap().live()))
+                .collect(),
         }
     }
 

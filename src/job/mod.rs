@@ -11,6 +11,7 @@ pub mod identity;
 pub mod log;
 pub mod result;
 mod stage_in;
+mod stage_out;
 pub mod supervise;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ use crate::manifest::{JobPlan, Mode};
 use crate::model::UploadPolicy;
 use crate::store::metered::Metered;
 use crate::store::{self, Resources, Store};
-use crate::transfer::{self, Engine, ProgressMode, TransferError, UploadJournal, UploadSource};
+use crate::transfer::{self, Engine, ProgressMode, TransferError};
 use figures::JobFigures;
 use identity::Identity;
 use log::JobLog;
@@ -217,7 +218,7 @@ pub async fn run(
         figures: figures.clone(),
     };
     if options.stage_out_only {
-        let (end, result) = recover_outputs(
+        let (end, result) = stage_out::recover_outputs(
             plan,
             &stores,
             &engine,
@@ -255,6 +256,32 @@ pub async fn run(
         return Ok(finished(end, reason, result, log));
     }
 
+    // Continuous outputs are watched from here on (after restore, before the script).
+    let journal = stage_out::open_journal(&options.job_dir, &log);
+    let syncs = stage_out::Syncs::start(
+        plan,
+        &stores,
+        &engine,
+        journal.as_ref(),
+        &log,
+        &options.job_dir,
+        options.identity.as_ref(),
+    )
+    .await;
+    let mut syncs = match syncs {
+        Ok(syncs) => syncs,
+        Err((name, error)) => {
+            result.outcome(&name).fail(error, std::time::Duration::ZERO);
+            result.mark_not_run();
+            unmount_all(mounts, &log).await;
+            let (end, reason) = (
+                JobEnd::InputFailed(InputFailure::Local),
+                EndReason::InputFailed,
+            );
+            return Ok(finished(end, reason, result, log));
+        }
+    };
+
     // Phase 2: the script.
     let base_env: Vec<(std::ffi::OsString, std::ffi::OsString)> = match &options.identity {
         _ if !options.clean_env => std::env::vars_os().collect(),
@@ -290,7 +317,8 @@ pub async fn run(
         result.script_pid = Some(pid);
         result.save(&options.job_dir, &log);
     };
-    let supervised = match supervise::run_child(&spec, &mut signals, &log, on_start).await {
+    let child = supervise::run_child(&spec, &mut signals, &log, on_start);
+    let supervised = match syncs.beside(child).await {
         Ok(supervised) => supervised,
         Err(e) => {
             // Not even started (no such program): outputs cannot exist; report like a shell.
@@ -323,30 +351,50 @@ pub async fn run(
     result.script_pid = None;
     result.phase = Phase::StagingOut;
     result.save(&options.job_dir, &log);
-    let stage_out_ok = if upload {
-        let staging = stage_out(
-            plan,
-            &stores,
-            &engine,
-            &log,
-            &mut result,
-            &options.job_dir,
-            options.identity.as_ref(),
-        );
-        let (ok, received) =
-            supervise::finish_despite_signals(staging, &mut signals, &log, "stage-out").await;
-        result.signals_during_stage_out = received.iter().map(|s| s.as_str().to_owned()).collect();
-        ok
-    } else {
-        for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
-            log.line(&format!(
-                "{}: not uploaded: the script failed and upload_policy is on_success",
-                r.name
-            ));
-            result.outcome(&r.name).status = ReferenceStatus::SkippedByPolicy;
-        }
-        true
+    let staging = async {
+        let on_exit = async {
+            match upload {
+                true => {
+                    stage_out::stage_out(
+                        plan,
+                        &stores,
+                        &engine,
+                        &log,
+                        &mut result,
+                        stage_out::Outputs {
+                            job_dir: &options.job_dir,
+                            identity: options.identity.as_ref(),
+                            journal: journal.as_ref(),
+                        },
+                    )
+                    .await
+                }
+                false => {
+                    let skipped = |r: &&crate::manifest::Reference| {
+                        r.mode == Mode::Upload && r.sync.mode == crate::model::SyncMode::OnExit
+                    };
+                    for r in plan.references.iter().filter(skipped) {
+                        log.line(&format!(
+                            "{}: not uploaded: the script failed and upload_policy is on_success",
+                            r.name
+                        ));
+                        result.outcome(&r.name).status = ReferenceStatus::SkippedByPolicy;
+                    }
+                    true
+                }
+            }
+        };
+        let how = match upload {
+            true => transfer::continuous::End::Drain,
+            false => transfer::continuous::End::Stop,
+        };
+        let (on_exit_ok, syncs) = futures::join!(on_exit, syncs.finish(how));
+        on_exit_ok & syncs.record(&log, &mut result)
     };
+    let (stage_out_ok, received) =
+        supervise::finish_despite_signals(staging, &mut signals, &log, "stage-out").await;
+    result.signals_during_stage_out = received.iter().map(|s| s.as_str().to_owned()).collect();
+    stage_out::close_journal(journal.as_ref(), &log);
 
     // A script that exited 0 (also after a forwarded SIGTERM) whose outputs did not all
     // arrive must not look like a success.
@@ -563,123 +611,6 @@ fn give_downloaded_tree(identity: &Identity, local: &Path, log: &JobLog) -> Resu
             identity.uid
         ));
     })
-}
-
-/// `--stage-out-only`: the previous run was interrupted (its agent died); upload what its script
-/// left, as a preempted job's outputs would have been.
-async fn recover_outputs(
-    plan: &JobPlan,
-    stores: &References,
-    engine: &Engine,
-    log: &JobLog,
-    mut result: JobResult,
-    job_dir: &Path,
-    identity: Option<&Identity>,
-) -> (JobEnd, JobResult) {
-    log.line("recovering: uploading the outputs of an interrupted run");
-    result.phase = Phase::StagingOut;
-    result.save(job_dir, log);
-    let ok = stage_out(plan, stores, engine, log, &mut result, job_dir, identity).await;
-    for outcome in result.references.values_mut() {
-        if outcome.status == ReferenceStatus::Pending {
-            outcome.status = ReferenceStatus::NotRun;
-        }
-    }
-    (JobEnd::Recovered { uploads_ok: ok }, result)
-}
-
-/// Uploads every output. Returns false when any upload failed (a missing source is only a
-/// warning).
-async fn stage_out(
-    plan: &JobPlan,
-    stores: &References,
-    engine: &Engine,
-    log: &JobLog,
-    result: &mut JobResult,
-    job_dir: &Path,
-    identity: Option<&Identity>,
-) -> bool {
-    let mut ok = true;
-    // Without its journal an upload still works; it only cannot be resumed after a crash.
-    let journal = match UploadJournal::open(job_dir) {
-        Ok(journal) => Some(journal),
-        Err(e) => {
-            log.line(&format!(
-                "warning: {e}; uploads cut short now cannot be resumed"
-            ));
-            None
-        }
-    };
-    for r in plan.references.iter().filter(|r| r.mode == Mode::Upload) {
-        let started = Instant::now();
-        if let Some(link) = identity.and_then(|user| user.own_symlink_on(&r.local)) {
-            let error = format!(
-                "{} is a symbolic link owned by the job's user; not followed",
-                link.display()
-            );
-            log.line(&format!("{}: not uploaded: {error}", r.name));
-            result.outcome(&r.name).fail(error, started.elapsed());
-            ok = false;
-            continue;
-        }
-        let source = match std::fs::metadata(&r.local) {
-            Ok(meta) if meta.is_dir() => UploadSource::Directory(r.local.clone()),
-            Ok(_) => UploadSource::Files(vec![r.local.clone()]),
-            Err(_) => {
-                let warning = format!("{} does not exist; nothing uploaded", r.local.display());
-                log.line(&format!("{}: warning: {warning}", r.name));
-                let entry = result.outcome(&r.name);
-                entry.status = ReferenceStatus::SourceMissing;
-                entry.warnings.push(warning);
-                continue;
-            }
-        };
-        log.line(&format!(
-            "{}: uploading {} to {}:{}",
-            r.name,
-            r.local.display(),
-            r.datastore_name,
-            r.path_on_datastore
-        ));
-        let exclude = vec![job_dir.to_path_buf()];
-        let store = stores.store(&r.name);
-        let engine = stores.engine(engine, &r.name);
-        let outcome = transfer::upload_journaled(
-            &engine,
-            store,
-            &source,
-            &r.path_on_datastore,
-            r.overwrite,
-            &exclude,
-            journal.as_ref().map(|j| j.for_reference(&r.name)),
-        )
-        .await;
-        note_transfer(&stores.figures, &r.name, started, &outcome);
-        let entry = result.outcome(&r.name);
-        match outcome {
-            Ok(report) => {
-                log.line(&format!("{}: uploaded {}", r.name, report.summary()));
-                for s in &report.skipped {
-                    log.line(&format!("{}: skipped {} ({:?})", r.name, s.path, s.reason));
-                }
-                for e in &report.errors {
-                    log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
-                }
-                ok &= !entry.record(report);
-            }
-            Err(e) => {
-                log.line(&format!("{}: upload failed: {e}", r.name));
-                entry.fail(e.to_string(), started.elapsed());
-                ok = false;
-            }
-        }
-    }
-    if let Some(failure) = journal.as_ref().and_then(|j| j.failure()) {
-        log.line(&format!(
-            "warning: {failure}; the journal stopped there: uploads cut short now cannot be resumed"
-        ));
-    }
-    ok
 }
 
 /// Outcome lookups by reference name, used while phases fill in the result.

@@ -10,6 +10,8 @@ use serde::Serialize;
 use super::log::JobLog;
 use super::supervise::{ChildExit, Supervised};
 use crate::manifest::{JobPlan, Mode};
+use crate::model::SyncMode;
+use crate::model::durable::SyncState;
 use crate::model::metrics::ReferenceFigures;
 use crate::transfer::{FileFailure, Skipped, TransferReport, Verified};
 
@@ -71,6 +73,17 @@ pub struct ReferenceOutcome {
     /// What the data path cost for this reference: bytes, files, requests, retries, errors,
     /// cache hits/misses (mounts) and the time the script waited on it.
     pub io: ReferenceFigures,
+    /// `sync: continuous` uploads: each durable file (size, when) and each checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncReport>,
+}
+
+/// A continuous upload in `result.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub mode: SyncMode,
+    #[serde(flatten)]
+    pub state: SyncState,
 }
 
 impl ReferenceOutcome {
@@ -250,6 +263,7 @@ impl JobResult {
                         verified: None,
                         duration_seconds: 0.0,
                         io: ReferenceFigures::default(),
+                        sync: None,
                     },
                 )
             })

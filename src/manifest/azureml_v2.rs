@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::reference::{Mode, Reference, is_reference_name};
 use super::uri::{Located, locate};
 use crate::model::issues::{Issues, Object, describe_value, join};
-use crate::model::{DatastoreSpec, ObjectPath, resolve_path};
+use crate::model::{DatastoreSpec, ObjectPath, OutputSync, SyncMode, resolve_path};
 use crate::registry::Registry;
 
 /// What a command job means on the node.
@@ -331,6 +331,7 @@ fn parse_inputs(top: &Object<'_>, context: &Context<'_>, built: &mut Built, issu
                 name,
                 kind,
                 mode,
+                sync: SyncMode::OnExit,
             };
             add_data(built, context, &obj, data, uri, issues);
         }
@@ -372,16 +373,20 @@ fn parse_outputs(top: &Object<'_>, context: &Context<'_>, built: &mut Built, iss
             ));
         }
         let kind = data_type(&obj, issues);
-        let mode = match obj.get("mode").map(|m| (m, m.as_str())) {
-            Some((_, Some("upload"))) => Some(Mode::Upload),
-            None | Some((_, Some("rw_mount"))) => {
-                issues.push(
-                    obj.field_path("mode"),
-                    "rw_mount (the default for outputs) uploads while the job runs, which \
-                     dataref does not do yet; set mode: upload (uploaded when the script ends)",
-                );
-                None
-            }
+        // rw_mount (the default) is Azure ML's "mounted directory" output: here the script
+        // writes a local folder that is uploaded while it runs, file by file after close.
+        let (mode, sync) = match obj.get("mode").map(|m| (m, m.as_str())) {
+            Some((_, Some("upload"))) => (Some(Mode::Upload), SyncMode::OnExit),
+            None | Some((_, Some("rw_mount"))) => match kind {
+                Some(DataType::File) => {
+                    built.notes.push(format!(
+                        "{path}: a uri_file output in rw_mount mode is uploaded when the script \
+                         ends (continuous upload watches folders)"
+                    ));
+                    (Some(Mode::Upload), SyncMode::OnExit)
+                }
+                _ => (Some(Mode::Upload), SyncMode::Continuous),
+            },
             Some((other, _)) => {
                 issues.push(
                     obj.field_path("mode"),
@@ -390,7 +395,7 @@ fn parse_outputs(top: &Object<'_>, context: &Context<'_>, built: &mut Built, iss
                         describe_value(other)
                     ),
                 );
-                None
+                (None, SyncMode::OnExit)
             }
         };
         let uri = match obj.get("path") {
@@ -406,6 +411,7 @@ fn parse_outputs(top: &Object<'_>, context: &Context<'_>, built: &mut Built, iss
                 name,
                 kind,
                 mode,
+                sync,
             };
             add_data(built, context, &obj, data, &uri, issues);
         }
@@ -419,6 +425,8 @@ struct Data<'a> {
     name: &'a str,
     kind: DataType,
     mode: Mode,
+    /// Outputs: when their files are sent.
+    sync: SyncMode,
 }
 
 /// Resolves `uri` and adds the reference: its data appears at (or is taken from)
@@ -436,6 +444,7 @@ fn add_data(
         name,
         kind,
         mode,
+        sync,
     } = data;
     let inline_name = format!("{scope}_{name}");
     let field = obj.field_path("path");
@@ -474,6 +483,10 @@ fn add_data(
         local,
         create_dir: output && kind == DataType::Folder,
         restore: false,
+        sync: OutputSync {
+            mode: sync,
+            ..OutputSync::default()
+        },
     });
 }
 

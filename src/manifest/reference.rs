@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::Datastores;
 use crate::model::datastore::DatastoreSpec;
 use crate::model::issues::{Issues, Object, did_you_mean, type_name};
-use crate::model::{ObjectPath, Verify, resolve_path};
+use crate::model::{ObjectPath, OutputSync, SyncMode, Verify, resolve_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +53,8 @@ pub struct Reference {
     /// An upload whose folder is first filled with what is already under `path_on_datastore`
     /// (a preempted job resumes from its last checkpoint).
     pub restore: bool,
+    /// When an upload's files are sent, and how fast.
+    pub sync: OutputSync,
 }
 
 /// Reference names become part of `AZUREML_DATAREFERENCE_<name>`, so any non-empty
@@ -213,14 +215,27 @@ fn parse_one(
         other => other,
     };
     let obj = Object::new(value, path, issues)?;
-    // `verify` and `restore` are dataref's own, accepted in every spelling; `ForceRead` is the
-    // node runtime's (checked, and meaningless here: inputs are always read, on demand or up
-    // front).
-    let extra: &[&str] = match spelling.name == PASCAL.name {
-        true => &["verify", "restore", "ForceRead"],
-        false => &["verify", "restore"],
+    // `verify`, `restore` and the sync fields are dataref's own, accepted in every spelling;
+    // `ForceRead` is the node runtime's (checked, and meaningless here: inputs are always read,
+    // on demand or up front).
+    let ours = [
+        "verify",
+        "restore",
+        "sync",
+        "commit_files",
+        "max_bytes_per_second",
+    ];
+    let runtime: &[&str] = match spelling.name == PASCAL.name {
+        true => &["ForceRead"],
+        false => &[],
     };
-    let known: Vec<&str> = spelling.fields.iter().chain(extra).copied().collect();
+    let known: Vec<&str> = spelling
+        .fields
+        .iter()
+        .chain(&ours)
+        .chain(runtime)
+        .copied()
+        .collect();
     obj.reject_unknown(&known, issues);
     if spelling.name == PASCAL.name {
         obj.bool("ForceRead", issues);
@@ -292,6 +307,8 @@ fn parse_one(
         );
     }
 
+    let sync = parse_sync(&obj, mode, issues);
+
     if missing_upload_source {
         return None; // no local path: nothing to compare with other references
     }
@@ -315,9 +332,66 @@ fn parse_one(
         allow_empty,
         verify,
         local,
-        create_dir: false,
+        // A folder synced while the script runs is watched from before it starts.
+        create_dir: sync.mode == SyncMode::Continuous,
         restore,
+        sync,
     })
+}
+
+/// `sync`, `commit_files` and `max_bytes_per_second`: upload references only.
+fn parse_sync(obj: &Object<'_>, mode: Option<Mode>, issues: &mut Issues) -> OutputSync {
+    let mut sync = OutputSync::default();
+    let upload_only = |field: &str, issues: &mut Issues| {
+        if mode.is_some_and(Mode::is_input) && obj.get(field).is_some() {
+            issues.push(obj.field_path(field), "only for mode \"upload\"");
+        }
+    };
+    for field in ["sync", "commit_files", "max_bytes_per_second"] {
+        upload_only(field, issues);
+    }
+    match obj.string("sync", issues) {
+        None | Some("on_exit") => {}
+        Some("continuous") => sync.mode = SyncMode::Continuous,
+        Some(other) => issues.push(
+            obj.field_path("sync"),
+            format!("expected \"on_exit\" or \"continuous\", got {other:?}"),
+        ),
+    }
+    if let Some(value) = obj.get("commit_files") {
+        let field = obj.field_path("commit_files");
+        match value.as_array() {
+            Some(globs) => {
+                for (i, glob) in globs.iter().enumerate() {
+                    match glob.as_str().map(|g| (g, globset::Glob::new(g))) {
+                        Some((text, Ok(_))) => sync.commit_files.push(text.to_owned()),
+                        Some((_, Err(e))) => issues.push(format!("{field}[{i}]"), e.to_string()),
+                        None => issues.push(
+                            format!("{field}[{i}]"),
+                            format!("expected a glob string, got {}", type_name(glob)),
+                        ),
+                    }
+                }
+                if sync.mode != SyncMode::Continuous {
+                    issues.push(field, "only with \"sync\": \"continuous\"");
+                }
+            }
+            None => issues.push(
+                field,
+                format!("expected a list of globs, got {}", type_name(value)),
+            ),
+        }
+    }
+    if let Some(rate) = obj.u64("max_bytes_per_second", issues) {
+        match rate {
+            0 => issues.push(
+                obj.field_path("max_bytes_per_second"),
+                "must be at least 1 (leave it out for no bound)",
+            ),
+            rate => sync.max_bytes_per_second = Some(rate),
+        }
+    }
+    sync
 }
 
 fn resolve_datastore(

@@ -364,6 +364,9 @@ pub struct LiveFigures {
     pub budget_bytes: u64,
     pub budget_in_use_bytes: u64,
     pub references: BTreeMap<String, ReferenceFigures>,
+    /// Outputs uploaded while the script runs (`sync: continuous`): what is durable.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, super::durable::SyncLive>,
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 
 pub mod budget;
 pub mod datastore;
+pub mod durable;
 pub mod issues;
 pub mod local_path;
 pub mod metrics;
@@ -35,4 +36,4 @@ pub use local_path::{normalize_lexically, resolve_path};
 pub use object_path::{ObjectPath, PathError};
 pub use retry::{RetryPolicy, Retryable};
 pub use secret::{Secret, SecretError, SecretRef, UserIds};
-pub use settings::{MountSettings, UploadPolicy, Verify};
+pub use settings::{MountSettings, OutputSync, SyncMode, UploadPolicy, Verify};

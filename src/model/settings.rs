@@ -72,6 +72,29 @@ impl Verify {
     }
 }
 
+/// When an `upload` reference's files are sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// After the script exits (success, failure, preemption): Azure ML's `upload`.
+    #[default]
+    OnExit,
+    /// While the script runs: each file after it is closed for writing or renamed into place,
+    /// commit markers after the files closed before them.
+    Continuous,
+}
+
+/// How an `upload` reference is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputSync {
+    pub mode: SyncMode,
+    /// File names (globs, matched against the name and the path under the folder) that mark a
+    /// checkpoint as complete, besides the built-in ones (`.metadata`, `trainer_state.json`).
+    pub commit_files: Vec<String>,
+    /// The reference's upload rate bound, in bytes per second.
+    pub max_bytes_per_second: Option<u64>,
+}
+
 pub const DEFAULT_RESERVED_FREE_DISK: u64 = 150 * 1024 * 1024;
 pub const DEFAULT_ATTRIBUTE_TTL: Duration = Duration::from_secs(60);
 

@@ -10,9 +10,11 @@
 //! - Every skipped name is reported with a reason; per-file failures are collected so one bad
 //!   file does not hide the state of the others.
 
+pub mod continuous;
 mod download;
 pub mod journal;
 pub mod progress;
+pub mod rate;
 mod upload;
 
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use std::time::Duration;
 pub use download::download;
 pub use journal::{JournalError, ReferenceJournal, UploadJournal};
 pub use progress::ProgressMode;
-pub use upload::{UploadSource, upload, upload_journaled};
+pub use upload::{OneFile, UploadSource, upload, upload_journaled, upload_one};
 
 use crate::model::{MemoryBudget, MountSettings, RetryPolicy, Verify};
 use crate::store::{Resources, StoreError};
@@ -52,6 +54,8 @@ pub struct Engine {
     pub stall_timeout: Duration,
     /// How downloads check what they received.
     pub verify: Verify,
+    /// Uploads send no faster than this (a reference's `max_bytes_per_second`).
+    pub rate: Option<std::sync::Arc<rate::RateLimit>>,
 }
 
 impl Engine {
@@ -71,6 +75,7 @@ impl Engine {
             retry: resources.retry.clone(),
             stall_timeout: Duration::from_secs(30),
             verify: Verify::default(),
+            rate: None,
         }
     }
 

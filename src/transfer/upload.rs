@@ -30,6 +30,9 @@ struct Planned {
     source: PathBuf,
     dest: ObjectPath,
     size: u64,
+    /// Abort rather than commit when the file changed while it was read (continuous upload:
+    /// the script may rewrite a file at any moment; its next close uploads it again).
+    abort_if_changed: bool,
 }
 
 /// Uploads `source` under `prefix`. With `overwrite` off, existing objects are kept and
@@ -123,6 +126,11 @@ pub async fn upload_journaled(
                 reason: SkipReason::Exists,
                 detail: None,
             }),
+            Ok(Outcome::Changed) => report.errors.push(FileFailure {
+                path: dest.to_string(),
+                error: "changed while being uploaded".into(),
+                local: true,
+            }),
             Err(error) => report.errors.push(FileFailure {
                 path: dest.to_string(),
                 error,
@@ -165,6 +173,7 @@ fn plan(
                         source: file.clone(),
                         dest,
                         size: meta.len(),
+                        abort_if_changed: false,
                     }),
                     Err(e) => {
                         skipped.push(skip(file, SkipReason::RefusedName, Some(e.to_string())))
@@ -250,6 +259,7 @@ fn walk(
                 source: path,
                 dest,
                 size: meta.len(),
+                abort_if_changed: false,
             });
         } else if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&path)
@@ -264,8 +274,73 @@ fn walk(
 }
 
 enum Outcome {
-    Uploaded { bytes: u64, parts_resumed: u64 },
+    Uploaded {
+        bytes: u64,
+        parts_resumed: u64,
+    },
     Skipped,
+    /// Read while it changed (only with `abort_if_changed`): nothing was committed.
+    Changed,
+}
+
+/// How the upload of one file to one name ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OneFile {
+    Uploaded {
+        size: u64,
+    },
+    /// Not there any more, or not a regular file (links are not followed).
+    Gone,
+    /// It changed while it was read: nothing was committed.
+    Changed,
+}
+
+/// Uploads `source` to exactly `dest` (overwriting), through the journal: continuous upload's
+/// unit of work. A file that changes while it is read is not committed.
+pub async fn upload_one(
+    engine: &Engine,
+    store: &dyn Store,
+    source: &Path,
+    dest: &ObjectPath,
+    journal: Option<ReferenceJournal<'_>>,
+) -> Result<OneFile, String> {
+    let meta = match std::fs::symlink_metadata(source) {
+        Ok(meta) if meta.is_file() => meta,
+        Ok(_) => return Ok(OneFile::Gone),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OneFile::Gone),
+        Err(e) => return Err(format!("{}: {e}", source.display())),
+    };
+    let item = Planned {
+        source: source.to_path_buf(),
+        dest: dest.clone(),
+        size: meta.len(),
+        abort_if_changed: true,
+    };
+    let breaker = Breaker::default();
+    let file = FileUpload {
+        engine,
+        store,
+        item: &item,
+        breaker: &breaker,
+    };
+    let progress = Progress::start(super::ProgressMode::Off, "upload", 1, item.size);
+    match upload_file(&file, true, &progress, journal).await? {
+        Outcome::Uploaded { bytes, .. } => Ok(OneFile::Uploaded { size: bytes }),
+        Outcome::Changed => Ok(OneFile::Changed),
+        Outcome::Skipped => unreachable!("overwrite is on"),
+    }
+}
+
+/// What says a file was not written to: its size, modification and change times.
+fn stamp(meta: &std::fs::Metadata) -> (u64, i64, i64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
 }
 
 /// One file's upload, and the breaker where a give-up of the store is noted for the files
@@ -305,12 +380,35 @@ async fn upload_file(
     }
     let part_size = engine.part_size.min(store.max_part_size()).max(1);
     let local_error = |e: std::io::Error| format!("{}: {e}", item.source.display());
-    let file = std::fs::File::open(&item.source).map_err(local_error)?;
+    // Continuous upload reads a folder the script is still changing: a name swapped for a link
+    // since it was listed is not followed.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        if item.abort_if_changed {
+            options.custom_flags(libc::O_NOFOLLOW);
+        }
+        options.open(&item.source).map_err(local_error)?
+    };
+    let opened = stamp(&file.metadata().map_err(local_error)?);
+    let changed = |file: &std::fs::File| {
+        item.abort_if_changed
+            && file.metadata().map_or(true, |meta| {
+                stamp(&meta) != opened || meta.len() != item.size
+            })
+    };
     if item.size <= part_size {
         // Small file: one request.
         let file = Arc::new(file);
+        if let Some(rate) = &engine.rate {
+            rate.take(item.size).await;
+        }
         let _permit = engine.budget.acquire(item.size).await;
         let (data, hasher, crc) = read_at(&file, &item.source, 0, item.size, Md5::new()).await?;
+        if changed(&file) {
+            return Ok(Outcome::Changed);
+        }
         let checksums = Checksums {
             md5: Some(hasher.finalize().into()),
             crc64: Some(crc),
@@ -374,6 +472,9 @@ async fn upload_file(
     let mut in_flight = FuturesUnordered::new();
     let mut failure = None;
     for (index, offset, len) in parts(item.size, part_size) {
+        if let Some(rate) = engine.rate.as_ref().filter(|_| !staged.contains(&index)) {
+            rate.take(len).await;
+        }
         let permit = engine.budget.acquire(len).await;
         let running = hasher
             .take()
@@ -423,6 +524,10 @@ async fn upload_file(
     if let Some(error) = failure {
         let _ = upload.abort().await;
         return Err(error);
+    }
+    if changed(&file) {
+        let _ = upload.abort().await;
+        return Ok(Outcome::Changed);
     }
     let md5: [u8; 16] = hasher
         .expect("the hasher comes back with every read")
