@@ -271,3 +271,38 @@ fn status_shows_a_running_jobs_live_figures_and_the_record_keeps_its_data_wait()
     let shown = area.client(&["status", &id]).expect_code(0).stdout.clone();
     assert!(shown.contains("waited on data "), "{shown}");
 }
+
+#[test]
+fn status_shows_the_last_durable_checkpoint_of_a_continuous_output() {
+    let area = Area::new();
+    std::fs::create_dir_all(area.path("store")).unwrap();
+    let _daemon = area.daemon(&[], &[]);
+    let manifest = area.manifest(
+        "sync.json",
+        json!({
+            "data_references": {"ckpt": {"datastore": "store", "path_on_datastore": "runs/9",
+                                         "mode": "upload", "path_on_compute": "ckpt",
+                                         "sync": "continuous"}},
+            "command": sh("mkdir -p ckpt/step-1 && head -c 4096 /dev/zero > ckpt/step-1/w.bin && \
+                           echo '{}' > ckpt/step-1/.metadata.tmp && \
+                           mv ckpt/step-1/.metadata.tmp ckpt/step-1/.metadata && sleep 60"),
+        }),
+    );
+    let id = area.submit(&manifest);
+    let mut shown = String::new();
+    poll(
+        "status to show the durable checkpoint",
+        Duration::from_secs(60),
+        || {
+            shown = area.client(&["status", &id]).expect_code(0).stdout.clone();
+            shown.contains("last durable checkpoint: step-1 (2 files")
+        },
+    );
+    let line = shown.lines().find(|l| l.starts_with("ckpt: ")).unwrap();
+    assert!(
+        line.contains("2 files (") && line.contains("durable"),
+        "{shown}"
+    );
+    area.client(&["cancel", &id]).expect_code(0);
+    area.wait_state(&id, &["cancelled"], Duration::from_secs(60));
+}

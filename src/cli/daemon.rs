@@ -302,6 +302,27 @@ fn print_figures(job: &Value) {
             io["wait_seconds"].as_f64().unwrap_or(0.0),
         );
     }
+    // Outputs uploaded while the script runs: what is durable, and the last checkpoint.
+    for (name, sync) in live["outputs"].as_object().into_iter().flatten() {
+        let number = |key: &str| sync[key].as_u64().unwrap_or(0);
+        let last = &sync["last_checkpoint"];
+        let checkpoint = match last["checkpoint"].as_str() {
+            Some(folder) => format!(
+                "; last durable checkpoint: {} ({} files, {})",
+                if folder.is_empty() { "." } else { folder },
+                last["files"].as_u64().unwrap_or(0),
+                human_bytes(last["bytes"].as_u64().unwrap_or(0))
+            ),
+            None => "; no checkpoint durable yet".to_owned(),
+        };
+        println!(
+            "{name}: {} files ({}) durable, {} waiting, {} uploading{checkpoint}",
+            number("durable_files"),
+            human_bytes(number("durable_bytes")),
+            number("pending"),
+            number("uploading"),
+        );
+    }
     if let (Some(held), Some(budget)) = (
         live["budget_in_use_bytes"].as_u64(),
         live["budget_bytes"].as_u64(),

@@ -1,0 +1,179 @@
+//! `sync: continuous` on a local datastore: what is not durable when the script ends goes in
+//! the stage-out, removed files are not uploaded under their old names, deletions are not
+//! mirrored, rewrites are uploaded again, `commit_files`, the live record, the rate bound, and
+//! the fields' validation. (The checkpoint patterns against Azurite: `continuous_sync.rs`.)
+
+mod common;
+
+use common::cli::sh;
+use common::fs::read;
+use common::job::{Job, upload_ref};
+use serde_json::{Value, json};
+
+fn continuous(path_on_datastore: &str, path_on_compute: &str) -> Value {
+    let mut reference = upload_ref(path_on_datastore, path_on_compute);
+    reference["sync"] = json!("continuous");
+    reference["overwrite"] = json!(true);
+    reference
+}
+
+/// Shell: wait (at most 30 s) until `path` exists.
+fn wait_for(path: &str) -> String {
+    format!("i=0; until test -e {path}; do i=$((i+1)); test $i -lt 600 || exit 9; sleep 0.05; done")
+}
+
+#[test]
+fn what_is_not_durable_when_the_script_ends_is_uploaded_then() {
+    let job = Job::new();
+    let manifest = job.manifest(json!({
+        "data_references": {"ckpt": continuous("runs/1", "out")},
+        // Exits at once: everything goes in the stage-out, in order, temporary names included
+        // (they were never renamed), as `on_exit` would upload them.
+        "command": sh("mkdir -p out/step-1 && echo shard > out/step-1/__0_0.distcp && \
+                       echo meta > out/step-1/.metadata.tmp && \
+                       mv out/step-1/.metadata.tmp out/step-1/.metadata && \
+                       echo scratch > out/notes.tmp"),
+    }));
+    job.expect_code(job.run(&manifest), 0);
+    assert_eq!(
+        read(&job.store.join("runs/1/step-1/__0_0.distcp")),
+        "shard\n"
+    );
+    assert_eq!(read(&job.store.join("runs/1/step-1/.metadata")), "meta\n");
+    assert_eq!(read(&job.store.join("runs/1/notes.tmp")), "scratch\n");
+    assert!(!job.store.join("runs/1/step-1/.metadata.tmp").exists());
+    let result = job.result();
+    let sync = &result["references"]["ckpt"]["sync"];
+    assert_eq!(sync["checkpoints"][0]["checkpoint"], "step-1", "{result:#}");
+    assert_eq!(sync["checkpoints"][0]["files"], 2, "{result:#}");
+    assert_eq!(result["references"]["ckpt"]["files"], 3, "{result:#}");
+    assert_eq!(result["references"]["ckpt"]["status"], "done", "{result:#}");
+}
+
+#[test]
+fn removed_before_upload_is_not_uploaded_and_deletions_are_not_mirrored() {
+    let job = Job::new();
+    let kept = job.store.join("runs/2/kept.txt");
+    let manifest = job.manifest(json!({
+        "data_references": {"out": continuous("runs/2", "out")},
+        "command": sh(&format!(
+            "echo gone > out/scratch.bin && rm out/scratch.bin && \
+             echo v1 > out/kept.txt && {} && rm out/kept.txt",
+            wait_for(kept.to_str().unwrap())
+        )),
+    }));
+    job.expect_code(job.run(&manifest), 0);
+    assert!(!job.store.join("runs/2/scratch.bin").exists());
+    // Uploaded while the script ran, then deleted locally: storage keeps it (a copy).
+    assert_eq!(read(&kept), "v1\n");
+}
+
+#[test]
+fn a_file_written_again_is_uploaded_again() {
+    let job = Job::new();
+    let model = job.store.join("runs/3/model.pt");
+    let manifest = job.manifest(json!({
+        "data_references": {"out": continuous("runs/3", "out")},
+        "command": sh(&format!(
+            "echo v1 > out/model.pt && {} && echo v2 > out/model.pt && touch out/late",
+            wait_for(model.to_str().unwrap())
+        )),
+    }));
+    job.expect_code(job.run(&manifest), 0);
+    assert_eq!(read(&model), "v2\n");
+}
+
+#[test]
+fn commit_files_mark_checkpoints_and_the_live_record_shows_them() {
+    let job = Job::new();
+    let mut reference = continuous("runs/4", "out");
+    reference["commit_files"] = json!(["COMMIT"]);
+    let manifest = job.manifest(json!({
+        "data_references": {"out": reference},
+        // Waits until dataref's live record (live.json, what `dataref status` shows) names the
+        // checkpoint: it was durable before the script ended.
+        "command": sh("mkdir -p out/step-7 && echo data > out/step-7/data.bin && \
+                       touch out/step-7/COMMIT && i=0; \
+                       until grep -q '\"checkpoint\":\"step-7\"' .dataref/live.json; do \
+                         i=$((i+1)); test $i -lt 600 || exit 9; sleep 0.05; done"),
+    }));
+    job.expect_code(job.run(&manifest), 0);
+    let result = job.result();
+    let checkpoint = &result["references"]["out"]["sync"]["checkpoints"][0];
+    assert_eq!(checkpoint["marker"], "runs/4/step-7/COMMIT", "{result:#}");
+    assert_eq!(checkpoint["files"], 2, "{result:#}");
+    assert!(
+        job.log().contains("out: checkpoint step-7 durable"),
+        "{}",
+        job.describe()
+    );
+}
+
+#[test]
+fn max_bytes_per_second_bounds_an_upload() {
+    let job = Job::new();
+    let mut reference = upload_ref("runs/5", "out");
+    reference["max_bytes_per_second"] = json!(1 << 20);
+    let manifest = job.manifest(json!({
+        "data_references": {"out": reference},
+        "command": sh("mkdir -p out && for i in 1 2 3; do head -c 1048576 /dev/zero > out/f$i; done"),
+    }));
+    job.expect_code(job.run(&manifest), 0);
+    // Three MiB at one MiB/s: the third may start only two seconds after the first (a lower
+    // bound the bound itself sets; unbounded this takes milliseconds).
+    let seconds = job.result()["references"]["out"]["duration_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(seconds >= 1.9, "took {seconds} s");
+    assert_eq!(
+        std::fs::metadata(job.store.join("runs/5/f3"))
+            .unwrap()
+            .len(),
+        1 << 20
+    );
+}
+
+#[test]
+fn the_sync_fields_are_validated() {
+    let job = Job::new();
+    let cases = [
+        (
+            json!({"datastore": "ds", "path_on_datastore": "in", "mode": "download",
+                   "sync": "continuous"}),
+            "data_references.r.sync",
+        ),
+        (
+            json!({"datastore": "ds", "path_on_datastore": "o", "mode": "upload",
+                   "path_on_compute": "o", "sync": "always"}),
+            "data_references.r.sync",
+        ),
+        (
+            json!({"datastore": "ds", "path_on_datastore": "o", "mode": "upload",
+                   "path_on_compute": "o", "commit_files": ["DONE"]}),
+            "data_references.r.commit_files",
+        ),
+        (
+            json!({"datastore": "ds", "path_on_datastore": "o", "mode": "upload",
+                   "path_on_compute": "o", "sync": "continuous", "commit_files": ["a[b"]}),
+            "data_references.r.commit_files[0]",
+        ),
+        (
+            json!({"datastore": "ds", "path_on_datastore": "o", "mode": "upload",
+                   "path_on_compute": "o", "max_bytes_per_second": 0}),
+            "data_references.r.max_bytes_per_second",
+        ),
+    ];
+    for (reference, field) in cases {
+        let manifest = job.manifest(json!({
+            "data_references": {"r": reference},
+            "command": ["true"],
+        }));
+        let out = common::cli::run_in(
+            &job.work,
+            &job.cfg,
+            &["validate", manifest.to_str().unwrap()],
+        );
+        assert_eq!(out.code, 65, "{field}: {}", out.all_output());
+        assert!(out.stderr.contains(field), "{field}: {}", out.stderr);
+    }
+}
