@@ -251,6 +251,7 @@ code: src
 command: >-
   {python} train.py --dirs ${{{{inputs.data}}}} ${{{{inputs.open}}}}
   --words ${{{{inputs.name}}}} --out ${{{{outputs.metrics}}}}
+  && echo 1 > ${{{{outputs.ckpt}}}}/step.txt
 environment: azureml:AzureML-sklearn-1.0-ubuntu20.04-py38-cpu@latest
 compute: azureml:cpu-cluster
 inputs:
@@ -267,6 +268,9 @@ outputs:
     type: uri_file
     path: azureml://datastores/outputs/paths/runs/2/metrics.json
     mode: upload
+  ckpt:
+    type: uri_folder
+    path: azureml://datastores/outputs/paths/runs/3/ckpt
 ",
         python = python.display(),
         account = azurite::ACCOUNT,
@@ -282,6 +286,13 @@ outputs:
         json!([{"x.csv": "X"}, {"readme.txt": "PUBLIC"}])
     );
     assert_eq!(seen["words"], json!(["resnet"]));
+    // An output without a mode is rw_mount: uploaded while the script runs.
+    assert_eq!(stored["runs/3/ckpt/step.txt"], "1\n");
+    let log = std::fs::read_to_string(code.join(".dataref/job.log")).unwrap();
+    assert!(
+        log.contains("ckpt: uploading") && log.contains("continuously"),
+        "{log}"
+    );
 }
 
 // An https path to a container no datastore of the node holds is read anonymously; a private
@@ -383,11 +394,6 @@ fn what_cannot_be_honoured_is_refused_naming_the_field() {
         ),
         (
             "v2.yml",
-            "command: x\noutputs:\n  o: {path: azureml://datastores/ws/paths/o}\n".into(),
-            "outputs.o.mode:",
-        ),
-        (
-            "v2.yml",
             "command: echo ${{inputs.nope}}\n".into(),
             "command:",
         ),
@@ -402,6 +408,14 @@ fn what_cannot_be_honoured_is_refused_naming_the_field() {
             "inputs.d.path:",
         ),
     ];
+    // rw_mount (an output's default) is accepted: uploaded while the script runs.
+    let (code, output) = validate(
+        dir.path(),
+        "v2.yml",
+        "command: x\noutputs:\n  o: {path: azureml://datastores/ws/paths/o}\n",
+    );
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("sync       continuous"), "{output}");
     for (name, text, field) in cases {
         let before = common::cli::snapshot(dir.path());
         let (code, output) = validate(dir.path(), name, &text);

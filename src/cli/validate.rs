@@ -72,6 +72,9 @@ fn print_plan(plan: &JobPlan) {
         println!("reference {}", r.name);
         println!("  datastore  {} ({})", r.datastore_name, r.datastore);
         println!("  mode       {}", r.mode.as_str());
+        if r.sync.mode == crate::model::SyncMode::Continuous {
+            println!("  sync       continuous");
+        }
         println!("  remote     {}", r.path_on_datastore);
         println!("  local      {}", r.local.display());
         println!("  variable   {}", r.variable());
