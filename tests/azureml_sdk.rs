@@ -5,27 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::azurite;
 use common::cli::{run_in, write_file};
 use serde_json::{Value, json};
 
-/// The SDKs' Python: `DATAREF_AZUREML_PYTHON` (set by `scripts/test`) or `.tools/azureml-sdk`.
-fn sdk_python() -> PathBuf {
-    let path = std::env::var_os("DATAREF_AZUREML_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/azureml-sdk/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "the Azure ML SDKs are not installed at {} (scripts/test installs them)",
-        path.display()
-    );
-    path
-}
+use common::azurite::sdk_python;
 
 /// Runs `tests/azureml/sdk_jobs.py` with the SDKs' Python; its standard output.
 fn sdk(args: &[&str]) -> String {

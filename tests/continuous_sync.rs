@@ -12,24 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::azurite;
 use common::fault_proxy::FaultProxy;
-use dataref::model::{AzureLocation, Credential, ObjectPath, SecretRef};
+use dataref::model::ObjectPath;
 use dataref::store::azure::blob::BlobStore;
 use serde_json::{Value, json};
 
-/// The SDKs' Python (`scripts/test` installs it): it has `azure-storage-blob`.
-fn python() -> PathBuf {
-    let path = std::env::var_os("DATAREF_AZUREML_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/azureml-sdk/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "no Python with the Azure SDK at {}",
-        path.display()
-    );
-    path
-}
+use common::azurite::sdk_python as python;
 
 fn trainer() -> String {
     format!("{}/tests/continuous/trainer.py", env!("CARGO_MANIFEST_DIR"))
@@ -64,19 +51,7 @@ impl Area {
     }
 
     fn store(&self) -> BlobStore {
-        let endpoint = azurite::shared().endpoint();
-        let location = AzureLocation {
-            account_name: azurite::ACCOUNT.into(),
-            container: self.container.clone(),
-            endpoint: Some(endpoint.clone()),
-            credential: Credential::AccountKey(SecretRef::File(self.key.clone())),
-        };
-        BlobStore::new(
-            &location,
-            &endpoint,
-            &dataref::store::Resources::new(64 * 1024 * 1024),
-        )
-        .unwrap()
+        azurite::keyed_store(&self.container, &self.key)
     }
 
     /// Blob names and sizes under `prefix`.

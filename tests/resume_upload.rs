@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use common::azurite;
 use common::fault_proxy::FaultProxy;
 use dataref::model::ObjectPath;
-use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::Store;
 use dataref::store::azure::blob::BlobStore;
 use futures::TryStreamExt;
@@ -71,19 +70,7 @@ impl Job {
 
     /// The container, straight to Azurite (not through a proxy).
     fn store(&self) -> BlobStore {
-        let endpoint = azurite::shared().endpoint();
-        let location = AzureLocation {
-            account_name: azurite::ACCOUNT.into(),
-            container: self.container.clone(),
-            endpoint: Some(endpoint.clone()),
-            credential: Credential::AccountKey(SecretRef::File(self.key.clone())),
-        };
-        BlobStore::new(
-            &location,
-            &endpoint,
-            &dataref::store::Resources::new(64 * 1024 * 1024),
-        )
-        .unwrap()
+        azurite::keyed_store(&self.container, &self.key)
     }
 
     fn output(&self) -> PathBuf {

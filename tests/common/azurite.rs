@@ -332,3 +332,36 @@ pub fn register(
 pub fn container_of(store: &BlobStore) -> String {
     store.describe().rsplit('/').next().unwrap().to_owned()
 }
+
+/// The Azure ML SDKs' Python (`DATAREF_AZUREML_PYTHON`, set by `scripts/test`, or
+/// `.tools/azureml-sdk`): it also has the Azure Storage SDK (`azure-storage-blob`).
+pub fn sdk_python() -> PathBuf {
+    let path = std::env::var_os("DATAREF_AZUREML_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/azureml-sdk/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "the Azure ML SDKs are not installed at {} (scripts/test installs them)",
+        path.display()
+    );
+    path
+}
+
+/// A blob store on `container` of the shared Azurite, with the account key in `key`.
+pub fn keyed_store(container: &str, key: &std::path::Path) -> BlobStore {
+    let endpoint = shared().endpoint();
+    let location = AzureLocation {
+        account_name: ACCOUNT.into(),
+        container: container.to_owned(),
+        endpoint: Some(endpoint.clone()),
+        credential: Credential::AccountKey(SecretRef::File(key.to_path_buf())),
+    };
+    BlobStore::new(
+        &location,
+        &endpoint,
+        &dataref::store::Resources::new(64 * 1024 * 1024),
+    )
+    .unwrap()
+}

@@ -87,40 +87,51 @@ impl Watcher {
 
     /// Watches the folders below `rel` (itself already watched) and returns their files.
     fn watch_tree(&mut self, rel: &str) -> io::Result<Vec<RelPath>> {
+        let mut watched = Vec::new();
+        let mut unwatched = Vec::new();
+        let files = self.walk(rel, |path| {
+            match self
+                .inotify
+                .get_ref()
+                .watches()
+                .add(self.absolute(path), mask())
+            {
+                Ok(wd) => watched.push((wd, path.to_owned())),
+                Err(e) => unwatched.push((path.to_owned(), e.to_string())),
+            }
+        })?;
+        self.dirs.extend(watched);
+        self.unwatched.extend(unwatched);
+        Ok(files)
+    }
+
+    /// Every file below the folder now, without changing the watches (the final scan).
+    pub fn scan(&self) -> io::Result<Vec<RelPath>> {
+        self.walk("", |_| {})
+    }
+
+    /// The files below `from`, sorted; `on_folder` sees each folder before its entries are read
+    /// (so a watch added there misses nothing created after the listing).
+    fn walk(&self, from: &str, mut on_folder: impl FnMut(&str)) -> io::Result<Vec<RelPath>> {
         let mut files = Vec::new();
-        let mut folders = vec![rel.to_owned()];
+        let mut folders = vec![from.to_owned()];
         while let Some(folder) = folders.pop() {
             let entries = match std::fs::read_dir(self.absolute(&folder)) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let mut names: Vec<(String, std::fs::FileType)> = Vec::new();
             for entry in entries {
                 let entry = entry?;
                 let Ok(name) = entry.file_name().into_string() else {
                     continue; // not UTF-8: never an object name
                 };
-                names.push((name, entry.file_type()?));
-            }
-            names.sort_by(|a, b| a.0.cmp(&b.0));
-            for (name, kind) in names {
                 let path = join(&folder, &name);
+                let kind = entry.file_type()?;
                 if self.skipped(&path) {
                     continue;
-                }
-                if kind.is_dir() {
-                    match self
-                        .inotify
-                        .get_ref()
-                        .watches()
-                        .add(self.absolute(&path), mask())
-                    {
-                        Ok(wd) => {
-                            self.dirs.insert(wd, path.clone());
-                        }
-                        Err(e) => self.unwatched.push((path.clone(), e.to_string())),
-                    }
+                } else if kind.is_dir() {
+                    on_folder(&path);
                     folders.push(path);
                 } else if kind.is_file() {
                     files.push(path);
@@ -134,37 +145,6 @@ impl Watcher {
     fn skipped(&self, rel: &str) -> bool {
         rel.contains(crate::store::local::PARTIAL_MARKER)
             || self.exclude.iter().any(|e| *e == self.absolute(rel))
-    }
-
-    /// Every file below the folder now, without changing the watches (the final scan).
-    pub fn scan(&self) -> io::Result<Vec<RelPath>> {
-        let mut files = Vec::new();
-        let mut folders = vec![String::new()];
-        while let Some(folder) = folders.pop() {
-            let entries = match std::fs::read_dir(self.absolute(&folder)) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                let path = join(&folder, &name);
-                if self.skipped(&path) {
-                    continue;
-                }
-                let kind = entry.file_type()?;
-                if kind.is_dir() {
-                    folders.push(path);
-                } else if kind.is_file() {
-                    files.push(path);
-                }
-            }
-        }
-        files.sort();
-        Ok(files)
     }
 
     /// Waits for events and returns what they mean.
