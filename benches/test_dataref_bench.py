@@ -13,7 +13,7 @@ import types
 import unittest
 from unittest import mock
 
-from dataref_bench import cli, report, scale, transfers
+from dataref_bench import checkpoint, cli, report, scale, transfers
 from dataref_bench.azurite import Azurite, kept_properties, stored_checksums
 from dataref_bench.cases import CASES, STAMPINGS, large_label, rotation, title
 from dataref_bench.procs import MIB
@@ -454,6 +454,26 @@ class Scale(unittest.TestCase):
         self.assertEqual(args.scale, [1000, 10000])
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
             cli.parse_args(["--scale", "1500"])
+
+
+class CheckpointTable(unittest.TestCase):
+    """`--checkpoint`: medians, ratios over the rounds, and the two goals' verdicts."""
+
+    def rows(self, durable):
+        return [{"plain_blocked": 2.0, "sync_blocked": s, "durable": durable, "upload": 2.5}
+                for s in (2.0, 2.1, 2.4)]
+
+    def test_met_within_the_goals(self):
+        table = checkpoint.table(self.rows(durable=3.0), 1024)
+        self.assertIn("| script blocked saving | 2.10 | 2.00", table)
+        self.assertIn("1.05× (1.00–1.20) | ≤ 1.10× | met |", table)
+        # 1.1 x 2.5 s + 1 s = 3.75 s
+        self.assertIn("| commit → durable | 3.00 | 2.50", table)
+        self.assertIn("(3.75 s) | met |", table)
+
+    def test_missed_past_the_bound(self):
+        table = checkpoint.table(self.rows(durable=4.0), 1024)
+        self.assertIn("(3.75 s) | **missed** |", table)
 
 
 if __name__ == "__main__":

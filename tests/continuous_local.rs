@@ -177,3 +177,38 @@ fn the_sync_fields_are_validated() {
         assert!(out.stderr.contains(field), "{field}: {}", out.stderr);
     }
 }
+
+// Preempted: the script's last checkpoint, written in its SIGTERM trap, is uploaded in the
+// stage-out after what was durable already, marker last.
+#[test]
+fn a_preempted_scripts_last_checkpoint_is_uploaded_in_the_stage_out() {
+    let job = Job::new();
+    let first = job.store.join("runs/6/step-1/.metadata");
+    let manifest = job.manifest(json!({
+        "data_references": {"ckpt": continuous("runs/6", "ckpt")},
+        "command": sh(&format!(
+            "trap 'mkdir -p ckpt/step-2 && echo w2 > ckpt/step-2/w.bin && \
+                   echo m2 > ckpt/step-2/.metadata.tmp && \
+                   mv ckpt/step-2/.metadata.tmp ckpt/step-2/.metadata; exit 143' TERM
+             mkdir -p ckpt/step-1 && echo w1 > ckpt/step-1/w.bin && echo m1 > ckpt/step-1/.metadata
+             {}
+             touch ready
+             while :; do sleep 0.05; done",
+            wait_for(first.to_str().unwrap())
+        )),
+    }));
+    let mut child = job.spawn_until_ready(&manifest);
+    common::job::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    job.expect_code(job.code(&mut child), 143);
+    assert_eq!(read(&job.store.join("runs/6/step-2/w.bin")), "w2\n");
+    assert_eq!(read(&job.store.join("runs/6/step-2/.metadata")), "m2\n");
+    let result = job.result();
+    assert_eq!(result["end_reason"], "preempted", "{result:#}");
+    let checkpoints: Vec<&str> = result["references"]["ckpt"]["sync"]["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["checkpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(checkpoints, ["step-1", "step-2"], "{result:#}");
+}

@@ -303,6 +303,31 @@ fn status_shows_the_last_durable_checkpoint_of_a_continuous_output() {
         line.contains("2 files (") && line.contains("durable"),
         "{shown}"
     );
+    // The job record lists each durable file and the checkpoint while the job runs.
+    let mut body = Value::Null;
+    poll(
+        "the record to list the durable files",
+        Duration::from_secs(30),
+        || {
+            body = area
+                .client(&["status", &id, "--json"])
+                .expect_code(0)
+                .json();
+            body["durable"]["ckpt"]["files"].as_array().map(Vec::len) == Some(2)
+        },
+    );
+    let files = body["durable"]["ckpt"]["files"].as_array().unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|f| f["path"] == "runs/9/step-1/w.bin" && f["size"] == 4096),
+        "{body:#}"
+    );
+    assert_eq!(
+        body["durable"]["ckpt"]["checkpoints"][0]["checkpoint"],
+        "step-1"
+    );
+    assert_eq!(body["state"], "running", "{body:#}");
     area.client(&["cancel", &id]).expect_code(0);
     area.wait_state(&id, &["cancelled"], Duration::from_secs(60));
 }

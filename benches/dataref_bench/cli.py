@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 
-from . import mounts, procs, report, scale, transfers
+from . import checkpoint, mounts, procs, report, scale, transfers
 from .azurite import Azurite, account_sas, free_port
 from .cases import CASES, title
 from .context import Bench
@@ -42,6 +42,9 @@ def parser():
     ap.add_argument("--scale", metavar="N,N,...",
                     help="instead of the cases: the scale study on a local datastore, e.g. "
                          "1000,10000,100000 (download, mount `find` and `ls -lR`)")
+    ap.add_argument("--checkpoint", action="store_true",
+                    help="instead of the cases: a --large-mib checkpoint saved into a folder "
+                         "synced continuously (time blocked, commit to durable)")
     return ap
 
 
@@ -93,6 +96,15 @@ def main(argv=None):
         rows = scale.run_scale(dataref, work, args.scale, args.rounds, args.max_wait)
         print(f"## Scale: a local datastore, medians of {args.rounds} round(s)\n")
         print(scale.table(rows))
+        return
+    if args.checkpoint:
+        azurite = Azurite(azurite_bin, free_port(), os.path.join(work, "azurite"), account_sas())
+        atexit.register(azurite.stop)
+        azurite.start()
+        rows = checkpoint.run_checkpoint(azurite, Tools(dataref, work, azurite.endpoint), work,
+                                         args.large_mib, args.rounds, args.max_wait)
+        print(f"## Checkpoints: medians of {args.rounds} round(s)\n")
+        print(checkpoint.table(rows, args.large_mib))
         return
     bench = Bench(args, work)
     bench.make_data("wide" in mount_kinds)

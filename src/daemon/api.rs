@@ -358,6 +358,11 @@ async fn show(
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
     value["live"] = live.unwrap_or(Value::Null);
+    // Continuous outputs: each durable file and checkpoint so far.
+    let durable = std::fs::read(daemon.job_dir(&id).join(crate::job::figures::DURABLE_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    value["durable"] = durable.unwrap_or(Value::Null);
     Ok(axum::Json(value).into_response())
 }
 

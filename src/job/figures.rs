@@ -12,11 +12,14 @@ use super::result::{DataWait, JobResult};
 use crate::fs::cache::DiskCache;
 use crate::manifest::JobPlan;
 use crate::model::MemoryBudget;
-use crate::model::durable::SharedSyncState;
+use crate::model::durable::{SharedSyncState, SyncState};
 use crate::model::metrics::{LiveFigures, ReferenceMetrics};
 
 /// The live figures' file in the job directory.
 pub const LIVE_FILE: &str = "live.json";
+/// Continuous outputs' durable files and checkpoints (`<job-dir>/durable.json`), rewritten with
+/// `live.json` when they changed: the daemon's job record shows them while the job runs.
+pub const DURABLE_FILE: &str = "durable.json";
 /// How often `live.json` is rewritten while the job runs.
 const LIVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -31,6 +34,8 @@ struct Inner {
     caches: Mutex<BTreeMap<String, Arc<DiskCache>>>,
     /// Outputs uploaded while the script runs, added as they start.
     syncs: Mutex<BTreeMap<String, SharedSyncState>>,
+    /// The syncs' revisions when `durable.json` was last written.
+    durable_written: Mutex<u64>,
     budget: MemoryBudget,
     started: Instant,
 }
@@ -47,6 +52,7 @@ impl JobFigures {
                 references,
                 caches: Mutex::default(),
                 syncs: Mutex::default(),
+                durable_written: Mutex::default(),
                 budget: budget.clone(),
                 started: Instant::now(),
             }),
@@ -117,6 +123,34 @@ impl JobFigures {
             .and_then(|()| std::fs::rename(&temp, &path));
         if let Err(e) = written {
             tracing::debug!("cannot write {}: {e}", path.display());
+        }
+        self.write_durable(job_dir);
+    }
+
+    /// `durable.json`, when a continuous output made a file durable since it was last written.
+    fn write_durable(&self, job_dir: &Path) {
+        let states: BTreeMap<String, SyncState> = self
+            .inner
+            .syncs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, state)| (name.clone(), state.lock().unwrap().clone()))
+            .collect();
+        let revision = states.values().map(|s| s.revision).sum::<u64>();
+        let mut written = self.inner.durable_written.lock().unwrap();
+        if states.is_empty() || revision == *written {
+            return;
+        }
+        let path = job_dir.join(DURABLE_FILE);
+        let temp = job_dir.join(".durable.json.tmp");
+        let done = serde_json::to_vec(&states)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&temp, bytes))
+            .and_then(|()| std::fs::rename(&temp, &path));
+        match done {
+            Ok(()) => *written = revision,
+            Err(e) => tracing::debug!("cannot write {}: {e}", path.display()),
         }
     }
 

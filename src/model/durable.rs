@@ -36,6 +36,9 @@ pub struct SyncState {
     /// Files waiting for their turn (settle delay, temporary name, a marker's data).
     pub pending: u64,
     pub uploading: u64,
+    /// Bumped at each file made durable: whether the state changed since it was last written.
+    #[serde(skip)]
+    pub revision: u64,
 }
 
 /// The live part of [`SyncState`] (`live.json` is rewritten every second: no file list).
@@ -66,6 +69,7 @@ impl SyncState {
     pub fn add(&mut self, file: DurableFile) {
         self.files.retain(|f| f.path != file.path);
         self.files.push(file);
+        self.revision += 1;
     }
 }
 
