@@ -212,3 +212,27 @@ fn a_preempted_scripts_last_checkpoint_is_uploaded_in_the_stage_out() {
         .collect();
     assert_eq!(checkpoints, ["step-1", "step-2"], "{result:#}");
 }
+
+// Several large files at once under a small budget: every upload finishes (the parts in flight
+// are driven while more budget is awaited), on exit and while the script runs.
+#[test]
+fn several_large_outputs_at_once_share_a_small_budget() {
+    let job = Job::new();
+    let write = "for i in 1 2 3 4 5 6; do head -c 41943040 /dev/urandom > $1/f$i; done";
+    let manifest = job.manifest(json!({
+        "memory_budget_bytes": 32 << 20,
+        "data_references": {
+            "exit": upload_ref("runs/7", "exit"),
+            "live": continuous("runs/8", "live"),
+        },
+        "command": sh(&format!("w() {{ {write}; }}; mkdir -p exit && w exit && w live")),
+    }));
+    job.expect_code(job.run(&manifest), 0);
+    for (folder, prefix) in [("exit", "runs/7"), ("live", "runs/8")] {
+        for i in 1..=6 {
+            let local = std::fs::read(job.work.join(format!("{folder}/f{i}"))).unwrap();
+            let stored = std::fs::read(job.store.join(format!("{prefix}/f{i}"))).unwrap();
+            assert!(local == stored, "{prefix}/f{i} differs");
+        }
+    }
+}

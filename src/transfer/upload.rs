@@ -475,7 +475,20 @@ async fn upload_file(
         if let Some(rate) = engine.rate.as_ref().filter(|_| !staged.contains(&index)) {
             rate.take(len).await;
         }
-        let permit = engine.budget.acquire(len).await;
+        // Parts in flight are driven while the budget is awaited: they hold bytes of it, and
+        // other files' parts may hold the rest (several large files at once).
+        let permit = loop {
+            tokio::select! {
+                permit = engine.budget.acquire(len) => break Some(permit),
+                settled = settle(&mut in_flight, progress), if !in_flight.is_empty() => {
+                    if let Err(e) = settled {
+                        failure = Some(e);
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(permit) = permit else { break };
         let running = hasher
             .take()
             .expect("the hasher comes back with every read");

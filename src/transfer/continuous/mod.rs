@@ -102,11 +102,9 @@ impl ContinuousUpload {
             .map_err(|e| TransferError::local(&spec.root, std::io::Error::other(e)))?;
         let mut engine = engine.clone();
         // At most half the budget: inputs (mount read-ahead, downloads) keep the rest.
-        let half_budget_parts = (engine.budget.bytes() / 2 / engine.part_size.max(1)).max(1);
-        engine.part_concurrency = engine
-            .part_concurrency
-            .min(half_budget_parts as usize)
-            .max(1);
+        let half_budget_parts = engine.budget.bytes() / 2 / engine.part_size.max(1);
+        let per_file = (half_budget_parts as usize / FILES_AT_ONCE).max(1);
+        engine.part_concurrency = engine.part_concurrency.min(per_file);
         let watcher = Watcher::new(&spec.root, spec.exclude.clone())
             .map_err(|e| TransferError::local(&spec.root, e))?;
         for (folder, error) in &watcher.unwatched {
