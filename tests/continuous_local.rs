@@ -27,8 +27,8 @@ fn what_is_not_durable_when_the_script_ends_is_uploaded_then() {
     let job = Job::new();
     let manifest = job.manifest(json!({
         "data_references": {"ckpt": continuous("runs/1", "out")},
-        // Exits at once: everything goes in the stage-out, in order, temporary names included
-        // (they were never renamed), as `on_exit` would upload them.
+        // Exits at once: everything goes in the stage-out, in order; a temporary name never
+        // renamed into place is reported, not uploaded (it is not a complete file).
         "command": sh("mkdir -p out/step-1 && echo shard > out/step-1/__0_0.distcp && \
                        echo meta > out/step-1/.metadata.tmp && \
                        mv out/step-1/.metadata.tmp out/step-1/.metadata && \
@@ -40,13 +40,22 @@ fn what_is_not_durable_when_the_script_ends_is_uploaded_then() {
         "shard\n"
     );
     assert_eq!(read(&job.store.join("runs/1/step-1/.metadata")), "meta\n");
-    assert_eq!(read(&job.store.join("runs/1/notes.tmp")), "scratch\n");
+    assert!(!job.store.join("runs/1/notes.tmp").exists());
     assert!(!job.store.join("runs/1/step-1/.metadata.tmp").exists());
     let result = job.result();
     let sync = &result["references"]["ckpt"]["sync"];
     assert_eq!(sync["checkpoints"][0]["checkpoint"], "step-1", "{result:#}");
     assert_eq!(sync["checkpoints"][0]["files"], 2, "{result:#}");
-    assert_eq!(result["references"]["ckpt"]["files"], 3, "{result:#}");
+    assert_eq!(result["references"]["ckpt"]["files"], 2, "{result:#}");
+    let skipped = &result["references"]["ckpt"]["skipped"];
+    assert_eq!(skipped[0]["reason"], "temporary", "{result:#}");
+    assert!(
+        skipped[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("out/notes.tmp"),
+        "{result:#}"
+    );
     assert_eq!(result["references"]["ckpt"]["status"], "done", "{result:#}");
 }
 
@@ -162,6 +171,11 @@ fn the_sync_fields_are_validated() {
                    "path_on_compute": "o", "max_bytes_per_second": 0}),
             "data_references.r.max_bytes_per_second",
         ),
+        (
+            json!({"datastore": "ds", "path_on_datastore": "o", "mode": "upload",
+                   "path_on_compute": "o", "sync": "continuous", "overwrite": false}),
+            "data_references.r.overwrite",
+        ),
     ];
     for (reference, field) in cases {
         let manifest = job.manifest(json!({
@@ -235,4 +249,24 @@ fn several_large_outputs_at_once_share_a_small_budget() {
             assert!(local == stored, "{prefix}/f{i} differs");
         }
     }
+}
+
+// A file found while still open for writing (a folder moved in, a rescan) is left to its
+// close: storage never gets the half-written version.
+#[test]
+fn a_file_still_open_for_writing_waits_for_its_close() {
+    let job = Job::new();
+    let manifest = job.manifest(json!({
+        "data_references": {"out": continuous("runs/9", "out")},
+        // A folder whose file is open (its header written) is moved in; the file stays open
+        // for 3 s (a compute step), then the rest is written and it is closed.
+        "command": sh("mkdir staging && exec 3> staging/model.h5 && printf header >&3 && \
+                       mv staging out/run && sleep 3 && \
+                       if test -e ../store/runs/9/run/model.h5; then exit 7; fi && \
+                       printf -- '-body' >&3 && exec 3>&- && \
+                       i=0; until test -e ../store/runs/9/run/model.h5; do \
+                         i=$((i+1)); test $i -lt 600 || exit 9; sleep 0.05; done"),
+    }));
+    job.expect_code(job.run(&manifest), 0);
+    assert_eq!(read(&job.store.join("runs/9/run/model.h5")), "header-body");
 }

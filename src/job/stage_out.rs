@@ -16,7 +16,7 @@ use crate::manifest::{JobPlan, Mode, Reference};
 use crate::model::SyncMode;
 use crate::model::durable::{SharedSyncState, SyncState};
 use crate::transfer::continuous::{ContinuousUpload, End, SyncSpec};
-use crate::transfer::{self, Engine, TransferReport, UploadJournal, UploadSource};
+use crate::transfer::{self, Engine, FileFailure, TransferReport, UploadJournal, UploadSource};
 
 /// The job's upload journal. Without it an upload still works; it only cannot be resumed
 /// after a crash.
@@ -56,6 +56,9 @@ type Reports<'a> = Pin<Box<dyn Future<Output = Vec<TransferReport>> + 'a>>;
 /// The continuous uploads of a job, from before its script starts to the end of stage-out.
 pub(super) struct Syncs<'a> {
     names: Vec<String>,
+    /// Each one's folder, and the user it is written by (checked again before the drain).
+    roots: Vec<std::path::PathBuf>,
+    identity: Option<Identity>,
     states: Vec<SharedSyncState>,
     running: Reports<'a>,
     /// Their reports, if they ended early (never, unless the script outlives them).
@@ -77,6 +80,7 @@ impl<'a> Syncs<'a> {
     ) -> Result<Syncs<'a>, (String, String)> {
         let (end, _) = tokio::sync::watch::channel(None);
         let mut names = Vec::new();
+        let mut roots = Vec::new();
         let mut states = Vec::new();
         let mut runs: Vec<Pin<Box<dyn Future<Output = TransferReport> + 'a>>> = Vec::new();
         let continuous = |r: &&Reference| r.sync.mode == SyncMode::Continuous;
@@ -103,11 +107,13 @@ impl<'a> Syncs<'a> {
             let notes: transfer::continuous::Notes = Arc::new(move |line| notes_log.line(&line));
             let engine = reference_engine(stores, engine, r);
             let store = stores.store(&r.name);
-            let sync =
-                match ContinuousUpload::start(spec, store, &engine, state.clone(), notes).await {
-                    Ok(sync) => sync,
-                    Err(e) => return failed(e.to_string()),
-                };
+            let resumes = journal.map(|j| j.for_reference(&r.name));
+            let started =
+                ContinuousUpload::start(spec, store, &engine, state.clone(), notes, resumes).await;
+            let sync = match started {
+                Ok(sync) => sync,
+                Err(e) => return failed(e.to_string()),
+            };
             log.line(&format!(
                 "{}: uploading {} to {}:{} continuously (each file after it is closed)",
                 r.name,
@@ -127,10 +133,13 @@ impl<'a> Syncs<'a> {
             let journal = journal.map(|j| j.for_reference(&r.name));
             runs.push(Box::pin(sync.run(journal, ended)));
             names.push(r.name.clone());
+            roots.push(r.local.clone());
             states.push(state);
         }
         Ok(Syncs {
             names,
+            roots,
+            identity: identity.cloned(),
             states,
             running: Box::pin(futures::future::join_all(runs)),
             done: None,
@@ -152,7 +161,23 @@ impl<'a> Syncs<'a> {
 
     /// Ends the uploads (`Drain`: the rest goes now; `Stop`: nothing more starts) and waits
     /// for them.
-    pub(super) async fn finish(mut self, how: End) -> SyncsEnded {
+    pub(super) async fn finish(mut self, mut how: End) -> SyncsEnded {
+        // The folder may have been replaced by a link of the user's while the script ran: the
+        // drain would walk where it points, as root.
+        let links: Vec<String> = self
+            .roots
+            .iter()
+            .filter_map(|root| self.identity.as_ref()?.own_symlink_on(root))
+            .map(|link| {
+                format!(
+                    "{} is a symbolic link owned by the job's user; not followed",
+                    link.display()
+                )
+            })
+            .collect();
+        if !links.is_empty() {
+            how = End::Stop;
+        }
         let _ = self.end.send(Some(how));
         let reports = match self.done.take() {
             Some(reports) => reports,
@@ -163,6 +188,7 @@ impl<'a> Syncs<'a> {
             states: self.states,
             reports,
             how,
+            links,
         }
     }
 }
@@ -173,13 +199,18 @@ pub(super) struct SyncsEnded {
     states: Vec<SharedSyncState>,
     reports: Vec<TransferReport>,
     how: End,
+    /// Why nothing more was uploaded, when a folder became a user's link.
+    links: Vec<String>,
 }
 
 impl SyncsEnded {
     /// Records each in `result`. Returns false when a file could not be uploaded.
     pub(super) fn record(self, log: &JobLog, result: &mut JobResult) -> bool {
         let (how, reports) = (self.how, self.reports);
-        let mut ok = true;
+        let mut ok = self.links.is_empty();
+        for link in &self.links {
+            log.line(&format!("not uploaded further: {link}"));
+        }
         for ((name, state), report) in self.names.iter().zip(&self.states).zip(reports) {
             let state = state.lock().unwrap().clone();
             let checkpoints = match state.checkpoints.last() {
@@ -203,7 +234,16 @@ impl SyncsEnded {
             // The stage-out's report counts what it sent; the durable list is the whole run's.
             outcome.files = state.files.len() as u64;
             outcome.bytes = state.files.iter().map(|f| f.size).sum();
-            if how == End::Stop {
+            if !self.links.is_empty() {
+                outcome.status = ReferenceStatus::Failed;
+                outcome
+                    .errors
+                    .extend(self.links.iter().map(|link| FileFailure {
+                        path: outcome.path_on_datastore.clone(),
+                        error: link.clone(),
+                        local: true,
+                    }));
+            } else if how == End::Stop {
                 outcome.status = ReferenceStatus::SkippedByPolicy;
                 outcome.warnings.push(
                     "the script failed and upload_policy is on_success: files not durable when \

@@ -308,6 +308,19 @@ fn parse_one(
     }
 
     let sync = parse_sync(&obj, mode, issues);
+    // Continuous upload sends a file again each time it is rewritten: it must replace.
+    let overwrite = match (sync.mode == SyncMode::Continuous, obj.get(f_overwrite)) {
+        (true, Some(Value::Bool(false))) => {
+            issues.push(
+                obj.field_path(f_overwrite),
+                "\"sync\": \"continuous\" replaces objects as their files are written again; \
+                 leave overwrite out or set it to true",
+            );
+            overwrite
+        }
+        (true, _) => true,
+        (false, _) => overwrite,
+    };
 
     if missing_upload_source {
         return None; // no local path: nothing to compare with other references

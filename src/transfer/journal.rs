@@ -266,6 +266,14 @@ impl ReferenceJournal<'_> {
         (*recorded == same).then(|| recorded.upload_id.clone())?
     }
 
+    /// Whether an earlier run left an upload to `object` unfinished (for this reference).
+    pub(crate) fn has_unfinished(&self, object: &ObjectPath) -> bool {
+        self.journal
+            .unfinished
+            .get(object.as_str())
+            .is_some_and(|start| start.reference == self.reference)
+    }
+
     /// Whether `start` (with its upload id) is what the journal already says.
     pub(crate) fn is_unfinished(&self, start: &Start) -> bool {
         self.journal.unfinished.get(&start.object) == Some(start)

@@ -104,6 +104,8 @@ pub enum SkipReason {
     Symlink,
     /// Not a regular file (device, socket, FIFO).
     NotAFile,
+    /// Continuous upload: a temporary name (`tmp-*`, `*.tmp`, …) never renamed into place.
+    Temporary,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -293,6 +293,8 @@ pub enum OneFile {
     Gone,
     /// It changed while it was read: nothing was committed.
     Changed,
+    /// Open for writing by some process (asked for): its next close will say when it is done.
+    OpenForWriting,
 }
 
 /// Uploads `source` to exactly `dest` (overwriting), through the journal: continuous upload's
@@ -303,6 +305,7 @@ pub async fn upload_one(
     source: &Path,
     dest: &ObjectPath,
     journal: Option<ReferenceJournal<'_>>,
+    unless_open_for_writing: bool,
 ) -> Result<OneFile, String> {
     let meta = match std::fs::symlink_metadata(source) {
         Ok(meta) if meta.is_file() => meta,
@@ -316,6 +319,9 @@ pub async fn upload_one(
         size: meta.len(),
         abort_if_changed: true,
     };
+    if unless_open_for_writing && open_for_writing(source) {
+        return Ok(OneFile::OpenForWriting);
+    }
     let breaker = Breaker::default();
     let file = FileUpload {
         engine,
@@ -329,6 +335,29 @@ pub async fn upload_one(
         Outcome::Changed => Ok(OneFile::Changed),
         Outcome::Skipped => unreachable!("overwrite is on"),
     }
+}
+
+/// Whether some process has `path` open for writing: the kernel grants no read lease then
+/// (`fcntl(F_SETLEASE, F_RDLCK)`: EAGAIN). The lease is given back at once. A filesystem
+/// without leases answers otherwise, and the file counts as closed.
+fn open_for_writing(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    // SAFETY: fcntl on a descriptor this function owns, with integer arguments.
+    let leased = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    if leased == 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+        return false;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
 }
 
 /// What says a file was not written to: its size, modification and change times.
@@ -472,14 +501,20 @@ async fn upload_file(
     let mut in_flight = FuturesUnordered::new();
     let mut failure = None;
     for (index, offset, len) in parts(item.size, part_size) {
-        if let Some(rate) = engine.rate.as_ref().filter(|_| !staged.contains(&index)) {
-            rate.take(len).await;
-        }
-        // Parts in flight are driven while the budget is awaited: they hold bytes of it, and
-        // other files' parts may hold the rest (several large files at once).
+        // Parts in flight are driven while the rate bound and the budget are awaited: they
+        // hold bytes of the budget, and other files' parts may hold the rest (several large
+        // files at once).
+        let rate = engine.rate.as_ref().filter(|_| !staged.contains(&index));
+        let wait = async {
+            if let Some(rate) = rate {
+                rate.take(len).await;
+            }
+            engine.budget.acquire(len).await
+        };
+        let mut wait = std::pin::pin!(wait);
         let permit = loop {
             tokio::select! {
-                permit = engine.budget.acquire(len) => break Some(permit),
+                permit = &mut wait => break Some(permit),
                 settled = settle(&mut in_flight, progress), if !in_flight.is_empty() => {
                     if let Err(e) = settled {
                         failure = Some(e);

@@ -63,6 +63,8 @@ pub struct ContinuousUpload {
     uploaded: HashMap<RelPath, Stamp>,
     notes: Notes,
     report: TransferReport,
+    /// How many of the watcher's unwatched folders were told in the job log.
+    unwatched_told: usize,
 }
 
 /// Size and modification time: what says a file was written again.
@@ -97,6 +99,7 @@ impl ContinuousUpload {
         engine: &Engine,
         state: SharedSyncState,
         notes: Notes,
+        journal: Option<ReferenceJournal<'_>>,
     ) -> Result<Self, TransferError> {
         let rules = Rules::new(&spec.commit_files, SETTLE)
             .map_err(|e| TransferError::local(&spec.root, std::io::Error::other(e)))?;
@@ -107,13 +110,6 @@ impl ContinuousUpload {
         engine.part_concurrency = engine.part_concurrency.min(per_file);
         let watcher = Watcher::new(&spec.root, spec.exclude.clone())
             .map_err(|e| TransferError::local(&spec.root, e))?;
-        for (folder, error) in &watcher.unwatched {
-            notes(format!(
-                "{}: warning: cannot watch {folder} ({error}); its files are uploaded when the \
-                 script ends",
-                spec.reference
-            ));
-        }
         let mut this = Self {
             spec,
             store,
@@ -124,12 +120,19 @@ impl ContinuousUpload {
             uploaded: HashMap::new(),
             notes,
             report: TransferReport::default(),
+            unwatched_told: 0,
         };
-        this.queue_what_storage_lacks().await?;
+        this.tell_unwatched();
+        this.queue_what_storage_lacks(journal).await?;
         Ok(this)
     }
 
-    async fn queue_what_storage_lacks(&mut self) -> Result<(), TransferError> {
+    /// Queues the files in the folder that storage does not hold at their size, or whose
+    /// upload the journal says an earlier run left unfinished (temporary names aside).
+    async fn queue_what_storage_lacks(
+        &mut self,
+        journal: Option<ReferenceJournal<'_>>,
+    ) -> Result<(), TransferError> {
         let stored = crate::store::list_all(self.store.as_ref(), &self.spec.prefix, false)
             .await
             .map_err(|source| TransferError::List {
@@ -156,7 +159,11 @@ impl ContinuousUpload {
             let Some(stamp) = stamp_of(&self.spec.root.join(&rel)) else {
                 continue;
             };
-            match sizes.get(dest.as_str()) == Some(&stamp.0) {
+            if queue::is_temporary(&rel) {
+                continue;
+            }
+            let unfinished = journal.is_some_and(|j| j.has_unfinished(&dest));
+            match sizes.get(dest.as_str()) == Some(&stamp.0) && !unfinished {
                 // Already there (restored, or sent by the run before): not sent again.
                 true => {
                     self.uploaded.insert(rel, stamp);
@@ -197,16 +204,22 @@ impl ContinuousUpload {
                     let Some(ready) = self.queue.next_ready(now) else {
                         break;
                     };
-                    uploads.push(self.upload(ready, journal));
+                    // While the script runs, a file open for writing again is left to its
+                    // next close; at the end, what is there is what there is.
+                    uploads.push(self.upload(ready, journal, end.is_none()));
                 }
             }
             self.publish(uploads.len());
+            let wakeup = self
+                .queue
+                .next_wakeup(now)
+                .filter(|_| end != Some(End::Stop));
             match end {
-                Some(End::Drain) if uploads.is_empty() && self.queue.is_idle() => break,
+                // Nothing runs and nothing will start by itself: what is left is held back.
+                Some(End::Drain) if uploads.is_empty() && wakeup.is_none() => break,
                 Some(End::Stop) if uploads.is_empty() => break,
                 _ => {}
             }
-            let wakeup = self.queue.next_wakeup().filter(|_| end.is_none());
             let watching = end.is_none() && self.watcher.is_some();
             tokio::select! {
                 changes = async { self.watcher.as_mut().expect("watching").next().await }, if watching => {
@@ -242,11 +255,19 @@ impl ContinuousUpload {
             }
         }
         if end == Some(End::Drain) {
-            for (path, error) in self.queue.take_failures() {
+            let held = self.queue.take_held();
+            for (path, error) in held.failures {
                 self.report.errors.push(FileFailure {
                     path: self.dest_of(&path).map_or(path, |d| d.to_string()),
                     error,
                     local: false,
+                });
+            }
+            for path in held.temporaries {
+                self.report.skipped.push(super::Skipped {
+                    path: self.spec.root.join(&path).display().to_string(),
+                    reason: super::SkipReason::Temporary,
+                    detail: None,
                 });
             }
             if let Some(journal) = journal.filter(|_| self.report.errors.is_empty()) {
@@ -266,11 +287,37 @@ impl ContinuousUpload {
                 Change::Removed(path) => self.queue.removed(&path),
                 Change::Appeared(paths) => self.queue.appeared(paths, now),
                 Change::Overflow => {
+                    // Watches for the folders made meanwhile, then whatever changed.
+                    if let Some(Err(e)) = self.watcher.as_mut().map(Watcher::rewatch) {
+                        self.tell(format!("warning: rescanning after lost events: {e}"));
+                    }
                     let changed = self.changed_since_upload();
                     self.queue.appeared(changed, now);
                 }
+                Change::RootGone => self.tell(format!(
+                    "warning: {} was removed; what is written there from now on is uploaded \
+                     when the script ends",
+                    self.spec.root.display()
+                )),
             }
         }
+        self.tell_unwatched();
+    }
+
+    fn tell(&self, line: String) {
+        (self.notes)(format!("{}: {line}", self.spec.reference));
+    }
+
+    /// Folders the kernel would not watch (the inotify watch limit), once each.
+    fn tell_unwatched(&mut self) {
+        let Some(watcher) = &self.watcher else { return };
+        for (folder, error) in &watcher.unwatched[self.unwatched_told..] {
+            self.tell(format!(
+                "warning: cannot watch {folder} ({error}); its files are uploaded when the \
+                 script ends"
+            ));
+        }
+        self.unwatched_told = watcher.unwatched.len();
     }
 
     /// The script ended: the events still queued, then every file not uploaded as it is now
@@ -286,16 +333,28 @@ impl ContinuousUpload {
         self.queue.drain(Instant::now());
     }
 
-    fn changed_since_upload(&self) -> Vec<RelPath> {
+    /// Files not waiting, not uploading, and not in storage as they are now.
+    fn changed_since_upload(&mut self) -> Vec<RelPath> {
         let scan = match &self.watcher {
             Some(watcher) => watcher.scan(),
             None => Watcher::new(&self.spec.root, self.spec.exclude.clone()).and_then(|w| w.scan()),
         };
-        scan.unwrap_or_default()
+        let files = match scan {
+            Ok(files) => files,
+            Err(e) => {
+                self.report.errors.push(FileFailure {
+                    path: self.spec.root.display().to_string(),
+                    error: format!("cannot list the folder: {e}"),
+                    local: true,
+                });
+                return Vec::new();
+            }
+        };
+        files
             .into_iter()
             .filter(|rel| {
                 let now = stamp_of(&self.spec.root.join(rel));
-                now.is_some() && self.uploaded.get(rel) != now.as_ref()
+                now.is_some() && !self.queue.holds(rel) && self.uploaded.get(rel) != now.as_ref()
             })
             .collect()
     }
@@ -305,6 +364,7 @@ impl ContinuousUpload {
         &self,
         ready: Ready,
         journal: Option<ReferenceJournal<'a>>,
+        unless_open_for_writing: bool,
     ) -> impl std::future::Future<Output = Done> + 'a {
         let engine = self.engine.clone();
         let store = self.store.clone();
@@ -323,8 +383,15 @@ impl ContinuousUpload {
                 return Done::new(ready, Finished::Gone);
             };
             let before = stamp_of(&source);
-            let finished = match upload_one(&engine, store.as_ref(), &source, &dest, journal).await
-            {
+            let uploading = upload_one(
+                &engine,
+                store.as_ref(),
+                &source,
+                &dest,
+                journal,
+                unless_open_for_writing,
+            );
+            let finished = match uploading.await {
                 Ok(super::OneFile::Uploaded { size }) => {
                     durable(
                         &state,
@@ -342,7 +409,7 @@ impl ContinuousUpload {
                         size,
                     };
                 }
-                Ok(super::OneFile::Gone) => Finished::Gone,
+                Ok(super::OneFile::Gone | super::OneFile::OpenForWriting) => Finished::Gone,
                 Ok(super::OneFile::Changed) => Finished::Changed,
                 // A file that shrank or vanished under the read is a change, not a failure.
                 Err(_) if stamp_of(&source) != before => Finished::Changed,

@@ -5,10 +5,11 @@
 //! - files are uploaded in the order they were closed (or renamed into place), each once it has
 //!   been quiet for the settle delay, so a write-then-rename is seen as the rename;
 //! - a file under a temporary name (`tmp-checkpoint-3/…`, `.metadata.tmp`) waits for its rename
-//!   and is never uploaded under that name while the script runs;
+//!   and is never uploaded under that name;
 //! - a commit marker (`.metadata`, `trainer_state.json`, `commit_files`) is uploaded only after
-//!   every file closed before it in its folder (and the folders below) is durable, so storage
-//!   never holds a marker whose data is missing; a failed upload before it holds it back;
+//!   every file closed before it in its folder (and the folders below) is durable — the latest
+//!   version of it, when it was closed again since — so storage never holds a marker whose data
+//!   is missing; a failed upload before it holds it back;
 //! - one upload per name at a time: a file closed again while uploading is uploaded again after.
 
 use std::collections::{BTreeMap, HashMap};
@@ -85,6 +86,9 @@ struct Entry {
     /// Not before this moment (close + settle, or a retry's backoff).
     not_before: Instant,
     marker: bool,
+    /// The earliest close of this name not in storage yet: a marker closed after it waits for
+    /// this entry even when the file was closed again since (rewritten in place).
+    since: u64,
 }
 
 /// An upload the queue handed out: report it back with [`Queue::finished`].
@@ -93,17 +97,28 @@ pub struct Ready {
     pub seq: u64,
     pub path: RelPath,
     pub marker: bool,
+    since: u64,
 }
 
 /// How an upload ended, as the queue needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
     Durable,
-    /// The file was gone, or is not a regular file: nothing to upload, nothing to wait for.
+    /// The file was gone, is not a regular file, or is open for writing again (its next close
+    /// queues it): nothing to upload now, nothing to wait for.
     Gone,
     /// Changed while being read: uploaded again (its close event may already be queued).
     Changed,
     Failed(String),
+}
+
+/// What was left when the queue stopped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Files not uploaded, with why: failures, and the markers they held back.
+    pub failures: Vec<(RelPath, String)>,
+    /// Files under temporary names, never renamed into place: not uploaded.
+    pub temporaries: Vec<RelPath>,
 }
 
 /// The pending uploads of one folder.
@@ -114,12 +129,12 @@ pub struct Queue {
     /// By close order.
     pending: BTreeMap<u64, Entry>,
     by_path: HashMap<RelPath, u64>,
-    /// Being uploaded, by close order.
-    in_flight: BTreeMap<u64, RelPath>,
-    /// Uploads that failed after the store's own retries, by close order: they hold back the
-    /// markers after them until they succeed.
-    failed: BTreeMap<u64, (RelPath, String)>,
-    /// The script ended: temporary names and settle delays no longer hold anything back.
+    /// Being uploaded, by close order: path and `since`.
+    in_flight: BTreeMap<u64, (RelPath, u64)>,
+    /// Uploads that failed for good (after the script ended), by close order: they hold back
+    /// the markers closed after them.
+    failed: BTreeMap<u64, (RelPath, String, u64)>,
+    /// The script ended: settle delays and retry backoffs no longer hold anything back.
     draining: bool,
     /// How long a failed upload waits before it is tried again while the script runs.
     pub retry_after: Duration,
@@ -145,9 +160,24 @@ impl Queue {
 
     /// `path` was closed after writing, or renamed into place: it goes to the end of the order.
     pub fn closed(&mut self, path: RelPath, now: Instant) {
+        let outstanding = self
+            .by_path
+            .get(&path)
+            .map(|seq| self.pending[seq].since)
+            .into_iter()
+            .chain(
+                self.in_flight
+                    .values()
+                    .filter(|(p, _)| *p == path)
+                    .map(|(_, since)| *since),
+            )
+            .min();
         self.forget_pending(&path);
         let marker = self.rules.is_marker(&path);
-        self.push(path, now + self.rules.settle, marker);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let since = outstanding.unwrap_or(seq);
+        self.insert(seq, path, now + self.rules.settle, marker, since);
     }
 
     /// Files found at once (a folder renamed into place, a rescan): the markers among them go
@@ -172,15 +202,21 @@ impl Queue {
             let entry = self.pending.remove(&seq).expect("listed above");
             self.by_path.remove(&entry.path);
         }
-        self.failed.retain(|_, (p, _)| !is_under(p, path));
+        self.failed.retain(|_, (p, _, _)| !is_under(p, path));
     }
 
-    /// The script ended: every file is uploaded under the name it has now, without delay.
+    /// The script ended: every file is uploaded under the name it has now, without delay
+    /// (temporary names still are not).
     pub fn drain(&mut self, now: Instant) {
         self.draining = true;
         for entry in self.pending.values_mut() {
             entry.not_before = entry.not_before.min(now);
         }
+    }
+
+    /// Whether `path` is waiting or being uploaded.
+    pub fn holds(&self, path: &str) -> bool {
+        self.by_path.contains_key(path) || self.in_flight.values().any(|(p, _)| p == path)
     }
 
     /// The next upload that may start now, marked in flight.
@@ -192,72 +228,81 @@ impl Queue {
             .map(|(seq, _)| *seq)?;
         let entry = self.pending.remove(&seq).expect("found above");
         self.by_path.remove(&entry.path);
-        self.in_flight.insert(seq, entry.path.clone());
+        self.in_flight
+            .insert(seq, (entry.path.clone(), entry.since));
         Some(Ready {
             seq,
             path: entry.path,
             marker: entry.marker,
+            since: entry.since,
         })
     }
 
     fn may_start(&self, seq: u64, entry: &Entry, now: Instant) -> bool {
-        if entry.not_before > now || self.in_flight.values().any(|p| *p == entry.path) {
-            return false;
-        }
-        if !self.draining && is_temporary(&entry.path) {
+        if entry.not_before > now
+            || is_temporary(&entry.path)
+            || self.in_flight.values().any(|(p, _)| *p == entry.path)
+        {
             return false;
         }
         !entry.marker || self.blocker_of(seq, &entry.path).is_none()
     }
 
-    /// The first file closed before marker `seq` in its folder that is not durable yet.
+    /// A file closed before marker `seq` in its folder (or below) that is not durable yet.
     fn blocker_of(&self, seq: u64, marker: &str) -> Option<&str> {
         let dir = parent(marker);
-        let earlier = |path: &str| is_under(path, dir) && (self.draining || !is_temporary(path));
-        self.in_flight
-            .range(..seq)
-            .map(|(_, p)| p.as_str())
-            .chain(self.failed.range(..seq).map(|(_, (p, _))| p.as_str()))
-            .chain(self.pending.range(..seq).map(|(_, e)| e.path.as_str()))
-            .find(|p| earlier(p))
+        let blocks = |path: &str, since: u64| {
+            since < seq && path != marker && is_under(path, dir) && !is_temporary(path)
+        };
+        let in_flight = self.in_flight.values().map(|(p, s)| (p.as_str(), *s));
+        let failed = self.failed.values().map(|(p, _, s)| (p.as_str(), *s));
+        let pending = self.pending.values().map(|e| (e.path.as_str(), e.since));
+        in_flight
+            .chain(failed)
+            .chain(pending)
+            .find(|(path, since)| blocks(path, *since))
+            .map(|(path, _)| path)
     }
 
     /// Reports how the upload of `ready` ended.
     pub fn finished(&mut self, ready: &Ready, how: Finished, now: Instant) {
         self.in_flight.remove(&ready.seq);
-        match how {
-            Finished::Durable | Finished::Gone => {}
-            Finished::Changed => {
-                if !self.by_path.contains_key(&ready.path) {
-                    self.closed(ready.path.clone(), now);
-                }
+        let again = match how {
+            Finished::Durable | Finished::Gone => return,
+            Finished::Changed => None,
+            Finished::Failed(error) => Some(error),
+        };
+        // Closed again meanwhile: that entry is the one to upload, and it inherits this
+        // upload's place for the markers after it.
+        if let Some(seq) = self.by_path.get(&ready.path) {
+            let entry = self.pending.get_mut(seq).expect("indexed");
+            entry.since = entry.since.min(ready.since);
+            return;
+        }
+        match (again, self.draining) {
+            (None, _) => self.insert(
+                ready.seq,
+                ready.path.clone(),
+                now + self.rules.settle,
+                ready.marker,
+                ready.since,
+            ),
+            (Some(error), true) => {
+                self.failed
+                    .insert(ready.seq, (ready.path.clone(), error, ready.since));
             }
-            Finished::Failed(error) => {
-                if self.by_path.contains_key(&ready.path) {
-                    return; // closed again meanwhile: that upload is the one that counts
-                }
-                match self.draining {
-                    true => {
-                        self.failed.insert(ready.seq, (ready.path.clone(), error));
-                    }
-                    // Kept in its place, so the markers after it keep waiting for it.
-                    false => {
-                        self.by_path.insert(ready.path.clone(), ready.seq);
-                        self.pending.insert(
-                            ready.seq,
-                            Entry {
-                                path: ready.path.clone(),
-                                not_before: now + self.retry_after,
-                                marker: ready.marker,
-                            },
-                        );
-                    }
-                }
-            }
+            // Kept in its place, so the markers after it keep waiting for it.
+            (Some(_), false) => self.insert(
+                ready.seq,
+                ready.path.clone(),
+                now + self.retry_after,
+                ready.marker,
+                ready.since,
+            ),
         }
     }
 
-    /// Nothing pending and nothing in flight (failures and held-back markers aside).
+    /// Nothing pending and nothing in flight (failures aside).
     pub fn is_idle(&self) -> bool {
         self.in_flight.is_empty() && self.pending.is_empty()
     }
@@ -270,33 +315,41 @@ impl Queue {
         self.pending.len()
     }
 
-    /// When the earliest pending file that waits only for time may start.
-    pub fn next_wakeup(&self) -> Option<Instant> {
-        self.pending.values().map(|e| e.not_before).min()
+    /// When the earliest file that waits only for time (a settle delay, a retry's backoff)
+    /// may start; files waiting for something else are woken by events and finished uploads.
+    pub fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        self.pending
+            .values()
+            .filter(|e| e.not_before > now && !is_temporary(&e.path))
+            .map(|e| e.not_before)
+            .min()
     }
 
-    /// After a drain: the markers that could not be uploaded (a file before them failed), with
-    /// the failure that holds each back, then the failures themselves.
-    pub fn take_failures(&mut self) -> Vec<(RelPath, String)> {
-        let mut out = Vec::new();
-        let held: Vec<(u64, Entry)> = std::mem::take(&mut self.pending).into_iter().collect();
+    /// After a drain, what could not be uploaded.
+    pub fn take_held(&mut self) -> Held {
+        let mut held = Held::default();
+        let pending: Vec<(u64, Entry)> = std::mem::take(&mut self.pending).into_iter().collect();
         self.by_path.clear();
-        for (seq, entry) in held {
-            let why = match self.blocker_of(seq, &entry.path) {
+        for (seq, entry) in &pending {
+            if is_temporary(&entry.path) {
+                held.temporaries.push(entry.path.clone());
+                continue;
+            }
+            let why = match self.blocker_of(*seq, &entry.path) {
                 Some(blocker) => format!(
                     "commit marker not uploaded: {blocker}, closed before it, is not in storage"
                 ),
                 None => "not uploaded".to_owned(),
             };
-            out.push((entry.path, why));
+            held.failures.push((entry.path.clone(), why));
         }
-        out.extend(std::mem::take(&mut self.failed).into_values());
-        out
+        let failed = std::mem::take(&mut self.failed);
+        held.failures
+            .extend(failed.into_values().map(|(path, error, _)| (path, error)));
+        held
     }
 
-    fn push(&mut self, path: RelPath, not_before: Instant, marker: bool) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+    fn insert(&mut self, seq: u64, path: RelPath, not_before: Instant, marker: bool, since: u64) {
         self.by_path.insert(path.clone(), seq);
         self.pending.insert(
             seq,
@@ -304,6 +357,7 @@ impl Queue {
                 path,
                 not_before,
                 marker,
+                since,
             },
         );
     }

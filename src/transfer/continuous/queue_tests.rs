@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 
 use proptest::prelude::*;
 
@@ -27,7 +27,7 @@ fn files_wait_for_the_settle_delay_and_go_in_close_order() {
     q.closed("b.pt".into(), t0);
     q.closed("a.pt".into(), t0 + Duration::from_millis(100));
     assert_eq!(q.next_ready(t0 + Duration::from_millis(499)), None);
-    assert_eq!(q.next_wakeup(), Some(t0 + SETTLE));
+    assert_eq!(q.next_wakeup(t0), Some(t0 + SETTLE));
     let started = start_all(&mut q, t0 + Duration::from_millis(600));
     assert_eq!(paths(&started), ["b.pt", "a.pt"]);
     assert_eq!(q.in_flight(), 2);
@@ -213,7 +213,8 @@ fn a_failed_file_holds_its_marker_back_and_is_retried() {
     assert_eq!(last_try.path, "c/shard");
     q.finished(&last_try, Finished::Failed("503".into()), now);
     assert_eq!(q.next_ready(now), None);
-    let failures = q.take_failures();
+    assert_eq!(q.next_wakeup(now), None, "nothing will start by itself");
+    let failures = q.take_held().failures;
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert_eq!(failures[0].0, "c/.metadata");
     assert!(failures[0].1.contains("c/shard"), "{failures:?}");
@@ -221,19 +222,81 @@ fn a_failed_file_holds_its_marker_back_and_is_retried() {
 }
 
 #[test]
-fn draining_releases_temporary_names_and_the_settle_delay() {
+fn draining_ends_the_settle_delay_but_never_sends_temporary_names() {
     let mut q = queue(&[]);
     let t0 = Instant::now();
     q.closed("tmp-checkpoint-9/x".into(), t0);
     q.closed("y".into(), t0);
     assert_eq!(q.next_ready(t0), None);
     q.drain(t0);
-    assert_eq!(paths(&start_all(&mut q, t0)), ["tmp-checkpoint-9/x", "y"]);
+    let started = start_all(&mut q, t0);
+    assert_eq!(paths(&started), ["y"]);
+    q.finished(&started[0], Finished::Durable, t0);
+    assert_eq!(
+        q.next_wakeup(t0),
+        None,
+        "a temporary name is no reason to wait"
+    );
+    let held = q.take_held();
+    assert_eq!(held.temporaries, ["tmp-checkpoint-9/x"]);
+    assert!(held.failures.is_empty(), "{held:?}");
+}
+
+#[test]
+fn only_time_holds_wake_the_loop() {
+    let mut q = queue(&[]);
+    let t0 = Instant::now();
+    q.closed("c/shard".into(), t0);
+    q.closed("c/.metadata".into(), t0);
+    q.closed("notes.tmp".into(), t0);
+    let now = t0 + SETTLE;
+    let shard = q.next_ready(now).unwrap();
+    // The marker waits for the shard, the temporary file for its rename: neither is a time to
+    // wake up at (the shard's end and the rename are events).
+    assert_eq!(q.next_ready(now), None);
+    assert_eq!(q.next_wakeup(now), None);
+    q.finished(&shard, Finished::Durable, now);
+    assert_eq!(q.next_ready(now).unwrap().path, "c/.metadata");
+}
+
+#[test]
+fn a_marker_waits_for_a_file_closed_before_it_and_rewritten_since() {
+    let mut q = queue(&[]);
+    let t0 = Instant::now();
+    q.closed("c/shard".into(), t0);
+    let now = t0 + SETTLE;
+    let first = q.next_ready(now).unwrap();
+    q.closed("c/.metadata".into(), t0);
+    // The next save rewrites the shard in place before its first upload is done.
+    q.closed("c/shard".into(), now);
+    q.finished(&first, Finished::Changed, now);
+    let later = now + SETTLE;
+    let again = q.next_ready(later).unwrap();
+    assert_eq!(
+        again.path, "c/shard",
+        "the marker is not sent before the shard"
+    );
+    assert_eq!(q.next_ready(later), None);
+    q.finished(&again, Finished::Durable, later);
+    assert_eq!(q.next_ready(later).unwrap().path, "c/.metadata");
+}
+
+#[test]
+fn holds_knows_what_waits_and_what_uploads() {
+    let mut q = queue(&[]);
+    let t0 = Instant::now();
+    q.closed("a".into(), t0);
+    q.closed("b".into(), t0 + SETTLE);
+    let a = q.next_ready(t0 + SETTLE).unwrap();
+    assert!(q.holds("a") && q.holds("b") && !q.holds("c"));
+    q.finished(&a, Finished::Durable, t0 + SETTLE);
+    assert!(!q.holds("a"));
 }
 
 proptest! {
-    /// Whatever the order uploads complete in, a marker starts only when the latest version of
-    /// every file closed before it in its folder is durable.
+    /// Whatever the order uploads complete in, a marker starts only when every file of its
+    /// folder closed before it is durable at least at the version it had when the marker was
+    /// closed.
     #[test]
     fn markers_never_start_before_their_data(
         ops in prop::collection::vec((0usize..3, 0usize..4, any::<bool>()), 1..60),
@@ -242,10 +305,10 @@ proptest! {
         let dirs = ["a", "a/sub", "b"];
         let mut q = queue(&[]);
         let now = Instant::now() + SETTLE;
-        let mut closed_order: Vec<String> = Vec::new();
-        // The version each name was last closed at, and the version of it in storage.
+        // Each file's latest closed version; what is in storage; what each marker needs.
         let mut version: HashMap<String, u32> = HashMap::new();
         let mut durable: HashMap<String, u32> = HashMap::new();
+        let mut needs: HashMap<String, Vec<(String, u32)>> = HashMap::new();
         let mut running: Vec<(Ready, u32)> = Vec::new();
         let mut completions = completion.into_iter();
         for (dir, file, marker) in ops {
@@ -253,21 +316,21 @@ proptest! {
                 true => format!("{}/.metadata", dirs[dir]),
                 false => format!("{}/shard{file}", dirs[dir]),
             };
+            if marker {
+                let dir = name.rsplit_once('/').unwrap().0;
+                let before = version
+                    .iter()
+                    .filter(|(f, _)| is_under(f, dir) && **f != name)
+                    .map(|(f, v)| (f.clone(), *v))
+                    .collect();
+                needs.insert(name.clone(), before);
+            }
             q.closed(name.clone(), now - SETTLE);
             *version.entry(name.clone()).or_default() += 1;
-            closed_order.retain(|n| *n != name);
-            closed_order.push(name);
             while let Some(ready) = q.next_ready(now) {
-                if ready.marker {
-                    let dir = ready.path.rsplit_once('/').unwrap().0;
-                    let position = closed_order.iter().position(|n| *n == ready.path).unwrap();
-                    let before: BTreeSet<&String> = closed_order[..position]
-                        .iter()
-                        .filter(|n| is_under(n, dir))
-                        .collect();
-                    for file in before {
-                        prop_assert_eq!(durable.get(file), version.get(file), "{} before {}", ready.path, file);
-                    }
+                for (file, at) in needs.get(&ready.path).into_iter().flatten() {
+                    let stored = durable.get(file).copied().unwrap_or(0);
+                    prop_assert!(stored >= *at, "{} before {} v{}", ready.path, file, at);
                 }
                 let at = version[&ready.path];
                 running.push((ready, at));
@@ -275,7 +338,8 @@ proptest! {
             if let Some(index) = completions.next() && !running.is_empty() {
                 let (done, at) = running.swap_remove(index.index(running.len()));
                 q.finished(&done, Finished::Durable, now);
-                durable.insert(done.path.clone(), at);
+                let stored = durable.entry(done.path.clone()).or_default();
+                *stored = (*stored).max(at);
             }
         }
     }

@@ -22,6 +22,8 @@ pub enum Change {
     Appeared(Vec<RelPath>),
     /// The kernel dropped events: the whole folder must be compared with what is in storage.
     Overflow,
+    /// The folder itself was removed (or moved away): nothing more is seen until the end.
+    RootGone,
 }
 
 /// One raw event, owned.
@@ -105,6 +107,11 @@ impl Watcher {
         Ok(files)
     }
 
+    /// Watches the folders made while events were lost (after an overflow).
+    pub fn rewatch(&mut self) -> io::Result<()> {
+        self.watch_tree("").map(drop)
+    }
+
     /// Every file below the folder now, without changing the watches (the final scan).
     pub fn scan(&self) -> io::Result<Vec<RelPath>> {
         self.walk("", |_| {})
@@ -127,7 +134,11 @@ impl Watcher {
                     continue; // not UTF-8: never an object name
                 };
                 let path = join(&folder, &name);
-                let kind = entry.file_type()?;
+                let kind = match entry.file_type() {
+                    Ok(kind) => kind,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 if self.skipped(&path) {
                     continue;
                 } else if kind.is_dir() {
@@ -183,7 +194,9 @@ impl Watcher {
                 continue;
             }
             if event.mask.contains(EventMask::IGNORED) {
-                self.dirs.remove(&event.wd);
+                if self.dirs.remove(&event.wd).is_some_and(|p| p.is_empty()) {
+                    changes.push(Change::RootGone);
+                }
                 continue;
             }
             let (Some(dir), Some(name)) = (self.dirs.get(&event.wd), &event.name) else {
