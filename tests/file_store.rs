@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::checksums::{LARGE, crc64_round_trip};
 use common::data::{p, pattern};
 use common::engines::small_parts;
 use common::secrets::{sas_expiry, secret_file};
@@ -19,7 +20,7 @@ use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::file::{FileStore, MAX_RANGE, is_temp_name};
 use dataref::store::checksum::{crc64, crc64_hex};
 use dataref::store::{ListRequest, PutOptions, Store, StoreError, list_all};
-use dataref::transfer::{self, UploadSource};
+use dataref::transfer;
 use md5::{Digest, Md5};
 
 fn store(server: &FileRest, share: &str, credential: Credential) -> FileStore {
@@ -482,9 +483,6 @@ async fn a_rotated_account_key_is_re_read() {
     assert_eq!(store.head(&p("a")).await.unwrap().size, 1);
 }
 
-/// A large file of several 64 KiB parts (`engines::small_parts`) and a small one.
-const CRC_LARGE: usize = 300 * 1024;
-
 #[tokio::test]
 async fn uploads_record_a_crc64_that_downloads_read_from_each_get_and_check() {
     let server = FileRest::start(5000);
@@ -492,45 +490,13 @@ async fn uploads_record_a_crc64_that_downloads_read_from_each_get_and_check() {
     let share = filerest::unique_share("crc");
     server.create_share(&share);
     let store: Arc<dyn Store> = Arc::new(key_store(&server, dir.path(), &share));
-    let source = dir.path().join("out");
-    std::fs::create_dir(&source).unwrap();
-    let large = pattern(CRC_LARGE, 7);
-    std::fs::write(source.join("large.bin"), &large).unwrap();
-    std::fs::write(source.join("small.txt"), b"123456789").unwrap();
-    let report = transfer::upload(
-        &small_parts(),
-        store.clone(),
-        &UploadSource::Directory(source),
-        &p("run"),
-        false,
-        &[],
-    )
-    .await
-    .unwrap();
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-
+    // Listings carry no metadata: the download learns the CRC64 from its GETs.
+    let large = crc64_round_trip(store, false).await;
     // Stored as metadata `crc64` (16 hex digits), as on blobs: by Set File Metadata after the
-    // parts, by Create File for a whole-file put; read back by head.
+    // parts, by Create File for a whole-file put.
     let stored = |name: &str| server.metadata(&share, name).unwrap().get("crc64").cloned();
     assert_eq!(stored("run/large.bin"), Some(crc64_hex(crc64(&large))));
     assert_eq!(stored("run/small.txt").as_deref(), Some("ae8b14860a799888"));
-    let head = store.head(&p("run/large.bin")).await.unwrap();
-    assert_eq!(head.crc64, Some(crc64(&large)));
-    // Listings carry no metadata: the download learns the CRC64 from its GETs.
-    let listed = list_all(store.as_ref(), &p("run"), false).await.unwrap();
-    assert!(listed.objects.iter().all(|o| o.crc64.is_none()));
-
-    let target = dir.path().join("back");
-    let report = transfer::download(&small_parts(), store, &p("run"), &target, false)
-        .await
-        .unwrap();
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert_eq!(report.verified.crc64, 2, "{:?}", report.verified);
-    assert_eq!(std::fs::read(target.join("large.bin")).unwrap(), large);
-    assert_eq!(
-        std::fs::read(target.join("small.txt")).unwrap(),
-        b"123456789"
-    );
 }
 
 #[tokio::test]
@@ -541,7 +507,7 @@ async fn a_wrong_stored_crc64_on_a_share_fails_the_file_naming_it_and_keeps_noth
     server.create_share(&share);
     let store: Arc<dyn Store> = Arc::new(key_store(&server, dir.path(), &share));
     // One small file (one GET) and one of several parts.
-    for size in [1000, CRC_LARGE] {
+    for size in [1000, LARGE] {
         let data = pattern(size, 3);
         let name = format!("d{size}/bad.bin");
         store
