@@ -455,6 +455,16 @@ class Scale(unittest.TestCase):
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
             cli.parse_args(["--scale", "1500"])
 
+    def test_the_scale_study_runs_on_a_local_datastore_or_through_azurite(self):
+        self.assertEqual(cli.parse_args(["--scale", "1000"])[0].scale_on, "local")
+        args, _ = cli.parse_args(["--scale", "1000", "--scale-on", "azurite"])
+        self.assertEqual(args.scale_on, "azurite")
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
+            cli.parse_args(["--scale", "1000", "--scale-on", "s3"])
+        self.assertEqual(scale.title("local", 3),
+                         "## Scale: a local datastore, medians of 3 round(s)")
+        self.assertIn("Azurite", scale.title("azurite", 1))
+
 
 class CheckpointTable(unittest.TestCase):
     """`--checkpoint`: medians, ratios over the rounds, and the two goals' verdicts."""

@@ -4,10 +4,13 @@
 
 mod common;
 
-use common::data::p;
+use common::checksums::{LARGE, crc64_round_trip};
+use common::data::{p, pattern};
+use common::engines::small_parts;
 use common::secrets::{sas_expiry, secret_file};
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -15,7 +18,9 @@ use common::filerest::http::HttpRequest;
 use common::filerest::{self, FileRest, auth};
 use dataref::model::{AzureLocation, Credential, SecretRef};
 use dataref::store::azure::file::{FileStore, MAX_RANGE, is_temp_name};
+use dataref::store::checksum::{crc64, crc64_hex};
 use dataref::store::{ListRequest, PutOptions, Store, StoreError, list_all};
+use dataref::transfer;
 use md5::{Digest, Md5};
 
 fn store(server: &FileRest, share: &str, credential: Credential) -> FileStore {
@@ -476,4 +481,55 @@ async fn a_rotated_account_key_is_re_read() {
     // ...until the key file is updated; the running store picks it up.
     secret_file(dir.path(), "account.key", new_key);
     assert_eq!(store.head(&p("a")).await.unwrap().size, 1);
+}
+
+#[tokio::test]
+async fn uploads_record_a_crc64_that_downloads_read_from_each_get_and_check() {
+    let server = FileRest::start(5000);
+    let dir = tempfile::tempdir().unwrap();
+    let share = filerest::unique_share("crc");
+    server.create_share(&share);
+    let store: Arc<dyn Store> = Arc::new(key_store(&server, dir.path(), &share));
+    // Listings carry no metadata: the download learns the CRC64 from its GETs.
+    let large = crc64_round_trip(store, false).await;
+    // Stored as metadata `crc64` (16 hex digits), as on blobs: by Set File Metadata after the
+    // parts, by Create File for a whole-file put.
+    let stored = |name: &str| server.metadata(&share, name).unwrap().get("crc64").cloned();
+    assert_eq!(stored("run/large.bin"), Some(crc64_hex(crc64(&large))));
+    assert_eq!(stored("run/small.txt").as_deref(), Some("ae8b14860a799888"));
+}
+
+#[tokio::test]
+async fn a_wrong_stored_crc64_on_a_share_fails_the_file_naming_it_and_keeps_nothing() {
+    let server = FileRest::start(5000);
+    let dir = tempfile::tempdir().unwrap();
+    let share = filerest::unique_share("badcrc");
+    server.create_share(&share);
+    let store: Arc<dyn Store> = Arc::new(key_store(&server, dir.path(), &share));
+    // One small file (one GET) and one of several parts.
+    for size in [1000, LARGE] {
+        let data = pattern(size, 3);
+        let name = format!("d{size}/bad.bin");
+        store
+            .put(&p(&name), Bytes::from(data.clone()), &PutOptions::default())
+            .await
+            .unwrap();
+        server.set_metadata(&share, &name, "crc64", &crc64_hex(crc64(&data) ^ 1));
+        let target = dir.path().join(format!("back{size}"));
+        let prefix = p(&format!("d{size}"));
+        let report = transfer::download(&small_parts(), store.clone(), &prefix, &target, false)
+            .await
+            .unwrap();
+        assert_eq!(report.errors.len(), 1, "{size}: {:?}", report.errors);
+        let error = &report.errors[0].error;
+        assert!(
+            error.contains(&name) && error.contains("CRC64 mismatch"),
+            "{error}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&target).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "{size}: nothing kept, no partial: {left:?}"
+        );
+    }
 }

@@ -42,6 +42,9 @@ def parser():
     ap.add_argument("--scale", metavar="N,N,...",
                     help="instead of the cases: the scale study on a local datastore, e.g. "
                          "1000,10000,100000 (download, mount `find` and `ls -lR`)")
+    ap.add_argument("--scale-on", choices=scale.STORES, default="local",
+                    help="where the scale study's files are: a local datastore (default) or "
+                         "Azurite (preloaded, untimed)")
     ap.add_argument("--checkpoint", action="store_true",
                     help="instead of the cases: a --large-mib checkpoint saved into a folder "
                          "synced continuously (time blocked, commit to durable)")
@@ -93,8 +96,9 @@ def main(argv=None):
 
     dataref, azurite_bin, versions = ensure_tools(args, bool(mount_cases) or bool(args.scale))
     if args.scale:
-        rows = scale.run_scale(dataref, work, args.scale, args.rounds, args.max_wait)
-        print(f"## Scale: a local datastore, medians of {args.rounds} round(s)\n")
+        rows = scale.run_scale(dataref, work, args.scale, args.rounds, args.max_wait,
+                               args.scale_on, azurite_bin)
+        print(scale.title(args.scale_on, args.rounds) + "\n")
         print(scale.table(rows))
         return
     if args.checkpoint:

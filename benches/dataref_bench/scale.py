@@ -1,18 +1,22 @@
 """The scale study (`scripts/bench --scale 1000,10000,100000`): how dataref's cost grows with
-the number of entries, on a local datastore so that no emulator is in the picture. For each
-size N (one-byte files in folders of 1,000): `dataref download` of all of them, and `find` and
-`ls -lR` through a fresh `dataref mount` each; wall time and peak RSS. The goal is linear time
-and flat RSS per 1,000 entries. Every figure includes a fixed part (start-up, the mount, the
-binary's own memory), so the check compares marginal costs: what each 1,000 entries more cost
-between the two largest sizes against between the two smallest ("growth"; 1.00 is linear).
+the number of entries, on a local datastore so that no emulator is in the picture, or with
+`--scale-on azurite` through Azure Blob (a fresh Azurite per size, the files preloaded with
+`dataref upload`, untimed). For each size N (one-byte files in folders of 1,000): `dataref
+download` of all of them, and `find` and `ls -lR` through a fresh `dataref mount` each; wall
+time and peak RSS. The goal is linear time and flat RSS per 1,000 entries. Every figure includes
+a fixed part (start-up, the mount, the binary's own memory), so the check compares marginal
+costs: what each 1,000 entries more cost between the two largest sizes against between the two
+smallest ("growth"; 1.00 is linear).
 """
 
 import os
 import subprocess
 import time
 
+from .azurite import Azurite, account_sas, free_port
 from .mounts import Mount, cleanup_mounts
 from .procs import PDEATHSIG, TIMED_ENV, die, log, run, wait_for_quiet
+from .tools import Tools
 
 FILES_PER_DIR = 1000
 # The marginal cost per 1,000 entries at the largest step may be at most this many times the
@@ -125,23 +129,75 @@ def _median(xs):
     return xs[len(xs) // 2]
 
 
-def run_scale(dataref, work, sizes, rounds, max_wait):
-    """Measures every size `rounds` times (medians); returns the rows for `table`."""
-    rows = []
-    for n in sizes:
-        root = os.path.join(work, f"scale-{n}")
-        make_tree(root, n)
+STORES = ("local", "azurite")
+# The folder the Azurite variant uploads the tree to.
+AZURITE_PREFIX = "scale"
+
+
+def title(store, rounds):
+    where = ("Azure Blob through Azurite (in memory; a fresh emulator per size)"
+             if store == "azurite" else "a local datastore")
+    return f"## Scale: {where}, medians of {rounds} round(s)"
+
+
+class LocalSource:
+    """The tree as a local datastore: `dataref` registered on it, nothing to stop."""
+
+    def __init__(self, dataref, work, n, root, _azurite_bin):
         config = os.path.join(work, f"scale-config-{n}")
         os.makedirs(config, exist_ok=True)
         run([dataref, "--config-dir", config, "datastore", "register", "local", "--name",
              "scale", "--root", root, "--overwrite"])
-        dr = [dataref, "--config-dir", config]
+        self.dr = [dataref, "--config-dir", config]
+        # What `download` and `mount` are given to name the tree.
+        self.download_from = self.mount_from = ["--datastore", "scale"]
+
+    def download(self, dest):
+        return (self.dr + ["download"] + self.download_from
+                + ["--target-path", dest, "--no-progress"])
+
+    def mount(self, mnt):
+        return self.dr + ["mount"] + self.mount_from + [mnt]
+
+    def stop(self):
+        pass
+
+
+class AzuriteSource(LocalSource):
+    """The tree uploaded to a fresh Azurite of its own (the emulator slows as it fills, so no
+    size shares one): `dataref` registered on its container, under AZURITE_PREFIX."""
+
+    def __init__(self, dataref, work, n, root, azurite_bin):
+        home = os.path.join(work, f"scale-azurite-{n}")
+        self.azurite = Azurite(azurite_bin, free_port(), os.path.join(home, "azurite"),
+                               account_sas())
+        self.azurite.start()
+        tools = Tools(dataref, home, self.azurite.endpoint)
+        t0 = time.monotonic()
+        run(tools.dataref_upload(AZURITE_PREFIX, root))
+        log(f"uploaded {n:,} files to Azurite in {time.monotonic() - t0:.0f} s (untimed)")
+        self.dr = tools.dr
+        self.download_from = ["--datastore", "bench", "--prefix", AZURITE_PREFIX]
+        self.mount_from = ["--datastore", "bench", "--path", AZURITE_PREFIX]
+
+    def stop(self):
+        self.azurite.stop()
+
+
+def run_scale(dataref, work, sizes, rounds, max_wait, store="local", azurite_bin=None):
+    """Measures every size `rounds` times (medians) on `store` (one of STORES); returns the
+    rows for `table`."""
+    source_of = {"local": LocalSource, "azurite": AzuriteSource}[store]
+    rows = []
+    for n in sizes:
+        root = os.path.join(work, f"scale-{n}")
+        make_tree(root, n)
+        source = source_of(dataref, work, n, root, azurite_bin)
         dirs, _ = layout(n)
         runs = {"download": [], "download_rss": [], "find": [], "ls": [], "mount_rss": []}
         for rnd in range(rounds):
             dest = os.path.join(work, f"scale-out-{n}-{rnd}")
-            wall, rss, _ = _timed(dr + ["download", "--datastore", "scale", "--target-path",
-                                        dest, "--no-progress"], max_wait)
+            wall, rss, _ = _timed(source.download(dest), max_wait)
             got = sum(len(files) for _, _, files in os.walk(dest))
             if got != n:
                 die(f"download of {n}: {got} files arrived")
@@ -151,7 +207,7 @@ def run_scale(dataref, work, sizes, rounds, max_wait):
             # ext4 scan recently deleted inodes when the next run creates its own.
             for what, cmd in (("find", ["find"]), ("ls", ["ls", "-lR"])):
                 mnt = os.path.join(work, f"scale-mnt-{n}-{rnd}-{what}")
-                mount = Mount("dataref", dr + ["mount", "--datastore", "scale", mnt], mnt,
+                mount = Mount("dataref", source.mount(mnt), mnt,
                               os.path.join(work, "unused-cache", f"{n}-{rnd}-{what}"),
                               os.path.join(work, "logs"))
                 wall, _, lines = _timed(cmd + [mnt], max_wait, expect_lines=n + dirs)
@@ -160,6 +216,7 @@ def run_scale(dataref, work, sizes, rounds, max_wait):
             log(f"  {n:,} entries, round {rnd + 1}: download {runs['download'][-1]:.2f} s, "
                 f"find {runs['find'][-1]:.2f} s, ls -lR {runs['ls'][-1]:.2f} s, "
                 f"mount RSS {runs['mount_rss'][-1]:.0f} MiB")
+        source.stop()
         rows.append({"n": n, **{k: _median(v) for k, v in runs.items()}})
     cleanup_mounts()
     return rows

@@ -211,16 +211,22 @@ pub(crate) fn partial_name(final_path: &Path) -> PathBuf {
 
 /// Creates the temporary file for an in-progress write. Whatever already sits at that name (a
 /// partial left by a killed process that had the same pid, or a symlink planted there) is
-/// removed, never followed; `create_new` (O_EXCL) refuses anything that reappears meanwhile.
+/// removed, never followed: `create_new` (O_EXCL) refuses it, and after its removal refuses
+/// anything that reappears meanwhile. (Removing first would cost every file a system call.)
 pub(crate) fn create_partial(path: &Path) -> std::io::Result<fs::File> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    let create = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            create()
+        }
+        other => other,
     }
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
 }
 
 fn create_parent(path: &Path) -> Result<()> {

@@ -73,6 +73,16 @@ impl Store for Metered {
         timed(&self.metrics, StoreOp::Get, read).await
     }
 
+    async fn get_range_with_crc64(
+        &self,
+        path: &ObjectPath,
+        range: Range<u64>,
+        version: Option<&str>,
+    ) -> Result<(ByteStream, Option<u64>)> {
+        let read = self.inner.get_range_with_crc64(path, range, version);
+        timed(&self.metrics, StoreOp::Get, read).await
+    }
+
     async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()> {
         timed(
             &self.metrics,

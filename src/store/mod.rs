@@ -224,6 +224,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         version: Option<&str>,
     ) -> Result<ByteStream>;
 
+    /// `get_range`, with the whole-object CRC64 the answer carries, for backends whose
+    /// listings do not (Azure Files returns metadata only with the file): a download takes it
+    /// from the GET it sends anyway rather than asking for each file's properties first. The
+    /// default carries none; wrappers that count or time reads must pass it on.
+    async fn get_range_with_crc64(
+        &self,
+        path: &ObjectPath,
+        range: Range<u64>,
+        version: Option<&str>,
+    ) -> Result<(ByteStream, Option<u64>)> {
+        Ok((self.get_range(path, range, version).await?, None))
+    }
+
     /// Writes a whole (small) object at once, replacing an existing one.
     async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()>;
 

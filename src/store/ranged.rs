@@ -22,6 +22,10 @@ use crate::model::{ObjectPath, RetryPolicy, Retryable};
 /// Where a ranged read's bytes go, in order, each byte once.
 pub trait RangeSink: Send {
     fn write(&mut self, chunk: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// The whole-object CRC64 an answer carried (`Store::get_range_with_crc64`), told before
+    /// any of its bytes.
+    fn stored_crc64(&mut self, _crc: u64) {}
 }
 
 /// A range read into memory.
@@ -119,10 +123,14 @@ async fn attempt<S: RangeSink>(
             message: format!("{path}: no data for {} s {what}", stall_timeout.as_secs()),
         })
     };
-    let mut stream = tokio::time::timeout(stall_timeout, store.get_range(path, range, version))
+    let read = store.get_range_with_crc64(path, range, version);
+    let (mut stream, crc) = tokio::time::timeout(stall_timeout, read)
         .await
         .map_err(|_| stalled("waiting for the response"))?
         .map_err(RangeError::Store)?;
+    if let Some(crc) = crc {
+        sink.stored_crc64(crc);
+    }
     let mut got = 0u64;
     loop {
         let next = tokio::time::timeout(stall_timeout, stream.try_next())

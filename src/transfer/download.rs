@@ -5,24 +5,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use md5::{Digest, Md5};
+use md5::Digest;
 
 use super::progress::Progress;
 use super::{
     Check, Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts,
 };
-use crate::model::{ObjectPath, Verify};
-use crate::store::checksum::{Crc64, crc64_hex, crc64_of_parts};
-use crate::store::local::{create_partial, partial_name};
-use crate::store::{
-    Breaker, ObjectMeta, RangeError, RangeSink, Store, StoreError, list_all, read_range,
-};
+use crate::model::ObjectPath;
+use crate::store::checksum::{Crc64, crc64_of_parts};
+use crate::store::local::partial_name;
+use crate::store::{Breaker, ObjectMeta, RangeError, Store, StoreError, list_all, read_range};
 
+mod check;
 mod local_file;
 
-use local_file::{FileWriter, InOrderHasher, PartFile, PartialFile};
+use check::{
+    Sink, Target, check_for, check_size, learned_by_all, may_learn, verify_crc64, verify_md5,
+};
+use local_file::{FileWriter, INLINE_WRITE, InOrderHasher, PartFile, PartialFile, write_small};
 
 /// One object to fetch and where it goes.
 #[derive(Clone)]
@@ -114,37 +115,22 @@ pub async fn download(
 
     let failed_dirs = create_parents(local, &todo).await;
     let progress = Progress::start(engine.progress, "download", todo.len() as u64, needed);
-    // Tripped when storage failed for longer than the retry policy allows: files not started
-    // yet fail at once instead of each waiting out the policy again, so a download of many
-    // files gives up in the policy's bound, not in a multiple of it.
-    let breaker = Breaker::default();
-    let results: Vec<(ObjectPath, Result<Fetched, FileError>)> = futures::stream::iter(todo)
-        .map(|item| {
-            let store = store.clone();
-            let progress = progress.clone();
-            let (failed_dirs, breaker) = (&failed_dirs, &breaker);
-            async move {
-                let result = match breaker.refusal() {
-                    Some(refusal) => Err(FileError::store(refusal)),
-                    None => {
-                        download_file(engine, store.as_ref(), &item, failed_dirs, &progress).await
-                    }
-                };
-                match &result {
-                    Ok(_) => breaker.reset(),
-                    Err(FileError {
-                        kind: FileErrorKind::StoreGone,
-                        ..
-                    }) => breaker.trip(&item.meta.path),
-                    Err(_) => {}
-                }
-                progress.file_done();
-                (item.meta.path, result)
-            }
-        })
-        .buffer_unordered(engine.file_concurrency.max(1))
-        .collect()
-        .await;
+    // The files are fetched by a task of their own: polled where `download` is awaited (a
+    // job's and the CLI's `block_on` thread, outside the runtime's workers), every response
+    // and body chunk would cross threads, a wake-up each; on a worker, the connections' tasks
+    // wake it in place. That halved the context switches of 2,000 small files.
+    let fetching = tokio::spawn(fetch_all(
+        engine.clone(),
+        store,
+        todo,
+        failed_dirs,
+        progress.clone(),
+    ));
+    let results = match AbortOnDrop(fetching).await {
+        Ok(results) => results,
+        // Only a panic: the task is cancelled by nothing but the guard's drop.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
     progress.finish();
     for (path, result) in results {
         match result {
@@ -164,6 +150,65 @@ pub async fn download(
     report.errors.sort_by(|a, b| a.path.cmp(&b.path));
     report.duration = started.elapsed();
     Ok(report)
+}
+
+/// Fetches every planned file, `file_concurrency` at a time; each one's outcome.
+async fn fetch_all(
+    engine: Engine,
+    store: Arc<dyn Store>,
+    todo: Vec<Planned>,
+    failed_dirs: HashMap<PathBuf, String>,
+    progress: Arc<Progress>,
+) -> Vec<(ObjectPath, Result<Fetched, FileError>)> {
+    // Tripped when storage failed for longer than the retry policy allows: files not started
+    // yet fail at once instead of each waiting out the policy again, so a download of many
+    // files gives up in the policy's bound, not in a multiple of it.
+    let breaker = Breaker::default();
+    let (engine, failed_dirs, breaker, progress) = (&engine, &failed_dirs, &breaker, &*progress);
+    futures::stream::iter(todo)
+        .map(|item| {
+            let store = store.as_ref();
+            async move {
+                let result = match breaker.refusal() {
+                    Some(refusal) => Err(FileError::store(refusal)),
+                    None => download_file(engine, store, &item, failed_dirs, progress).await,
+                };
+                match &result {
+                    Ok(_) => breaker.reset(),
+                    Err(FileError {
+                        kind: FileErrorKind::StoreGone,
+                        ..
+                    }) => breaker.trip(&item.meta.path),
+                    Err(_) => {}
+                }
+                progress.file_done();
+                (item.meta.path, result)
+            }
+        })
+        .buffer_unordered(engine.file_concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// A spawned task that is cancelled when whoever awaits it goes away (a cancelled job): its
+/// files' guards then remove their temporary files.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 fn name_conflict(path: &ObjectPath) -> Skipped {
@@ -257,6 +302,7 @@ enum FileErrorKind {
     Changed,
 }
 
+#[derive(Debug)]
 struct FileError {
     message: String,
     kind: FileErrorKind,
@@ -414,7 +460,7 @@ async fn download_version(
 ) -> Result<Fetched, FileError> {
     let check = check_for(engine.verify, &item.meta)?;
     if item.meta.size <= engine.part_size {
-        download_small(engine, store, item, check, progress).await?;
+        let check = download_small(engine, store, item, check, progress).await?;
         return Ok((item.meta.size, check));
     }
     // The guard removes the temporary file however this ends: error, or the future being
@@ -422,7 +468,7 @@ async fn download_version(
     let mut partial = PartialFile::new(partial_name(&item.dest));
     let file = partial.create(item.meta.size).await?;
     let parts = (engine, store, item, check);
-    fetch_parts(
+    let check = fetch_parts(
         parts,
         Arc::new(PartFile::new(file)),
         &partial.path,
@@ -436,65 +482,44 @@ async fn download_version(
     Ok((item.meta.size, check))
 }
 
-/// What a file is checked against, as `verify` asks and the object allows.
-fn check_for(verify: Verify, meta: &ObjectMeta) -> Result<Check, FileError> {
-    Ok(match verify {
-        Verify::Off => Check::Nothing,
-        Verify::Auto => match (meta.crc64, meta.content_md5) {
-            (Some(crc), _) => Check::Crc64(crc),
-            (None, Some(md5)) => Check::Md5(md5),
-            (None, None) => Check::Nothing,
-        },
-        Verify::Md5 => match meta.content_md5 {
-            Some(md5) => Check::Md5(md5),
-            None => {
-                return Err(FileError::store(format!(
-                    "{}: no Content-MD5 is stored with it, and verify is \"md5\"; not downloaded",
-                    meta.path
-                )));
-            }
-        },
-    })
-}
-
 /// A file of at most one part: one GET into memory (within the budget), verified there, then
-/// written and renamed into place by one blocking call. A file that fails verification is
-/// never created.
+/// written and renamed into place. A file that fails verification is never created. Returns
+/// the check it passed (a CRC64 the answer carried, when nothing was known before).
 async fn download_small(
     engine: &Engine,
     store: &dyn Store,
     item: &Planned,
     check: Check,
     progress: &Progress,
-) -> Result<(), FileError> {
+) -> Result<Check, FileError> {
     let size = item.meta.size;
     let _permit = engine.budget.acquire(size).await;
     let partial = partial_name(&item.dest);
-    let mut data = Vec::with_capacity(size as usize);
-    let mut sink = Sink::new(Target::Memory(&mut data), check, progress);
+    // The body's chunks as they came (no copy): written with one vectored write.
+    let mut chunks = Vec::new();
+    let learn = may_learn(engine, check);
+    let mut sink = Sink::new(Target::Memory(&mut chunks), check, learn, progress);
     let written = fetch_range(engine, store, item, &mut sink, &partial, 0..size).await?;
     check_size(item, written)?;
+    let check = sink.learned(item)?.unwrap_or(check);
     match (check, sink.md5.take(), sink.crc.take()) {
-        (Check::Md5(_), Some(md5), _) => verify_md5(item, md5.finalize().into())?,
-        (Check::Crc64(_), _, Some(crc)) => verify_crc64(item, crc.value())?,
+        (Check::Md5(expected), Some(md5), _) => verify_md5(item, expected, md5.finalize().into())?,
+        (Check::Crc64(expected), _, Some(crc)) => verify_crc64(item, expected, crc.value())?,
         _ => {}
     }
-    let owned = item.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let written = create_partial(&partial).and_then(|mut f| f.write_all(&data));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&partial);
-            return Err(FileError::write(&owned, &partial, e));
-        }
-        std::fs::rename(&partial, &owned.dest).map_err(|e| {
-            let _ = std::fs::remove_file(&partial);
-            FileError::local(&owned.dest, e)
-        })
-    })
-    .await
-    .map_err(|e| FileError::local(&item.dest, e))??;
-    Ok(())
+    let written = if size <= INLINE_WRITE {
+        write_small(&partial, &item.dest, &chunks)
+    } else {
+        let dest = item.dest.clone();
+        tokio::task::spawn_blocking(move || write_small(&partial, &dest, &chunks))
+            .await
+            .map_err(|e| FileError::local(&item.dest, e))?
+    };
+    written.map_err(|(path, e)| match path == item.dest {
+        true => FileError::local(&path, e),
+        false => FileError::write(item, &path, e),
+    })?;
+    Ok(check)
 }
 
 /// Fetches a file of several parts into `file` (created at its full size), parts in parallel.
@@ -503,12 +528,14 @@ async fn download_small(
 /// (which can only be computed in order), a hashing thread follows the contiguous prefix of the
 /// file, and parts are requested lowest offset first, at most `hash_window` parts ahead of the
 /// hash cursor: hashing overlaps the network instead of waiting for the lowest of many parts.
+/// Returns the check the file passed (with nothing known before, a CRC64 that every part's
+/// answer carried).
 async fn fetch_parts(
     (engine, store, item, check): (&Engine, &dyn Store, &Planned, Check),
     file: Arc<PartFile>,
     partial: &Path,
     progress: &Progress,
-) -> Result<(), FileError> {
+) -> Result<Check, FileError> {
     let part_size = engine.part_size.max(1);
     let ranges = parts(item.meta.size, part_size);
     let hashing = matches!(check, Check::Md5(_)).then(|| InOrderHasher::start(partial));
@@ -516,7 +543,7 @@ async fn fetch_parts(
     // With hashing, parts take turns: part `i` is requested right after part `i - 1`, never
     // before (two parts released by the same hashing step would otherwise race).
     let (turn, turns) = tokio::sync::watch::channel(0u64);
-    let mut fetched: Vec<(u64, u64, u64)> = futures::stream::iter(ranges)
+    let mut fetched: Vec<(u64, u64, u64, Option<u64>)> = futures::stream::iter(ranges)
         .map(|(index, offset, len)| {
             let hashing = hashing.as_ref();
             let file = file.clone();
@@ -536,7 +563,8 @@ async fn fetch_parts(
                     Check::Md5(_) => Check::Nothing,
                     other => other,
                 };
-                let mut sink = Sink::new(Target::File(&mut writer), part_check, progress);
+                let learn = may_learn(engine, check);
+                let mut sink = Sink::new(Target::File(&mut writer), part_check, learn, progress);
                 let n = fetch_range(
                     engine,
                     store,
@@ -550,116 +578,36 @@ async fn fetch_parts(
                     hashing.done(offset, n);
                 }
                 let crc = sink.crc.as_ref().map_or(0, Crc64::value);
-                Ok::<_, FileError>((index, crc, n))
+                let learned = match sink.learned(item)? {
+                    Some(Check::Crc64(stored)) => Some(stored),
+                    _ => None,
+                };
+                Ok::<_, FileError>((index, crc, n, learned))
             }
         })
         .buffer_unordered(engine.part_concurrency.max(1))
         .try_collect()
         .await?;
-    check_size(item, fetched.iter().map(|(_, _, n)| n).sum())?;
+    check_size(item, fetched.iter().map(|(_, _, n, _)| n).sum())?;
     if let Some(hashing) = hashing {
         let digest = hashing.finish().await.map_err(|message| FileError {
             message,
             kind: FileErrorKind::Local,
         })?;
-        verify_md5(item, digest)?;
-    }
-    if let Check::Crc64(_) = check {
-        fetched.sort_unstable_by_key(|(index, _, _)| *index);
-        let whole = crc64_of_parts(fetched.iter().map(|(_, crc, n)| (*crc, *n)));
-        verify_crc64(item, whole)?;
-    }
-    Ok(())
-}
-
-fn verify_md5(item: &Planned, digest: [u8; 16]) -> Result<(), FileError> {
-    if let Some(expected) = item.meta.content_md5 {
-        if expected != digest {
-            return Err(FileError::store(format!(
-                "{}: Content-MD5 mismatch (stored {}, received {}); file not kept",
-                item.meta.path,
-                hex(&expected),
-                hex(&digest)
-            )));
+        if let Check::Md5(expected) = check {
+            verify_md5(item, expected, digest)?;
         }
     }
-    Ok(())
-}
-
-fn verify_crc64(item: &Planned, crc: u64) -> Result<(), FileError> {
-    if let Some(expected) = item.meta.crc64 {
-        if expected != crc {
-            return Err(FileError::store(format!(
-                "{}: CRC64 mismatch (stored {}, received {}); file not kept",
-                item.meta.path,
-                crc64_hex(expected),
-                crc64_hex(crc)
-            )));
-        }
+    let check = match learned_by_all(item, &fetched)? {
+        Some(stored) => Check::Crc64(stored),
+        None => check,
+    };
+    if let Check::Crc64(expected) = check {
+        fetched.sort_unstable_by_key(|(index, ..)| *index);
+        let whole = crc64_of_parts(fetched.iter().map(|(_, crc, n, _)| (*crc, *n)));
+        verify_crc64(item, expected, whole)?;
     }
-    Ok(())
-}
-
-fn check_size(item: &Planned, written: u64) -> Result<(), FileError> {
-    if written != item.meta.size {
-        return Err(FileError::store(format!(
-            "{}: received {written} bytes, expected {}",
-            item.meta.path, item.meta.size
-        )));
-    }
-    Ok(())
-}
-
-/// Where the bytes of a range go: checked (a small file's MD5, a range's CRC64), counted,
-/// then stored.
-struct Sink<'a> {
-    target: Target<'a>,
-    md5: Option<Md5>,
-    crc: Option<Crc64>,
-    progress: &'a Progress,
-}
-
-enum Target<'a> {
-    /// A whole small file, appended in memory.
-    Memory(&'a mut Vec<u8>),
-    /// A part of a large file, written at its offset.
-    File(&'a mut FileWriter),
-}
-
-impl RangeSink for Sink<'_> {
-    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        let n = chunk.len() as u64;
-        if let Some(md5) = &mut self.md5 {
-            md5.update(&chunk);
-        }
-        if let Some(crc) = &mut self.crc {
-            crc.update(&chunk);
-        }
-        match &mut self.target {
-            Target::Memory(data) => data.extend_from_slice(&chunk),
-            Target::File(writer) => writer.write(chunk).await?,
-        }
-        self.progress.add_bytes(n);
-        Ok(())
-    }
-}
-
-impl<'a> Sink<'a> {
-    fn new(target: Target<'a>, check: Check, progress: &'a Progress) -> Self {
-        Self {
-            target,
-            md5: matches!(check, Check::Md5(_)).then(Md5::new),
-            crc: matches!(check, Check::Crc64(_)).then(Crc64::default),
-            progress,
-        }
-    }
-
-    async fn finish(&mut self) -> std::io::Result<()> {
-        match &mut self.target {
-            Target::Memory(_) => Ok(()),
-            Target::File(writer) => writer.finish().await,
-        }
-    }
+    Ok(check)
 }
 
 /// Streams bytes `range` into `sink` through the store's resumable read (`read_range`): a

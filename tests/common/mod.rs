@@ -3,6 +3,7 @@
 
 pub mod azurite;
 pub mod backend;
+pub mod checksums;
 pub mod cli;
 pub mod conformance;
 pub mod daemon;

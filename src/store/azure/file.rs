@@ -9,7 +9,10 @@
 //! - a file is created at its final size and written in ranges of at most 4 MiB;
 //! - nothing is atomic at the end of a write, so uploads write a hidden temporary file in the
 //!   target's directory and rename it over the final name once complete (nothing partial under
-//!   a final name); temporary names never appear in listings.
+//!   a final name); temporary names never appear in listings;
+//! - the whole-file CRC64 is metadata `crc64`, as on blobs, set on the temporary file (Create
+//!   File, or Set File Metadata once a multi-part upload knows it) and moved by the rename; but
+//!   listings carry no metadata, so downloads read it from each Get File's answer.
 
 mod listing;
 
@@ -30,6 +33,7 @@ use crate::model::ObjectPath;
 use crate::model::RetryPolicy;
 use crate::model::datastore::{AzureLocation, Credential};
 use crate::store::Resources;
+use crate::store::checksum::{crc64, crc64_hex, parse_crc64};
 use crate::store::support::{check_part, reject_root};
 use crate::store::{
     ByteStream, Checksums, ListPage, ListRequest, ObjectMeta, PartUpload, PutOptions, Result,
@@ -48,6 +52,9 @@ const SERVICE: Service = Service {
     kind: "azure_file",
     api_version: API_VERSION,
 };
+
+/// The header that carries the whole-file CRC64 (metadata `crc64`, as on blobs).
+const CRC64_HEADER: &str = "x-ms-meta-crc64";
 
 /// Marks of our temporary upload names: `.<name>.dataref-<random>.partial`.
 const TEMP_MARK: &str = ".dataref-";
@@ -190,16 +197,21 @@ impl Share {
     }
 
     /// Create File at its final size (its content is zeros until ranges are written),
-    /// creating the parent directories when they are missing.
-    async fn create_file(&self, path: &ObjectPath, size: u64, md5: Option<[u8; 16]>) -> Result<()> {
+    /// creating the parent directories when they are missing. The checksums known before the
+    /// content (a whole-file `put`) are recorded at once: it is a temporary name, renamed only
+    /// once every range is written.
+    async fn create_file(&self, path: &ObjectPath, size: u64, checksums: Checksums) -> Result<()> {
         let context = path.to_string();
         let attempt = || {
             self.client.send(&context, || {
                 let mut request = self.client.request(self.client.url(path), Method::Put);
                 request.insert_header("x-ms-type", "file");
                 request.insert_header("x-ms-content-length", size.to_string());
-                if let Some(md5) = md5 {
+                if let Some(md5) = checksums.md5 {
                     request.insert_header("x-ms-content-md5", B64.encode(md5));
+                }
+                if let Some(crc) = checksums.crc64 {
+                    request.insert_header(CRC64_HEADER, crc64_hex(crc));
                 }
                 new_smb_properties(&mut request);
                 request
@@ -249,6 +261,22 @@ impl Share {
                 request.insert_header("x-ms-file-creation-time", "preserve");
                 request.insert_header("x-ms-file-last-write-time", "preserve");
                 request.insert_header("x-ms-file-permission", "preserve");
+                request
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Records the whole-file CRC64 as the file's metadata (Set File Metadata, which replaces
+    /// all of it: a temporary file of ours has no other).
+    async fn set_crc64(&self, path: &ObjectPath, crc: u64) -> Result<()> {
+        self.client
+            .send(&path.to_string(), || {
+                let mut request = self.client.request(
+                    self.client.url_with(path, &[("comp", "metadata")]),
+                    Method::Put,
+                );
+                request.insert_header(CRC64_HEADER, crc64_hex(crc));
                 request
             })
             .await?;
@@ -335,8 +363,7 @@ impl Store for FileStore {
             size,
             last_modified: header(&response, "last-modified").and_then(http_date),
             content_md5: header(&response, "content-md5").and_then(md5_from_base64),
-            // Files carry no CRC64 of ours: metadata is not written on shares (MD5 only).
-            crc64: None,
+            crc64: header(&response, CRC64_HEADER).and_then(parse_crc64),
             version: header(&response, "etag").map(str::to_owned),
         })
     }
@@ -347,9 +374,20 @@ impl Store for FileStore {
         range: Range<u64>,
         version: Option<&str>,
     ) -> Result<ByteStream> {
+        Ok(self.get_range_with_crc64(path, range, version).await?.0)
+    }
+
+    /// Get File answers with the file's metadata, so the CRC64 that listings lack comes with
+    /// the bytes, without a Get File Properties per file.
+    async fn get_range_with_crc64(
+        &self,
+        path: &ObjectPath,
+        range: Range<u64>,
+        version: Option<&str>,
+    ) -> Result<(ByteStream, Option<u64>)> {
         if range.is_empty() {
             // Nothing to read (0-byte files): a ranged GET would be a 416.
-            return Ok(futures::stream::empty().boxed());
+            return Ok((futures::stream::empty().boxed(), None));
         }
         let client = &self.share.client;
         let context = path.to_string();
@@ -368,7 +406,7 @@ impl Store for FileStore {
             Err(Failed {
                 error: StoreError::Http { status: 416, .. },
                 ..
-            }) => return Ok(futures::stream::empty().boxed()),
+            }) => return Ok((futures::stream::empty().boxed(), None)),
             Err(failed) => return Err(failed.into()),
         };
         // Get File takes no If-Match, but every answer names the version its bytes are of:
@@ -379,23 +417,34 @@ impl Store for FileStore {
         {
             return Err(StoreError::Changed { path: context });
         }
+        let crc = response
+            .headers()
+            .get_optional_str(&azure_core::http::headers::HeaderName::from_static(
+                CRC64_HEADER,
+            ))
+            .and_then(parse_crc64);
         // The body streams from the socket; a broken body is resumed by the caller.
         let stream = response
             .into_body()
             .map_err(move |e| from_azure(&context, e));
-        Ok(stream.boxed())
+        Ok((stream.boxed(), crc))
     }
 
     async fn put(&self, path: &ObjectPath, data: Bytes, options: &PutOptions) -> Result<()> {
         reject_root(path)?;
         let share = &self.share;
-        let md5: [u8; 16] = options
-            .checksums
-            .md5
-            .unwrap_or_else(|| Md5::digest(&data).into());
+        let checksums = Checksums {
+            md5: Some(
+                options
+                    .checksums
+                    .md5
+                    .unwrap_or_else(|| Md5::digest(&data).into()),
+            ),
+            crc64: Some(options.checksums.crc64.unwrap_or_else(|| crc64(&data))),
+        };
         let temp = temp_path(path)?;
         share
-            .create_file(&temp, data.len() as u64, Some(md5))
+            .create_file(&temp, data.len() as u64, checksums)
             .await?;
         let written = async {
             let chunks = (0..data.len()).step_by(MAX_RANGE as usize).map(|start| {
@@ -422,7 +471,9 @@ impl Store for FileStore {
     ) -> Result<Box<dyn PartUpload>> {
         reject_root(path)?;
         let temp = temp_path(path)?;
-        self.share.create_file(&temp, total_size, None).await?;
+        self.share
+            .create_file(&temp, total_size, Checksums::default())
+            .await?;
         Ok(Box::new(FileUpload {
             share: self.share.clone(),
             path: path.clone(),
@@ -469,8 +520,13 @@ impl PartUpload for FileUpload {
             })
         } else {
             async {
+                // Both on the temporary name: nothing under the final name claims a checksum
+                // before the rename makes it complete.
                 if let Some(md5) = checksums.md5 {
                     self.share.set_md5(&self.temp, md5).await?;
+                }
+                if let Some(crc) = checksums.crc64 {
+                    self.share.set_crc64(&self.temp, crc).await?;
                 }
                 self.share.rename(&self.temp, &self.path).await
             }
@@ -493,6 +549,12 @@ impl PartUpload for FileUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_crc64_header_is_the_metadata_blobs_use() {
+        use crate::store::checksum::CRC64_METADATA;
+        assert_eq!(CRC64_HEADER, format!("x-ms-meta-{CRC64_METADATA}"));
+    }
 
     #[test]
     fn temporary_names_are_hidden_and_stay_short() {

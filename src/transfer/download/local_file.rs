@@ -1,6 +1,7 @@
 //! The local side of a download: the hidden temporary file a large download lands in, the
 //! batched writer of its ranges, and the in-order MD5 of a file written out of order.
 
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,23 +81,59 @@ impl PartFile {
 
     /// Writes `batch` at `at` with as few system calls as it takes (one `pwritev` per batch,
     /// not one write per network chunk).
-    fn write_batch_at(&self, batch: &[Bytes], mut at: u64) -> std::io::Result<()> {
-        let mut slices: Vec<std::io::IoSlice<'_>> = batch
-            .iter()
-            .map(|chunk| std::io::IoSlice::new(chunk))
-            .collect();
-        let mut left = &mut slices[..];
+    fn write_batch_at(&self, batch: &[Bytes], at: u64) -> std::io::Result<()> {
         let _turn = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        while !left.is_empty() {
-            let written = nix::sys::uio::pwritev(&self.file, left, at as libc::off_t)?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            at += written as u64;
-            std::io::IoSlice::advance_slices(&mut left, written);
-        }
-        Ok(())
+        write_chunks(batch, |slices, written| {
+            nix::sys::uio::pwritev(&self.file, slices, (at + written) as libc::off_t)
+                .map_err(Into::into)
+        })
     }
+}
+
+/// Writes every byte of `chunks` through `write` (a vectored write: all the chunks in one
+/// system call when it takes them), which is given the slices still to write and the bytes
+/// written so far.
+fn write_chunks(
+    chunks: &[Bytes],
+    mut write: impl FnMut(&[IoSlice<'_>], u64) -> std::io::Result<usize>,
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|chunk| IoSlice::new(chunk)).collect();
+    let mut left = &mut slices[..];
+    let mut written = 0u64;
+    while !left.is_empty() {
+        let n = write(left, written)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        written += n as u64;
+        IoSlice::advance_slices(&mut left, n);
+    }
+    Ok(())
+}
+
+/// Files up to this size are written and renamed on the task that fetched them: three system
+/// calls of a few microseconds, where a hand-off to a blocking thread and back cost two thread
+/// wake-ups per file (the largest client cost of a download of many small files).
+pub(super) const INLINE_WRITE: u64 = 256 * 1024;
+
+/// Writes a verified small file, received as `chunks`, under its temporary name `partial` and
+/// renames it to `dest`; nothing is left behind when either fails.
+pub(super) fn write_small(
+    partial: &Path,
+    dest: &Path,
+    chunks: &[Bytes],
+) -> Result<(), (PathBuf, std::io::Error)> {
+    use std::io::Write;
+    let written = create_partial(partial)
+        .and_then(|mut file| write_chunks(chunks, |slices, _| file.write_vectored(slices)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(partial);
+        return Err((partial.to_path_buf(), e));
+    }
+    std::fs::rename(partial, dest).map_err(|e| {
+        let _ = std::fs::remove_file(partial);
+        (dest.to_path_buf(), e)
+    })
 }
 
 /// Writes a range's chunks at their offsets in batches of about 1 MiB on a blocking thread,

@@ -12,6 +12,7 @@ pub mod http;
 mod model;
 mod ops;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -91,6 +92,22 @@ impl FileRest {
         self.shared.state.lock().unwrap().files(share)
     }
 
+    /// The user metadata of a file, for checks that bypass the client (`None`: no such file).
+    pub fn metadata(&self, share: &str, path: &str) -> Option<BTreeMap<String, String>> {
+        let segments = segments(path);
+        let mut state = self.shared.state.lock().unwrap();
+        state.metadata(share, &segments).map(|m| m.clone())
+    }
+
+    /// Sets one metadata value of a file directly, bypassing the client (a damaged or foreign
+    /// file); the file must exist.
+    pub fn set_metadata(&self, share: &str, path: &str, name: &str, value: &str) {
+        let segments = segments(path);
+        let mut state = self.shared.state.lock().unwrap();
+        let metadata = state.metadata(share, &segments).expect("the file exists");
+        metadata.insert(name.to_owned(), value.to_owned());
+    }
+
     /// Every directory of a share (`a`, `a/b`, ...).
     pub fn directories(&self, share: &str) -> Vec<String> {
         self.shared.state.lock().unwrap().directories(share)
@@ -113,6 +130,11 @@ impl FileRest {
             encode(&signature)
         )
     }
+}
+
+/// `a/b/c` as the server's path segments.
+fn segments(path: &str) -> Vec<String> {
+    path.split('/').map(str::to_owned).collect()
 }
 
 /// A share name no other test of this run uses.

@@ -125,6 +125,8 @@ pub(super) fn invalid_range() -> ApiError {
 pub struct File {
     pub(super) data: Vec<u8>,
     pub(super) md5: Option<String>,
+    /// User metadata (`x-ms-meta-<name>`), names in lower case.
+    pub(super) metadata: BTreeMap<String, String>,
     pub(super) modified: SystemTime,
     pub(super) etag: u64,
 }
@@ -161,6 +163,18 @@ impl State {
             });
         }
         out
+    }
+
+    /// The user metadata of the file `segments` names (`None`: no such file).
+    pub fn metadata<'a>(
+        &'a mut self,
+        share: &str,
+        segments: &'a [String],
+    ) -> Option<&'a mut BTreeMap<String, String>> {
+        let root = self.shares.get_mut(share)?;
+        Self::file(root, segments)
+            .ok()
+            .map(|file| &mut file.metadata)
     }
 
     pub fn directories(&self, share: &str) -> Vec<String> {
@@ -415,5 +429,36 @@ pub(super) fn file_headers(response: HttpResponse, file: &File) -> HttpResponse 
     if let Some(md5) = &file.md5 {
         response = response.header("Content-MD5", md5.clone());
     }
+    // Get File and Get File Properties return the user metadata.
+    for (name, value) in &file.metadata {
+        response = response.header(&format!("x-ms-meta-{name}"), value.clone());
+    }
     response
+}
+
+/// The user metadata a request sets (`x-ms-meta-<name>: <value>`), `None` when it sets none.
+/// Names must be C# identifiers and values printable ASCII (400 `InvalidMetadata`).
+pub(super) fn metadata_of(
+    request: &HttpRequest,
+) -> Result<Option<BTreeMap<String, String>>, ApiError> {
+    let mut metadata = BTreeMap::new();
+    for (name, value) in &request.headers {
+        let Some(name) = name.strip_prefix("x-ms-meta-") else {
+            continue;
+        };
+        let identifier = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier || !value.chars().all(|c| (' '..='~').contains(&c)) {
+            return Err(error_of(
+                400,
+                "InvalidMetadata",
+                "The metadata specified is invalid. It has characters that are not permitted.",
+            ));
+        }
+        metadata.insert(name.to_owned(), value.trim().to_owned());
+    }
+    Ok((!metadata.is_empty()).then_some(metadata))
 }

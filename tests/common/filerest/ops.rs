@@ -146,6 +146,18 @@ fn handle_inner(shared: &Shared, request: &HttpRequest) -> Answer {
             file.etag = etag;
             Ok(HttpResponse::new(200))
         }
+        ("PUT", None, Some("metadata"), false) => {
+            // Set File Metadata: replaces all of it (none given clears it).
+            grant.require("w")?;
+            let metadata = metadata_of(request)?.unwrap_or_default();
+            let etag = state.etag();
+            let root = state.share(&share)?;
+            let file = State::file(root, &segments)?;
+            file.metadata = metadata;
+            file.modified = SystemTime::now();
+            file.etag = etag;
+            Ok(HttpResponse::new(200))
+        }
         ("PUT", None, Some("rename"), false) => {
             grant.require("w")?;
             rename(shared, &mut state, request, &version, &share, &segments)
@@ -207,6 +219,7 @@ fn create_file(
     }
     check_smb(request, version, true)?;
     let md5 = md5_header(request, "x-ms-content-md5")?;
+    let metadata = metadata_of(request)?.unwrap_or_default();
     let etag = state.etag();
     let root = state.share(share)?;
     let (dir, name) = State::parent(root, segments)?;
@@ -219,6 +232,7 @@ fn create_file(
         Node::File(File {
             data: vec![0; size as usize],
             md5,
+            metadata,
             modified: SystemTime::now(),
             etag,
         }),
@@ -456,6 +470,8 @@ fn rename(
         Some(v) if v.eq_ignore_ascii_case("false") => false,
         Some(v) => return Err(invalid_header("x-ms-file-rename-replace-if-exists", &v)),
     };
+    // Metadata given with the rename replaces the file's; without, it moves with the file.
+    let metadata = metadata_of(request)?;
     let etag = state.etag();
     let root = state.share(share)?;
     // The destination's directory must exist, and the destination may only be replaced
@@ -487,6 +503,9 @@ fn rename(
         }
     };
     file.etag = etag;
+    if let Some(metadata) = metadata {
+        file.metadata = metadata;
+    }
     let (dir, name) = State::parent(root, segments)?;
     dir.entries.insert(name.clone(), Node::File(file));
     Ok(HttpResponse::new(200))
