@@ -504,8 +504,17 @@ async fn upload_file(
         // Parts in flight are driven while the rate bound and the budget are awaited: they
         // hold bytes of the budget, and other files' parts may hold the rest (several large
         // files at once).
+        // Free budget and no rate bound: straight on, the parts in flight are sent together
+        // when the window is full (as before).
         let rate = engine.rate.as_ref().filter(|_| !staged.contains(&index));
+        let ready = match rate {
+            None => engine.budget.try_acquire(len),
+            Some(_) => None,
+        };
         let wait = async {
+            if let Some(permit) = ready {
+                return permit;
+            }
             if let Some(rate) = rate {
                 rate.take(len).await;
             }
@@ -514,6 +523,7 @@ async fn upload_file(
         let mut wait = std::pin::pin!(wait);
         let permit = loop {
             tokio::select! {
+                biased;
                 permit = &mut wait => break Some(permit),
                 settled = settle(&mut in_flight, progress), if !in_flight.is_empty() => {
                     if let Err(e) = settled {
