@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::azurite;
@@ -99,20 +99,7 @@ impl Job {
     }
 
     fn spawn(&self, manifest: &Path, extra: &[&str]) -> Child {
-        let log = |name: &str| std::fs::File::create(self.root.join(name)).unwrap();
-        common::cli::command()
-            .current_dir(&self.work)
-            .arg("--config-dir")
-            .arg(self.root.join("config"))
-            .args(["run", "--no-progress", "--job-dir"])
-            .arg(&self.job_dir)
-            .args(extra)
-            .arg(manifest)
-            .stdin(Stdio::null())
-            .stdout(log("dataref.out"))
-            .stderr(log("dataref.err"))
-            .spawn()
-            .expect("dataref starts")
+        common::job::spawn_run(&self.root, &self.work, &self.job_dir, manifest, extra)
     }
 
     fn journal(&self) -> Vec<serde_json::Value> {

@@ -185,3 +185,28 @@ pub fn upload_ref(path_on_datastore: &str, path_on_compute: &str) -> Value {
 pub fn download_ref(path_on_datastore: &str) -> Value {
     json!({"datastore": "ds", "path_on_datastore": path_on_datastore, "mode": "download"})
 }
+
+/// `dataref run --job-dir JOB_DIR [EXTRA] MANIFEST` in `work`, with the config directory
+/// `<root>/config` and dataref's output in `<root>/dataref.out` / `.err`.
+pub fn spawn_run(
+    root: &Path,
+    work: &Path,
+    job_dir: &Path,
+    manifest: &Path,
+    extra: &[&str],
+) -> Child {
+    let log = |name: &str| fs::File::create(root.join(name)).unwrap();
+    super::cli::command()
+        .current_dir(work)
+        .arg("--config-dir")
+        .arg(root.join("config"))
+        .args(["run", "--no-progress", "--job-dir"])
+        .arg(job_dir)
+        .args(extra)
+        .arg(manifest)
+        .stdin(Stdio::null())
+        .stdout(log("dataref.out"))
+        .stderr(log("dataref.err"))
+        .spawn()
+        .expect("dataref starts")
+}
