@@ -9,6 +9,7 @@
 //! - [`store`]: the backend-agnostic storage trait and its backends;
 //! - [`transfer`]: the parallel, streamed download/upload engine;
 //! - [`fs`]: the read-only FUSE filesystem over any store;
+//! - [`localfs`]: the local filesystem with a job's user's rights (a user-side process);
 //! - [`job`]: one job from start to end (prepare → run → stage out);
 //! - [`daemon`]: service mode, its job queue and socket API;
 //! - [`cli`]: the command line, a thin layer over the above.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod daemon;
 pub mod fs;
 pub mod job;
+pub mod localfs;
 pub mod manifest;
 pub mod model;
 pub mod registry;

@@ -75,13 +75,15 @@ fn unprivileged_peers_run_as_themselves_and_cannot_borrow_roots_secrets() {
     cli::write_file(&area.path("store/in/a.txt"), "for-nobody", 0o600);
     let work = area.path("work");
     std::os::unix::fs::chown(&work, Some(NOBODY), Some(NOBODY)).unwrap();
-    // The store is writable by root only: uploads are dataref's (root) work, not the script's.
+    // The store is the registry's (the administrator's) and writable by root only: the job
+    // uses it with the service's rights, as Azure ML workspace datastores are used.
+    cli::register_local(&area.path("config"), "store", &area.path("store"));
     let _daemon = area.daemon(&["--allow-group", &NOBODY.to_string()], &[]);
     let socket_mode = std::fs::metadata(area.socket()).unwrap();
     assert_eq!(socket_mode.mode() & 0o777, 0o660);
     assert_eq!(socket_mode.gid(), NOBODY);
 
-    let manifest = area.manifest(
+    let manifest = area.registry_manifest(
         "job.json",
         json!({
             "data_references": {

@@ -126,6 +126,10 @@ fn bound_the_allocator() {
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> i32 {
+    // The user-side process of a job run as another user (see `localfs`): no CLI, no runtime.
+    if std::env::args_os().nth(1).as_deref() == Some(crate::localfs::USER_SIDE_ARG.as_ref()) {
+        return crate::localfs::user_side_main();
+    }
     bound_the_allocator();
     quiet_library_backtraces();
     let cli = match Cli::try_parse() {

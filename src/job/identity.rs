@@ -1,7 +1,7 @@
 //! Running a job's script as another user (the daemon runs each job as the peer that
-//! submitted it). dataref itself stays root — FUSE mounts need it — and only the script drops to
-//! the identity; what dataref creates for the script (upload folders, downloaded files) is handed
-//! to the identity so the script can use it as its own.
+//! submitted it). dataref itself stays root — FUSE mounts need it — and the script drops to the
+//! identity; what dataref does on the user's files (upload folders, downloads, outputs) is done
+//! by a process with the identity's rights (`localfs`), so the files it makes are theirs.
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
@@ -73,22 +73,13 @@ impl Identity {
         Uid::effective().as_raw() != self.uid
     }
 
-    /// Gives one path (not following a symlink) to the identity.
-    pub fn chown(&self, path: &Path) -> std::io::Result<()> {
-        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
-    }
-
-    /// Gives a whole tree to the identity. Symlinks are changed themselves, never followed, so
-    /// a link planted in the tree cannot hand out a file elsewhere.
-    pub fn chown_tree(&self, root: &Path) -> std::io::Result<()> {
-        let meta = std::fs::symlink_metadata(root)?;
-        self.chown(root)?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(root)? {
-                self.chown_tree(&entry?.path())?;
-            }
+    /// The ids a process acting for this identity takes.
+    pub fn user_ids(&self) -> crate::model::UserIds {
+        crate::model::UserIds {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
         }
-        Ok(())
     }
 
     /// The login variables of a clean environment for this user.

@@ -15,7 +15,7 @@ mod stage_out;
 pub mod supervise;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +23,7 @@ use crate::fs::cache::{CacheOptions, DiskCache};
 use crate::fs::filesystem::FsOptions;
 use crate::fs::fuse::MountConfig;
 use crate::fs::mount::{MountError, MountedPath, mount_reference};
+use crate::localfs::LocalFs;
 use crate::manifest::{JobPlan, Mode};
 use crate::model::UploadPolicy;
 use crate::store::metered::Metered;
@@ -79,6 +80,12 @@ pub enum JobError {
     #[error("cannot create {}: {source}", path.display())]
     JobLog {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the process that acts with uid {uid}'s rights: {source}")]
+    UserSide {
+        uid: u32,
         #[source]
         source: std::io::Error,
     },
@@ -171,7 +178,17 @@ pub async fn run(
     };
 
     let figures = JobFigures::new(plan, &resources.budget);
-    let stores = open_stores(plan, resources, &figures, options.identity.as_ref())?;
+    // Everything done on the files of a job run as someone else is done with their rights.
+    let user = options
+        .identity
+        .as_ref()
+        .filter(|identity| identity.is_other_than_self())
+        .map(Identity::user_ids);
+    let local_fs = LocalFs::for_user(user.as_ref()).map_err(|source| JobError::UserSide {
+        uid: user.as_ref().map_or(0, |u| u.uid),
+        source,
+    })?;
+    let stores = open_stores(plan, resources, &figures, user.as_ref(), &local_fs)?;
     std::fs::create_dir_all(&options.job_dir).map_err(|source| JobError::JobDir {
         path: options.job_dir.clone(),
         source,
@@ -207,6 +224,7 @@ pub async fn run(
         .with_progress(options.progress)
         .with_verify(plan.verify);
     engine.reserved_free_disk_bytes = plan.mount.reserved_free_disk_bytes;
+    engine.local = local_fs;
 
     let finished = |end: JobEnd, reason: EndReason, result: JobResult, log: JobLog| FinishedJob {
         end,
@@ -311,6 +329,7 @@ pub async fn run(
         env,
         grace: plan.grace_period,
         identity: options.identity.clone(),
+        spare: engine.local.process_id().into_iter().collect(),
     };
     result.phase = Phase::Running;
     let on_start = |pid| {
@@ -441,33 +460,28 @@ impl References {
     }
 }
 
+/// Opens each reference's store. The job's own (inline) datastores are the user's: their secret
+/// files are read, and a local one's files read and written, with the user's rights; the
+/// registry's are the administrator's grant, used with the service's.
 fn open_stores(
     plan: &JobPlan,
     resources: &Resources,
     figures: &JobFigures,
-    identity: Option<&Identity>,
+    user: Option<&crate::model::UserIds>,
+    local_fs: &LocalFs,
 ) -> Result<References, JobError> {
-    // The job's own datastores are the user's: their secret files are read with the user's
-    // rights (the registry's are the administrator's, read as root).
-    let user = identity
-        .filter(|identity| identity.is_other_than_self())
-        .map(|identity| crate::model::UserIds {
-            uid: identity.uid,
-            gid: identity.gid,
-            groups: identity.groups.clone(),
-        });
     let mut stores = BTreeMap::new();
     for r in &plan.references {
         let metrics = figures.of(&r.name);
         let mut counted = resources.clone();
         counted.retry = counted.retry.clone().counting(metrics.retry_counter());
-        let spec = match &user {
-            Some(user) if plan.inline_datastores.contains(&r.datastore_name) => {
-                r.datastore.with_secret_read_by(user)
-            }
-            _ => r.datastore.clone(),
+        let users = plan.inline_datastores.contains(&r.datastore_name);
+        let (spec, rights) = match user {
+            Some(user) if users => (r.datastore.with_secret_read_by(user), local_fs.clone()),
+            _ => (r.datastore.clone(), LocalFs::direct()),
         };
-        let store = store::open(&spec, &counted).map_err(|source| JobError::OpenStore {
+        let opened = store::open_with_rights(&spec, &counted, &rights);
+        let store = opened.map_err(|source| JobError::OpenStore {
             datastore: r.datastore_name.clone(),
             source,
         })?;
@@ -500,7 +514,7 @@ async fn prepare(
             false => r.local.parent(),
         };
         if let Some(dir) = dir {
-            create_dirs_for(dir, options.identity.as_ref()).map_err(|e| {
+            engine.local.create_dir_all(dir).map_err(|e| {
                 log.line(&format!("{}: cannot create {}: {e}", r.name, dir.display()));
                 Prepare::Failed(InputFailure::Local)
             })?;
@@ -544,6 +558,17 @@ async fn prepare(
         let store = stores.store(&r.name);
         let local = &r.local;
         let remote = &r.path_on_datastore;
+        // The folders leading to the mount point are the user's to have.
+        if let Some(parent) = local.parent()
+            && let Err(e) = engine.local.create_dir_all(parent)
+        {
+            log.line(&format!(
+                "{}: cannot create {}: {e}",
+                r.name,
+                parent.display()
+            ));
+            return Err(Prepare::Failed(InputFailure::Local));
+        }
         match mount_reference(store, remote, local, r.allow_empty, fs_options, &config).await {
             Ok(mounted) => {
                 if mounted.matched_nothing {
@@ -581,36 +606,9 @@ async fn prepare(
             }
         }
     }
-    stage_in::download_inputs(plan, options, stores, engine, log, result).await?;
-    stage_in::restore_outputs(plan, options, stores, engine, log).await?;
+    stage_in::download_inputs(plan, stores, engine, log, result).await?;
+    stage_in::restore_outputs(plan, stores, engine, log).await?;
     Ok(())
-}
-
-/// Creates `dir` and its missing parents; the ones created are given to `identity`.
-fn create_dirs_for(dir: &Path, identity: Option<&Identity>) -> std::io::Result<()> {
-    let Some(identity) = identity else {
-        return std::fs::create_dir_all(dir);
-    };
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|a| std::fs::symlink_metadata(a).is_err())
-        .collect();
-    std::fs::create_dir_all(dir)?;
-    for created in missing.into_iter().rev() {
-        identity.chown(created)?;
-    }
-    Ok(())
-}
-
-/// Downloads are written by dataref (root); the script must own what it received.
-fn give_downloaded_tree(identity: &Identity, local: &Path, log: &JobLog) -> Result<(), ()> {
-    identity.chown_tree(local).map_err(|e| {
-        log.line(&format!(
-            "cannot give {} to uid {}: {e}",
-            local.display(),
-            identity.uid
-        ));
-    })
 }
 
 /// Outcome lookups by reference name, used while phases fill in the result.

@@ -5,17 +5,13 @@ use std::time::Instant;
 
 use super::log::JobLog;
 use super::result::{JobResult, ReferenceStatus};
-use super::{
-    InputFailure, Prepare, References, RunOptions, create_dirs_for, give_downloaded_tree,
-    note_transfer,
-};
+use super::{InputFailure, Prepare, References, note_transfer};
 use crate::manifest::{JobPlan, Mode};
 use crate::transfer::{self, Engine, TransferError};
 
 /// Downloads every `download` reference, one after another (each is parallel inside).
 pub(super) async fn download_inputs(
     plan: &JobPlan,
-    options: &RunOptions,
     stores: &References,
     engine: &Engine,
     log: &JobLog,
@@ -41,10 +37,6 @@ pub(super) async fn download_inputs(
         match outcome {
             Ok(report) => {
                 log.line(&format!("{}: downloaded {}", r.name, report.summary()));
-                if let Some(identity) = &options.identity {
-                    give_downloaded_tree(identity, &r.local, log)
-                        .map_err(|()| Prepare::Failed(InputFailure::Local))?;
-                }
                 let all_local = report.errors.iter().all(|e| e.local);
                 for e in &report.errors {
                     log.line(&format!("{}: {}: {}", r.name, e.path, e.error));
@@ -54,7 +46,9 @@ pub(super) async fn download_inputs(
                 }
             }
             Err(TransferError::NothingMatched { .. }) if r.allow_empty => {
-                create_dirs_for(&r.local, options.identity.as_ref())
+                engine
+                    .local
+                    .create_dir_all(&r.local)
                     .map_err(|_| Prepare::Failed(InputFailure::Local))?;
                 log.line(&format!("{}: nothing to download (allow_empty)", r.name));
                 entry.status = ReferenceStatus::Done;
@@ -75,7 +69,6 @@ pub(super) async fn download_inputs(
 /// already in the folder is kept (it is at least as new as what this job uploaded).
 pub(super) async fn restore_outputs(
     plan: &JobPlan,
-    options: &RunOptions,
     stores: &References,
     engine: &Engine,
     log: &JobLog,
@@ -99,10 +92,6 @@ pub(super) async fn restore_outputs(
         match transfer::download(&engine, store, &r.path_on_datastore, &r.local, false).await {
             Ok(report) if report.errors.is_empty() => {
                 log.line(&format!("{}: restored {}", r.name, report.summary()));
-                if let Some(identity) = &options.identity {
-                    give_downloaded_tree(identity, &r.local, log)
-                        .map_err(|()| Prepare::Failed(InputFailure::Local))?;
-                }
             }
             Ok(report) => {
                 for e in &report.errors {
@@ -112,7 +101,9 @@ pub(super) async fn restore_outputs(
                 return Err(Prepare::Failed(InputFailure::Files { all_local }));
             }
             Err(TransferError::NothingMatched { .. }) => {
-                create_dirs_for(&r.local, options.identity.as_ref())
+                engine
+                    .local
+                    .create_dir_all(&r.local)
                     .map_err(|_| Prepare::Failed(InputFailure::Local))?;
                 log.line(&format!("{}: nothing stored yet to restore", r.name));
             }

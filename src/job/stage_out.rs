@@ -337,7 +337,7 @@ pub(super) async fn stage_out(
             ok = false;
             continue;
         }
-        let source = match std::fs::metadata(&r.local) {
+        let source = match engine.local.metadata(&r.local) {
             Ok(meta) if meta.is_dir() => UploadSource::Directory(r.local.clone()),
             Ok(_) => UploadSource::Files(vec![r.local.clone()]),
             Err(_) => {

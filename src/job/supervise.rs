@@ -94,6 +94,9 @@ pub struct ChildSpec {
     pub grace: Duration,
     /// Run the script as this user instead of dataref's own (the daemon's jobs).
     pub identity: Option<super::identity::Identity>,
+    /// dataref's own children that outlive the script (the user-side process, which the
+    /// stage-out still needs): never killed as the script's leftovers.
+    pub spare: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -240,7 +243,8 @@ pub async fn run_child(
 
     // The script is gone: nothing it started may outlive the job.
     let _ = killpg(group, Signal::SIGKILL);
-    let killed = tokio::task::spawn_blocking(kill_all_descendants)
+    let spare = spec.spare.clone();
+    let killed = tokio::task::spawn_blocking(move || kill_all_descendants(&spare))
         .await
         .unwrap_or(0);
     if killed > 0 {
@@ -316,13 +320,14 @@ fn reap_orphans(child: u32) {
     }
 }
 
-/// Kills every descendant of this process (found through /proc, so `setsid` does not hide
-/// one) and reaps them. Returns how many were killed.
-pub fn kill_all_descendants() -> usize {
+/// Kills every descendant of this process but `spare` (found through /proc, so `setsid` does
+/// not hide one) and reaps them. Returns how many were killed.
+pub fn kill_all_descendants(spare: &[u32]) -> usize {
     let me = std::process::id() as i32;
     let mut killed = HashSet::new();
     for _ in 0..50 {
-        let descendants = crate::model::process::descendants_of(me);
+        let mut descendants = crate::model::process::descendants_of(me);
+        descendants.retain(|pid| !spare.contains(&(*pid as u32)));
         if descendants.is_empty() {
             break;
         }

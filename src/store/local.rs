@@ -3,7 +3,8 @@
 //! Writes never expose a partial file: data goes to a hidden temporary name in the destination
 //! directory and is renamed into place when complete. Symbolic links inside the datastore are
 //! not followed (a link could point anywhere on the machine, and the daemon reads as root);
-//! they are reported as refused names.
+//! they are reported as refused names. Every file operation goes through a `LocalFs`: an
+//! inline datastore of a job run as another user is read and written with that user's rights.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -16,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+
+use crate::localfs::{Kind, LocalFs, Open};
 
 use super::support::{ListedItem, check_part, paginate, reject_root};
 use super::{
@@ -32,13 +35,21 @@ const READ_CHUNK: usize = 256 * 1024;
 pub struct LocalStore {
     root: Arc<PathBuf>,
     page_size: Option<usize>,
+    fs: LocalFs,
 }
 
 impl LocalStore {
     /// A store rooted at `root`, which must be an existing directory.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::with_rights(root, LocalFs::direct())
+    }
+
+    /// A store rooted at `root` whose files are read and written through `fs` (a user's rights).
+    pub fn with_rights(root: impl Into<PathBuf>, fs: LocalFs) -> Result<Self> {
         let root = root.into();
-        let meta = fs::metadata(&root).map_err(|e| StoreError::io(root.display(), e))?;
+        let meta = fs
+            .metadata(&root)
+            .map_err(|e| StoreError::io(root.display(), e))?;
         if !meta.is_dir() {
             return Err(StoreError::InvalidInput {
                 path: root.display().to_string(),
@@ -48,6 +59,7 @@ impl LocalStore {
         Ok(Self {
             root: Arc::new(root),
             page_size: None,
+            fs,
         })
     }
 
@@ -102,6 +114,7 @@ fn version_of(meta: &fs::Metadata) -> String {
 
 /// Reads one directory level, sorting entries into objects, directories and refusals.
 fn read_level(
+    fs: &LocalFs,
     root: &Path,
     dir: &ObjectPath,
     files: &mut Vec<ObjectMeta>,
@@ -109,7 +122,7 @@ fn read_level(
     refused: &mut Vec<RefusedName>,
 ) -> Result<()> {
     let local = dir.to_local(root);
-    let entries = match fs::read_dir(&local) {
+    let entries = match fs.read_dir(&local) {
         Ok(entries) => entries,
         // A missing directory lists as empty, like a prefix that matches nothing.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -117,11 +130,9 @@ fn read_level(
         Err(e) => return Err(StoreError::io(local.display(), e)),
     };
     for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(local.display(), e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
+        let Some(name) = entry.name.to_str() else {
             refused.push(RefusedName {
-                name: format!("{}/{}", dir, entry.file_name().to_string_lossy()),
+                name: format!("{}/{}", dir, entry.name.to_string_lossy()),
                 reason: "name is not valid UTF-8".into(),
             });
             continue;
@@ -139,9 +150,17 @@ fn read_level(
                 continue;
             }
         };
-        let meta = entry
-            .metadata() // does not follow symlinks
-            .map_err(|e| StoreError::io(entry.path().display(), e))?;
+        if entry.kind == Kind::Dir {
+            dirs.push(child);
+            continue;
+        }
+        let path = local.join(&entry.name);
+        // Not following links. A name gone since the listing is skipped, like a deleted blob.
+        let meta = match fs.symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io(path.display(), e)),
+        };
         if meta.is_file() {
             files.push(meta_of(child, &meta));
         } else if meta.is_dir() {
@@ -160,11 +179,16 @@ fn read_level(
     Ok(())
 }
 
-fn list_blocking(root: &Path, request: &ListRequest, page_size: Option<usize>) -> Result<ListPage> {
+fn list_blocking(
+    fs: &LocalFs,
+    root: &Path,
+    request: &ListRequest,
+    page_size: Option<usize>,
+) -> Result<ListPage> {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     let mut refused = Vec::new();
-    read_level(root, &request.dir, &mut files, &mut dirs, &mut refused)?;
+    read_level(fs, root, &request.dir, &mut files, &mut dirs, &mut refused)?;
     let mut entries: Vec<(String, bool, ListedItem)> = Vec::new();
     if request.delimited {
         for dir in dirs {
@@ -173,7 +197,7 @@ fn list_blocking(root: &Path, request: &ListRequest, page_size: Option<usize>) -
     } else {
         let mut pending = dirs;
         while let Some(dir) = pending.pop() {
-            read_level(root, &dir, &mut files, &mut pending, &mut refused)?;
+            read_level(fs, root, &dir, &mut files, &mut pending, &mut refused)?;
         }
     }
     for file in files {
@@ -213,32 +237,27 @@ pub(crate) fn partial_name(final_path: &Path) -> PathBuf {
 /// partial left by a killed process that had the same pid, or a symlink planted there) is
 /// removed, never followed: `create_new` (O_EXCL) refuses it, and after its removal refuses
 /// anything that reappears meanwhile. (Removing first would cost every file a system call.)
-pub(crate) fn create_partial(path: &Path) -> std::io::Result<fs::File> {
-    let create = || {
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-    };
-    match create() {
+pub(crate) fn create_partial(fs: &LocalFs, path: &Path) -> std::io::Result<fs::File> {
+    match fs.open(path, Open::CreateNew) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            fs::remove_file(path)?;
-            create()
+            fs.remove_file(path)?;
+            fs.open(path, Open::CreateNew)
         }
         other => other,
     }
 }
 
-fn create_parent(path: &Path) -> Result<()> {
+fn create_parent(fs: &LocalFs, path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| StoreError::io(parent.display(), e))?;
+        fs.create_dir_all(parent)
+            .map_err(|e| StoreError::io(parent.display(), e))?;
     }
     Ok(())
 }
 
 /// Refuses to replace a directory with a file (an object name can't be both).
-fn check_not_directory(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
+fn check_not_directory(fs: &LocalFs, path: &Path) -> Result<()> {
+    match fs.symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => Err(StoreError::AlreadyExists {
             path: format!("{} (a directory)", path.display()),
         }),
@@ -260,14 +279,18 @@ impl Store for LocalStore {
         let root = self.root.clone();
         let request = request.clone();
         let page_size = self.page_size;
-        blocking(move || list_blocking(&root, &request, page_size)).await
+        let fs = self.fs.clone();
+        blocking(move || list_blocking(&fs, &root, &request, page_size)).await
     }
 
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
         let local = self.local(path);
         let path = path.clone();
+        let fs = self.fs.clone();
         blocking(move || {
-            let meta = fs::symlink_metadata(&local).map_err(|e| StoreError::io(&path, e))?;
+            let meta = fs
+                .symlink_metadata(&local)
+                .map_err(|e| StoreError::io(&path, e))?;
             if !meta.is_file() || path.is_root() {
                 return Err(StoreError::NotFound {
                     path: path.to_string(),
@@ -287,12 +310,17 @@ impl Store for LocalStore {
         let local = self.local(path);
         let display = path.to_string();
         let version = version.map(str::to_owned);
+        let fs = self.fs.clone();
         let file = blocking(move || {
-            let meta = fs::symlink_metadata(&local).map_err(|e| StoreError::io(&display, e))?;
+            let meta = fs
+                .symlink_metadata(&local)
+                .map_err(|e| StoreError::io(&display, e))?;
             if !meta.is_file() {
                 return Err(StoreError::NotFound { path: display });
             }
-            let mut file = fs::File::open(&local).map_err(|e| StoreError::io(&display, e))?;
+            let mut file = fs
+                .open(&local, Open::Read)
+                .map_err(|e| StoreError::io(&display, e))?;
             // The file opened, not the name looked up: a rename over it in between is caught.
             let opened = file.metadata().map_err(|e| StoreError::io(&display, e))?;
             if version.is_some_and(|v| v != version_of(&opened)) {
@@ -344,18 +372,19 @@ impl Store for LocalStore {
     async fn put(&self, path: &ObjectPath, data: Bytes, _options: &PutOptions) -> Result<()> {
         reject_root(path)?;
         let local = self.local(path);
+        let fs = self.fs.clone();
         blocking(move || {
-            create_parent(&local)?;
-            check_not_directory(&local)?;
+            create_parent(&fs, &local)?;
+            check_not_directory(&fs, &local)?;
             let partial = partial_name(&local);
             let written = (|| {
-                let mut file = create_partial(&partial)?;
+                let mut file = create_partial(&fs, &partial)?;
                 file.write_all(&data)?;
                 file.sync_all()?;
-                fs::rename(&partial, &local)
+                fs.rename(&partial, &local)
             })();
             if let Err(e) = written {
-                let _ = fs::remove_file(&partial);
+                let _ = fs.remove_file(&partial);
                 return Err(StoreError::io(local.display(), e));
             }
             Ok(())
@@ -372,11 +401,12 @@ impl Store for LocalStore {
         let local = self.local(path);
         let path = path.clone();
         let max_part_size = self.max_part_size();
+        let fs = self.fs.clone();
         blocking(move || {
-            create_parent(&local)?;
-            check_not_directory(&local)?;
+            create_parent(&fs, &local)?;
+            check_not_directory(&fs, &local)?;
             let partial = partial_name(&local);
-            let file = create_partial(&partial).map_err(|e| StoreError::io(&path, e))?;
+            let file = create_partial(&fs, &partial).map_err(|e| StoreError::io(&path, e))?;
             // Declaring the size up front lets parts land at their offsets in any order.
             file.set_len(total_size)
                 .map_err(|e| StoreError::io(&path, e))?;
@@ -388,6 +418,7 @@ impl Store for LocalStore {
                 total_size,
                 max_part_size,
                 written: AtomicU64::new(0),
+                fs,
             }) as Box<dyn PartUpload>)
         })
         .await
@@ -396,14 +427,17 @@ impl Store for LocalStore {
     async fn delete(&self, path: &ObjectPath) -> Result<()> {
         let local = self.local(path);
         let path = path.clone();
+        let fs = self.fs.clone();
         blocking(move || {
-            let meta = fs::symlink_metadata(&local).map_err(|e| StoreError::io(&path, e))?;
+            let meta = fs
+                .symlink_metadata(&local)
+                .map_err(|e| StoreError::io(&path, e))?;
             if !meta.is_file() {
                 return Err(StoreError::NotFound {
                     path: path.to_string(),
                 });
             }
-            fs::remove_file(&local).map_err(|e| StoreError::io(&path, e))
+            fs.remove_file(&local).map_err(|e| StoreError::io(&path, e))
         })
         .await
     }
@@ -417,6 +451,7 @@ struct LocalUpload {
     total_size: u64,
     max_part_size: u64,
     written: AtomicU64,
+    fs: LocalFs,
 }
 
 #[async_trait]
@@ -445,7 +480,7 @@ impl PartUpload for LocalUpload {
         let written = self.written.load(Ordering::Relaxed);
         if written != self.total_size {
             let reason = format!("{written} bytes written of {}", self.total_size);
-            let _ = fs::remove_file(&self.partial);
+            let _ = self.fs.remove_file(&self.partial);
             return Err(StoreError::InvalidInput {
                 path: self.path.to_string(),
                 reason,
@@ -455,9 +490,9 @@ impl PartUpload for LocalUpload {
             let done = self
                 .file
                 .sync_all()
-                .and_then(|()| fs::rename(&self.partial, &self.local));
+                .and_then(|()| self.fs.rename(&self.partial, &self.local));
             if let Err(e) = done {
-                let _ = fs::remove_file(&self.partial);
+                let _ = self.fs.remove_file(&self.partial);
                 return Err(StoreError::io(&self.path, e));
             }
             Ok(())
@@ -466,7 +501,7 @@ impl PartUpload for LocalUpload {
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {
-        blocking(move || match fs::remove_file(&self.partial) {
+        blocking(move || match self.fs.remove_file(&self.partial) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(&self.path, e)),
@@ -487,7 +522,7 @@ mod tests {
         fs::write(&victim, "precious").unwrap();
         let partial = dir.path().join(".x.dataref-partial.1-0");
         std::os::unix::fs::symlink(&victim, &partial).unwrap();
-        create_partial(&partial)
+        create_partial(&LocalFs::direct(), &partial)
             .unwrap()
             .write_all(b"new data")
             .unwrap();

@@ -361,9 +361,22 @@ pub fn open(
     spec: &crate::model::DatastoreSpec,
     resources: &Resources,
 ) -> Result<std::sync::Arc<dyn Store>> {
+    open_with_rights(spec, resources, &crate::localfs::LocalFs::direct())
+}
+
+/// [`open`], a local datastore's files read and written through `local_fs` (a job's user's
+/// rights, for a datastore that user defined).
+pub fn open_with_rights(
+    spec: &crate::model::DatastoreSpec,
+    resources: &Resources,
+    local_fs: &crate::localfs::LocalFs,
+) -> Result<std::sync::Arc<dyn Store>> {
     use crate::model::DatastoreSpec;
     match spec {
-        DatastoreSpec::Local { root } => Ok(std::sync::Arc::new(local::LocalStore::new(root)?)),
+        DatastoreSpec::Local { root } => Ok(std::sync::Arc::new(local::LocalStore::with_rights(
+            root,
+            local_fs.clone(),
+        )?)),
         DatastoreSpec::AzureBlob(location) => {
             let url = spec.service_url().expect("Azure kinds have a service URL");
             Ok(std::sync::Arc::new(azure::blob::BlobStore::new(

@@ -12,6 +12,7 @@ use super::progress::Progress;
 use super::{
     Check, Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts,
 };
+use crate::localfs::LocalFs;
 use crate::model::ObjectPath;
 use crate::store::checksum::{Crc64, crc64_of_parts};
 use crate::store::local::partial_name;
@@ -95,7 +96,7 @@ pub async fn download(
     // Keep existing files unless asked to overwrite.
     let mut todo = Vec::with_capacity(planned.len());
     for item in planned {
-        match std::fs::symlink_metadata(&item.dest) {
+        match engine.local.symlink_metadata(&item.dest) {
             Ok(meta) if meta.is_dir() => report.skipped.push(Skipped {
                 path: item.meta.path.to_string(),
                 reason: SkipReason::NameConflict,
@@ -111,9 +112,14 @@ pub async fn download(
     }
 
     let needed: u64 = todo.iter().map(|i| i.meta.size).sum();
-    check_free_space(local, needed, engine.reserved_free_disk_bytes)?;
+    check_free_space(
+        &engine.local,
+        local,
+        needed,
+        engine.reserved_free_disk_bytes,
+    )?;
 
-    let failed_dirs = create_parents(local, &todo).await;
+    let failed_dirs = create_parents(&engine.local, local, &todo).await;
     let progress = Progress::start(engine.progress, "download", todo.len() as u64, needed);
     // The files are fetched by a task of their own: polled where `download` is awaited (a
     // job's and the CLI's `block_on` thread, outside the runtime's workers), every response
@@ -253,8 +259,13 @@ fn plan_directory(
 }
 
 /// Refuses to start a download that would leave less than `reserved` bytes free.
-fn check_free_space(local: &Path, needed: u64, reserved: u64) -> Result<(), TransferError> {
-    let Some((available, filesystem)) = free_space(local) else {
+fn check_free_space(
+    fs: &LocalFs,
+    local: &Path,
+    needed: u64,
+    reserved: u64,
+) -> Result<(), TransferError> {
+    let Some((available, filesystem)) = free_space(fs, local) else {
         return Ok(());
     };
     if needed.saturating_add(reserved) > available {
@@ -271,15 +282,15 @@ fn check_free_space(local: &Path, needed: u64, reserved: u64) -> Result<(), Tran
 
 /// Bytes an unprivileged writer can still use where `path` (or its nearest existing ancestor)
 /// lives, and the mount point of that filesystem, for messages.
-fn free_space(path: &Path) -> Option<(u64, PathBuf)> {
+fn free_space(fs: &LocalFs, path: &Path) -> Option<(u64, PathBuf)> {
     use std::os::unix::fs::MetadataExt;
-    let existing = path.ancestors().find(|p| p.exists())?;
-    let stat = nix::sys::statvfs::statvfs(existing).ok()?;
-    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-    let device = std::fs::metadata(existing).ok()?.dev();
+    let existing = path.ancestors().find(|p| fs.metadata(p).is_ok())?;
+    let stat = fs.statvfs(existing).ok()?;
+    let available = stat.blocks_available() * stat.fragment_size();
+    let device = fs.metadata(existing).ok()?.dev();
     let filesystem = existing
         .ancestors()
-        .take_while(|p| std::fs::metadata(p).is_ok_and(|m| m.dev() == device))
+        .take_while(|p| fs.metadata(p).is_ok_and(|m| m.dev() == device))
         .last()
         .unwrap_or(existing)
         .to_path_buf();
@@ -317,11 +328,11 @@ impl FileError {
     }
 
     /// A write that failed: a full disk says what the file needed and what was free.
-    fn write(item: &Planned, path: &Path, e: std::io::Error) -> Self {
+    fn write(fs: &LocalFs, item: &Planned, path: &Path, e: std::io::Error) -> Self {
         if e.raw_os_error() != Some(libc::ENOSPC) {
             return Self::local(path, e);
         }
-        let free = match free_space(&item.dest) {
+        let free = match free_space(fs, &item.dest) {
             Some((available, filesystem)) => format!(
                 "{} free on {}",
                 super::progress::human_bytes(available),
@@ -349,18 +360,18 @@ impl FileError {
 
 /// Creates the parent directory of every planned file, once per directory (not once per
 /// file). Returns the directories that could not be created, with the reason: their files fail.
-async fn create_parents(local: &Path, todo: &[Planned]) -> HashMap<PathBuf, String> {
+async fn create_parents(fs: &LocalFs, local: &Path, todo: &[Planned]) -> HashMap<PathBuf, String> {
     let mut dirs: Vec<PathBuf> = todo
         .iter()
         .filter_map(|item| item.dest.parent().map(Path::to_path_buf))
         .collect();
     dirs.sort();
     dirs.dedup();
-    let local = local.to_path_buf();
+    let (fs, local) = (fs.clone(), local.to_path_buf());
     let created = tokio::task::spawn_blocking(move || {
         let mut failed = HashMap::new();
         for dir in dirs {
-            if let Err(e) = create_dir_inside(&local, &dir) {
+            if let Err(e) = create_dir_inside(&fs, &local, &dir) {
                 failed.insert(dir, e.to_string());
             }
         }
@@ -379,21 +390,21 @@ async fn create_parents(local: &Path, todo: &[Planned]) -> HashMap<PathBuf, Stri
 /// Creates `dir` below the download root `local` one level at a time, never through a symlink:
 /// a link planted inside the target (`a -> /etc`) must not carry a blob named `a/cron.d/x` out
 /// of it. `local` itself is the user's choice and may be a link.
-fn create_dir_inside(local: &Path, dir: &Path) -> std::io::Result<()> {
+fn create_dir_inside(fs: &LocalFs, local: &Path, dir: &Path) -> std::io::Result<()> {
     let Ok(relative) = dir.strip_prefix(local) else {
         // A single object's parent: the user named that place.
-        return std::fs::create_dir_all(dir);
+        return fs.create_dir_all(dir);
     };
-    std::fs::create_dir_all(local)?;
+    fs.create_dir_all(local)?;
     let mut current = local.to_path_buf();
     for component in relative.components() {
         current.push(component);
-        if let Err(e) = std::fs::create_dir(&current)
+        if let Err(e) = fs.create_dir(&current)
             && e.kind() != std::io::ErrorKind::AlreadyExists
         {
             return Err(e);
         }
-        let meta = std::fs::symlink_metadata(&current)?;
+        let meta = fs.symlink_metadata(&current)?;
         if meta.file_type().is_symlink() {
             return Err(std::io::Error::other(format!(
                 "{} is a symbolic link; not followed",
@@ -465,18 +476,18 @@ async fn download_version(
     }
     // The guard removes the temporary file however this ends: error, or the future being
     // dropped because the job was cancelled.
-    let mut partial = PartialFile::new(partial_name(&item.dest));
+    let mut partial = PartialFile::new(&engine.local, partial_name(&item.dest));
     let file = partial.create(item.meta.size).await?;
     let parts = (engine, store, item, check);
-    let check = fetch_parts(
-        parts,
-        Arc::new(PartFile::new(file)),
-        &partial.path,
-        progress,
-    )
-    .await?;
-    tokio::fs::rename(&partial.path, &item.dest)
+    let check = fetch_parts(parts, file, &partial.path, progress).await?;
+    let (fs, from, to) = (
+        engine.local.clone(),
+        partial.path.clone(),
+        item.dest.clone(),
+    );
+    tokio::task::spawn_blocking(move || fs.rename(&from, &to))
         .await
+        .map_err(|e| FileError::local(&item.dest, e))?
         .map_err(|e| FileError::local(&item.dest, e))?;
     partial.renamed = true;
     Ok((item.meta.size, check))
@@ -507,17 +518,19 @@ async fn download_small(
         (Check::Crc64(expected), _, Some(crc)) => verify_crc64(item, expected, crc.value())?,
         _ => {}
     }
-    let written = if size <= INLINE_WRITE {
-        write_small(&partial, &item.dest, &chunks)
+    let written = if size <= INLINE_WRITE && engine.local.user().is_none() {
+        write_small(&engine.local, &partial, &item.dest, &chunks)
     } else {
-        let dest = item.dest.clone();
-        tokio::task::spawn_blocking(move || write_small(&partial, &dest, &chunks))
+        // A user's rights cost a round trip to their process per open and rename: not on a
+        // runtime worker.
+        let (fs, dest) = (engine.local.clone(), item.dest.clone());
+        tokio::task::spawn_blocking(move || write_small(&fs, &partial, &dest, &chunks))
             .await
             .map_err(|e| FileError::local(&item.dest, e))?
     };
     written.map_err(|(path, e)| match path == item.dest {
         true => FileError::local(&path, e),
-        false => FileError::write(item, &path, e),
+        false => FileError::write(&engine.local, item, &path, e),
     })?;
     Ok(check)
 }
@@ -532,13 +545,21 @@ async fn download_small(
 /// answer carried).
 async fn fetch_parts(
     (engine, store, item, check): (&Engine, &dyn Store, &Planned, Check),
-    file: Arc<PartFile>,
+    file: std::fs::File,
     partial: &Path,
     progress: &Progress,
 ) -> Result<Check, FileError> {
     let part_size = engine.part_size.max(1);
     let ranges = parts(item.meta.size, part_size);
-    let hashing = matches!(check, Check::Md5(_)).then(|| InOrderHasher::start(partial));
+    // The hasher re-reads what was written through the same open file (never by its name).
+    let hashing = match check {
+        Check::Md5(_) => Some(InOrderHasher::start(
+            file.try_clone().map_err(|e| FileError::local(partial, e))?,
+            partial,
+        )),
+        _ => None,
+    };
+    let file = Arc::new(PartFile::new(file));
     let window = engine.hash_window.max(1) as u64 * part_size;
     // With hashing, parts take turns: part `i` is requested right after part `i - 1`, never
     // before (two parts released by the same hashing step would otherwise race).
@@ -645,11 +666,13 @@ async fn fetch_range(
                 kind,
             });
         }
-        Err(RangeError::Sink(e)) => return Err(FileError::write(item, local_path, e)),
+        Err(RangeError::Sink(e)) => {
+            return Err(FileError::write(&engine.local, item, local_path, e));
+        }
     };
     sink.finish()
         .await
-        .map_err(|e| FileError::write(item, local_path, e))?;
+        .map_err(|e| FileError::write(&engine.local, item, local_path, e))?;
     Ok(written)
 }
 

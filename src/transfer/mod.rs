@@ -25,6 +25,7 @@ pub use journal::{JournalError, ReferenceJournal, UploadJournal};
 pub use progress::ProgressMode;
 pub use upload::{OneFile, UploadSource, upload, upload_journaled, upload_one};
 
+use crate::localfs::LocalFs;
 use crate::model::{MemoryBudget, MountSettings, RetryPolicy, Verify};
 use crate::store::{Resources, StoreError};
 
@@ -56,6 +57,8 @@ pub struct Engine {
     pub verify: Verify,
     /// Uploads send no faster than this (a reference's `max_bytes_per_second`).
     pub rate: Option<std::sync::Arc<rate::RateLimit>>,
+    /// Whose rights the local files are read and written with (the job's user's).
+    pub local: LocalFs,
 }
 
 impl Engine {
@@ -76,6 +79,7 @@ impl Engine {
             stall_timeout: Duration::from_secs(30),
             verify: Verify::default(),
             rate: None,
+            local: LocalFs::direct(),
         }
     }
 

@@ -13,6 +13,7 @@ use md5::{Digest, Md5};
 use super::journal::ReferenceJournal;
 use super::progress::Progress;
 use super::{Engine, FileFailure, SkipReason, Skipped, TransferError, TransferReport, parts};
+use crate::localfs::{LocalFs, Open};
 use crate::model::ObjectPath;
 use crate::store::checksum::{crc64, crc64_combine};
 use crate::store::{Breaker, Checksums, PutOptions, ResumedUpload, Store, StoreError};
@@ -66,7 +67,8 @@ pub async fn upload_journaled(
         let source = source.clone();
         let prefix = prefix.clone();
         let exclude = exclude.to_vec();
-        tokio::task::spawn_blocking(move || plan(&source, &prefix, &exclude))
+        let fs = engine.local.clone();
+        tokio::task::spawn_blocking(move || plan(&fs, &source, &prefix, &exclude))
             .await
             .map_err(|e| TransferError::local("upload planning", std::io::Error::other(e)))??
     };
@@ -152,6 +154,7 @@ pub async fn upload_journaled(
 type Plan = (Vec<Planned>, Vec<Skipped>);
 
 fn plan(
+    fs: &LocalFs,
     source: &UploadSource,
     prefix: &ObjectPath,
     exclude: &[PathBuf],
@@ -162,7 +165,7 @@ fn plan(
         UploadSource::Files(files) => {
             for file in files {
                 // A file named explicitly is followed if it is a link, like `cp`.
-                let meta = std::fs::metadata(file).map_err(|e| missing(file, e))?;
+                let meta = fs.metadata(file).map_err(|e| missing(file, e))?;
                 if !meta.is_file() {
                     skipped.push(skip(file, SkipReason::NotAFile, None));
                     continue;
@@ -182,14 +185,14 @@ fn plan(
             }
         }
         UploadSource::Directory(dir) => {
-            let meta = std::fs::metadata(dir).map_err(|e| missing(dir, e))?;
+            let meta = fs.metadata(dir).map_err(|e| missing(dir, e))?;
             if !meta.is_dir() {
                 return Err(TransferError::local(
                     dir,
                     std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
                 ));
             }
-            walk(dir, prefix, exclude, &mut planned, &mut skipped)?;
+            walk(fs, dir, prefix, exclude, &mut planned, &mut skipped)?;
         }
     }
     Ok((planned, skipped))
@@ -215,23 +218,21 @@ fn skip(path: &Path, reason: SkipReason, detail: Option<String>) -> Skipped {
 
 /// Depth-first walk without following symbolic links.
 fn walk(
+    fs: &LocalFs,
     dir: &Path,
     prefix: &ObjectPath,
     exclude: &[PathBuf],
     planned: &mut Vec<Planned>,
     skipped: &mut Vec<Skipped>,
 ) -> Result<(), TransferError> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| TransferError::local(dir, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TransferError::local(dir, e))?;
-    entries.sort_by_key(|e| e.file_name());
+    let mut entries = fs.read_dir(dir).map_err(|e| TransferError::local(dir, e))?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
     for entry in entries {
-        let path = entry.path();
+        let path = dir.join(&entry.name);
         if exclude.contains(&path) {
             continue;
         }
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+        let Some(name) = entry.name.to_str().map(str::to_owned) else {
             skipped.push(skip(
                 &path,
                 SkipReason::RefusedName,
@@ -249,11 +250,11 @@ fn walk(
                 continue;
             }
         };
-        let meta = entry
-            .metadata()
+        let meta = fs
+            .symlink_metadata(&path)
             .map_err(|e| TransferError::local(&path, e))?;
         if meta.is_dir() {
-            walk(&path, &dest, exclude, planned, skipped)?;
+            walk(fs, &path, &dest, exclude, planned, skipped)?;
         } else if meta.is_file() {
             planned.push(Planned {
                 source: path,
@@ -262,7 +263,8 @@ fn walk(
                 abort_if_changed: false,
             });
         } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path)
+            let target = fs
+                .read_link(&path)
                 .map(|t| format!("points to {}; not followed", t.display()))
                 .ok();
             skipped.push(skip(&path, SkipReason::Symlink, target));
@@ -307,7 +309,7 @@ pub async fn upload_one(
     journal: Option<ReferenceJournal<'_>>,
     unless_open_for_writing: bool,
 ) -> Result<OneFile, String> {
-    let meta = match std::fs::symlink_metadata(source) {
+    let meta = match engine.local.symlink_metadata(source) {
         Ok(meta) if meta.is_file() => meta,
         Ok(_) => return Ok(OneFile::Gone),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OneFile::Gone),
@@ -319,7 +321,7 @@ pub async fn upload_one(
         size: meta.len(),
         abort_if_changed: true,
     };
-    if unless_open_for_writing && open_for_writing(source) {
+    if unless_open_for_writing && open_for_writing(&engine.local, source) {
         return Ok(OneFile::OpenForWriting);
     }
     let breaker = Breaker::default();
@@ -340,14 +342,9 @@ pub async fn upload_one(
 /// Whether some process has `path` open for writing: the kernel grants no read lease then
 /// (`fcntl(F_SETLEASE, F_RDLCK)`: EAGAIN). The lease is given back at once. A filesystem
 /// without leases answers otherwise, and the file counts as closed.
-fn open_for_writing(path: &Path) -> bool {
+fn open_for_writing(fs: &LocalFs, path: &Path) -> bool {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    else {
+    let Ok(file) = fs.open(path, Open::ReadNoFollow) else {
         return false;
     };
     // SAFETY: fcntl on a descriptor this function owns, with integer arguments.
@@ -411,15 +408,11 @@ async fn upload_file(
     let local_error = |e: std::io::Error| format!("{}: {e}", item.source.display());
     // Continuous upload reads a folder the script is still changing: a name swapped for a link
     // since it was listed is not followed.
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true);
-        if item.abort_if_changed {
-            options.custom_flags(libc::O_NOFOLLOW);
-        }
-        options.open(&item.source).map_err(local_error)?
+    let how = match item.abort_if_changed {
+        true => Open::ReadNoFollow,
+        false => Open::Read,
     };
+    let file = engine.local.open(&item.source, how).map_err(local_error)?;
     let opened = stamp(&file.metadata().map_err(local_error)?);
     let changed = |file: &std::fs::File| {
         item.abort_if_changed

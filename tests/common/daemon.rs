@@ -38,10 +38,18 @@ impl Area {
 
     /// A manifest in `work/` with the local datastore `store` and the given fields.
     pub fn manifest(&self, name: &str, fields: Value) -> PathBuf {
-        let mut manifest = json!({
-            "datastores": {"store": {"kind": "local", "root": self.path("store")}},
-            "grace_period_seconds": 5,
-        });
+        let mut with_store = fields;
+        if with_store.get("datastores").is_none() {
+            let store = json!({"store": {"kind": "local", "root": self.path("store")}});
+            with_store["datastores"] = store;
+        }
+        self.registry_manifest(name, with_store)
+    }
+
+    /// A manifest in `work/` with the given fields and no datastore of its own: it uses the
+    /// registry's (the administrator's, used with the service's rights).
+    pub fn registry_manifest(&self, name: &str, fields: Value) -> PathBuf {
+        let mut manifest = json!({"grace_period_seconds": 5});
         for (k, v) in fields.as_object().unwrap() {
             manifest[k] = v.clone();
         }

@@ -23,6 +23,7 @@ use futures::stream::FuturesUnordered;
 
 use super::journal::ReferenceJournal;
 use super::{Engine, FileFailure, TransferError, TransferReport, upload_one};
+use crate::localfs::LocalFs;
 use crate::model::ObjectPath;
 use crate::model::durable::{CheckpointRecord, DurableFile, SharedSyncState};
 use crate::store::Store;
@@ -70,8 +71,8 @@ pub struct ContinuousUpload {
 /// Size and modification time: what says a file was written again.
 type Stamp = (u64, SystemTime);
 
-fn stamp_of(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
+fn stamp_of(fs: &LocalFs, path: &Path) -> Option<Stamp> {
+    let meta = fs.symlink_metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
 }
 
@@ -108,7 +109,7 @@ impl ContinuousUpload {
         let half_budget_parts = engine.budget.bytes() / 2 / engine.part_size.max(1);
         let per_file = (half_budget_parts as usize / FILES_AT_ONCE).max(1);
         engine.part_concurrency = engine.part_concurrency.min(per_file);
-        let watcher = Watcher::new(&spec.root, spec.exclude.clone())
+        let watcher = Watcher::new(&engine.local, &spec.root, spec.exclude.clone())
             .map_err(|e| TransferError::local(&spec.root, e))?;
         let mut this = Self {
             spec,
@@ -156,7 +157,7 @@ impl ContinuousUpload {
             let Ok(dest) = self.dest_of(&rel) else {
                 continue;
             };
-            let Some(stamp) = stamp_of(&self.spec.root.join(&rel)) else {
+            let Some(stamp) = stamp_of(&self.engine.local, &self.spec.root.join(&rel)) else {
                 continue;
             };
             if queue::is_temporary(&rel) {
@@ -337,7 +338,12 @@ impl ContinuousUpload {
     fn changed_since_upload(&mut self) -> Vec<RelPath> {
         let scan = match &self.watcher {
             Some(watcher) => watcher.scan(),
-            None => Watcher::new(&self.spec.root, self.spec.exclude.clone()).and_then(|w| w.scan()),
+            None => Watcher::new(
+                &self.engine.local,
+                &self.spec.root,
+                self.spec.exclude.clone(),
+            )
+            .and_then(|w| w.scan()),
         };
         let files = match scan {
             Ok(files) => files,
@@ -353,7 +359,7 @@ impl ContinuousUpload {
         files
             .into_iter()
             .filter(|rel| {
-                let now = stamp_of(&self.spec.root.join(rel));
+                let now = stamp_of(&self.engine.local, &self.spec.root.join(rel));
                 now.is_some() && !self.queue.holds(rel) && self.uploaded.get(rel) != now.as_ref()
             })
             .collect()
@@ -382,7 +388,7 @@ impl ContinuousUpload {
                 ));
                 return Done::new(ready, Finished::Gone);
             };
-            let before = stamp_of(&source);
+            let before = stamp_of(&engine.local, &source);
             let uploading = upload_one(
                 &engine,
                 store.as_ref(),
@@ -412,7 +418,7 @@ impl ContinuousUpload {
                 Ok(super::OneFile::Gone | super::OneFile::OpenForWriting) => Finished::Gone,
                 Ok(super::OneFile::Changed) => Finished::Changed,
                 // A file that shrank or vanished under the read is a change, not a failure.
-                Err(_) if stamp_of(&source) != before => Finished::Changed,
+                Err(_) if stamp_of(&engine.local, &source) != before => Finished::Changed,
                 Err(error) => {
                     notes(format!("{reference}: {}: {error}", ready.path));
                     Finished::Failed(error)

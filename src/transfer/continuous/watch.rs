@@ -10,6 +10,7 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::io::unix::AsyncFd;
 
 use super::queue::{RelPath, is_under};
+use crate::localfs::{Kind, LocalFs, Open};
 
 /// What happened in the folder, as the queue needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,8 @@ struct Raw {
 
 pub struct Watcher {
     inotify: AsyncFd<Inotify>,
+    /// Whose rights the folders are opened and listed with.
+    fs: LocalFs,
     root: PathBuf,
     /// Never watched nor reported (the job directory when it is inside the folder).
     exclude: Vec<PathBuf>,
@@ -58,7 +61,7 @@ fn mask() -> WatchMask {
 
 impl Watcher {
     /// Watches `root` and every folder below it. Must be called from a tokio runtime.
-    pub fn new(root: &Path, exclude: Vec<PathBuf>) -> io::Result<Self> {
+    pub fn new(fs: &LocalFs, root: &Path, exclude: Vec<PathBuf>) -> io::Result<Self> {
         let inotify = Inotify::init()?;
         // SAFETY: `Inotify` owns its descriptor and closes it only when dropped (or consumed by
         // `close`), so it stays the same open descriptor for the AsyncFd's whole life.
@@ -68,13 +71,14 @@ impl Watcher {
         };
         let mut watcher = Self {
             inotify,
+            fs: fs.clone(),
             root: root.to_path_buf(),
             exclude,
             dirs: HashMap::new(),
             buffer: vec![0; 64 * 1024],
             unwatched: Vec::new(),
         };
-        let wd = watcher.inotify.get_ref().watches().add(root, mask())?;
+        let wd = watcher.add_watch(root)?;
         watcher.dirs.insert(wd, RelPath::new());
         watcher.watch_tree("")?;
         Ok(watcher)
@@ -91,20 +95,28 @@ impl Watcher {
     fn watch_tree(&mut self, rel: &str) -> io::Result<Vec<RelPath>> {
         let mut watched = Vec::new();
         let mut unwatched = Vec::new();
-        let files = self.walk(rel, |path| {
-            match self
-                .inotify
-                .get_ref()
-                .watches()
-                .add(self.absolute(path), mask())
-            {
-                Ok(wd) => watched.push((wd, path.to_owned())),
-                Err(e) => unwatched.push((path.to_owned(), e.to_string())),
-            }
+        let files = self.walk(rel, |path| match self.add_watch(&self.absolute(path)) {
+            Ok(wd) => watched.push((wd, path.to_owned())),
+            Err(e) => unwatched.push((path.to_owned(), e.to_string())),
         })?;
         self.dirs.extend(watched);
         self.unwatched.extend(unwatched);
         Ok(files)
+    }
+
+    /// Watches the folder `path`. With a user's rights, the user's process opens it and the
+    /// watch is added on what it opened (`/proc/self/fd/N` leads to that very folder): no
+    /// path of the user's is resolved by root.
+    fn add_watch(&self, path: &Path) -> io::Result<WatchDescriptor> {
+        if self.fs.user().is_none() {
+            return self.inotify.get_ref().watches().add(path, mask());
+        }
+        use std::os::fd::AsRawFd;
+        let folder = self.fs.open(path, Open::Directory)?;
+        let opened = PathBuf::from(format!("/proc/self/fd/{}", folder.as_raw_fd()));
+        // The magic link must be followed to reach the folder (so not DONT_FOLLOW).
+        let watched = mask() & !WatchMask::DONT_FOLLOW;
+        self.inotify.get_ref().watches().add(opened, watched)
     }
 
     /// Watches the folders made while events were lost (after an overflow).
@@ -123,28 +135,22 @@ impl Watcher {
         let mut files = Vec::new();
         let mut folders = vec![from.to_owned()];
         while let Some(folder) = folders.pop() {
-            let entries = match std::fs::read_dir(self.absolute(&folder)) {
+            let entries = match self.fs.read_dir(&self.absolute(&folder)) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
             for entry in entries {
-                let entry = entry?;
-                let Ok(name) = entry.file_name().into_string() else {
+                let Ok(name) = entry.name.into_string() else {
                     continue; // not UTF-8: never an object name
                 };
                 let path = join(&folder, &name);
-                let kind = match entry.file_type() {
-                    Ok(kind) => kind,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
                 if self.skipped(&path) {
                     continue;
-                } else if kind.is_dir() {
+                } else if entry.kind == Kind::Dir {
                     on_folder(&path);
                     folders.push(path);
-                } else if kind.is_file() {
+                } else if entry.kind == Kind::File {
                     files.push(path);
                 }
             }

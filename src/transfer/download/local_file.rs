@@ -10,10 +10,12 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::FileError;
+use crate::localfs::LocalFs;
 use crate::store::local::create_partial;
 
 /// A temporary download file, deleted on drop unless it was renamed into place.
 pub(super) struct PartialFile {
+    fs: LocalFs,
     pub(super) path: PathBuf,
     pub(super) renamed: bool,
     /// Set on drop: a creation still running on a blocking thread when the download is
@@ -22,8 +24,9 @@ pub(super) struct PartialFile {
 }
 
 impl PartialFile {
-    pub(super) fn new(path: PathBuf) -> Self {
+    pub(super) fn new(fs: &LocalFs, path: PathBuf) -> Self {
         Self {
+            fs: fs.clone(),
             path,
             renamed: false,
             abandoned: Arc::new(AtomicBool::new(false)),
@@ -32,16 +35,16 @@ impl PartialFile {
 
     /// Creates the file at its full size, so ranges can land at their offsets in any order.
     pub(super) async fn create(&self, size: u64) -> Result<std::fs::File, FileError> {
-        let path = self.path.clone();
+        let (fs, path) = (self.fs.clone(), self.path.clone());
         let abandoned = self.abandoned.clone();
         tokio::task::spawn_blocking(move || {
-            let created = create_partial(&path).and_then(|file| {
+            let created = create_partial(&fs, &path).and_then(|file| {
                 file.set_len(size)?;
                 Ok(file)
             });
             // Either this sees the flag, or the guard's drop comes later and sees the file.
             if abandoned.load(Ordering::SeqCst) {
-                let _ = std::fs::remove_file(&path);
+                let _ = fs.remove_file(&path);
             }
             created.map_err(|e| FileError::local(&path, e))
         })
@@ -54,7 +57,7 @@ impl Drop for PartialFile {
     fn drop(&mut self) {
         if !self.renamed {
             self.abandoned.store(true, Ordering::SeqCst);
-            let _ = std::fs::remove_file(&self.path);
+            let _ = self.fs.remove_file(&self.path);
         }
     }
 }
@@ -119,19 +122,20 @@ pub(super) const INLINE_WRITE: u64 = 256 * 1024;
 /// Writes a verified small file, received as `chunks`, under its temporary name `partial` and
 /// renames it to `dest`; nothing is left behind when either fails.
 pub(super) fn write_small(
+    fs: &LocalFs,
     partial: &Path,
     dest: &Path,
     chunks: &[Bytes],
 ) -> Result<(), (PathBuf, std::io::Error)> {
     use std::io::Write;
-    let written = create_partial(partial)
+    let written = create_partial(fs, partial)
         .and_then(|mut file| write_chunks(chunks, |slices, _| file.write_vectored(slices)));
     if let Err(e) = written {
-        let _ = std::fs::remove_file(partial);
+        let _ = fs.remove_file(partial);
         return Err((partial.to_path_buf(), e));
     }
-    std::fs::rename(partial, dest).map_err(|e| {
-        let _ = std::fs::remove_file(partial);
+    fs.rename(partial, dest).map_err(|e| {
+        let _ = fs.remove_file(partial);
         (dest.to_path_buf(), e)
     })
 }
@@ -210,14 +214,12 @@ pub(super) struct InOrderHasher {
 }
 
 impl InOrderHasher {
-    pub(super) fn start(path: &Path) -> Self {
+    pub(super) fn start(file: std::fs::File, path: &Path) -> Self {
         let (ranges, received) = std::sync::mpsc::channel::<(u64, u64)>();
         let (progress, hashed) = tokio::sync::watch::channel(0u64);
         let path = path.to_path_buf();
         let thread = tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
-            let file =
-                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut hasher = Md5::new();
             let mut pending = std::collections::BTreeMap::new();
             let mut next = 0u64;

@@ -1,0 +1,147 @@
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+
+use super::*;
+
+impl LocalFs {
+    /// A user-side "process" that is a thread of this one, over the real socket protocol
+    /// (dropping rights needs root and the `dataref` binary: the integration tests do that).
+    fn served_by_thread() -> Self {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        std::thread::spawn(move || broker::serve(theirs.as_fd()));
+        Self {
+            inner: Arc::new(Inner::AsUser(UserSide {
+                uid: 0,
+                pid: None,
+                socket: Mutex::new(Some(ours)),
+                child: Mutex::new(None),
+            })),
+        }
+    }
+}
+
+fn both() -> [LocalFs; 2] {
+    [LocalFs::direct(), LocalFs::served_by_thread()]
+}
+
+#[test]
+fn files_are_created_written_renamed_listed_and_removed() {
+    for fs in both() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        fs.create_dir_all(&nested).unwrap();
+        let temp = nested.join(".part");
+        let mut file = fs.open(&temp, Open::CreateNew).unwrap();
+        file.write_all(b"hello").unwrap();
+        // O_EXCL: an existing name is never opened again.
+        let again = fs.open(&temp, Open::CreateNew).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists, "{fs:?}");
+        fs.rename(&temp, &nested.join("final")).unwrap();
+        let mut text = String::new();
+        fs.open(&nested.join("final"), Open::Read)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "hello");
+        assert_eq!(fs.metadata(&nested.join("final")).unwrap().len(), 5);
+        std::os::unix::fs::symlink("final", nested.join("link")).unwrap();
+        assert!(
+            fs.symlink_metadata(&nested.join("link"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            fs.read_link(&nested.join("link")).unwrap(),
+            Path::new("final")
+        );
+        let refused = fs
+            .open(&nested.join("link"), Open::ReadNoFollow)
+            .unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ELOOP), "{fs:?}");
+        let mut listed: Vec<(String, Kind)> = fs
+            .read_dir(&nested)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.to_string_lossy().into_owned(), e.kind))
+            .collect();
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            listed,
+            [("final".into(), Kind::File), ("link".into(), Kind::Symlink)]
+        );
+        fs.remove_file(&nested.join("link")).unwrap();
+        fs.remove_file(&nested.join("final")).unwrap();
+        fs.remove_dir(&nested).unwrap();
+        let gone = fs.metadata(&nested).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound, "{fs:?}");
+        assert!(fs.statvfs(dir.path()).unwrap().blocks() > 0);
+    }
+}
+
+#[test]
+fn a_fifo_or_a_folder_is_never_opened_as_a_file() {
+    for fs in both() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Without O_NONBLOCK and the check, this open (or the read after it) would hang.
+        assert!(fs.open(&fifo, Open::Read).is_err(), "{fs:?}");
+        assert!(fs.open(dir.path(), Open::Read).is_err(), "{fs:?}");
+        let not_dir = fs.open(&fifo, Open::Directory).unwrap_err();
+        assert_eq!(not_dir.raw_os_error(), Some(libc::ENOTDIR), "{fs:?}");
+        assert!(fs.open(dir.path(), Open::Directory).is_ok());
+    }
+}
+
+#[test]
+fn long_listings_come_in_pages_and_odd_names_survive() {
+    let fs = LocalFs::served_by_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for i in 0..3000 {
+        // Long names, so the listing spans many messages.
+        let name = format!("{i:04}-{}", "x".repeat(120));
+        std::fs::write(dir.path().join(&name), "").unwrap();
+        expected.push(name.into_bytes());
+    }
+    let odd = std::ffi::OsStr::from_bytes(b"not-utf8-\xff");
+    std::fs::write(dir.path().join(odd), "").unwrap();
+    expected.push(odd.as_bytes().to_vec());
+    let mut listed: Vec<Vec<u8>> = fs
+        .read_dir(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name.as_bytes().to_vec())
+        .collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    // An empty folder answers (an empty last page), and the socket is still in step.
+    let empty = dir.path().join("empty");
+    fs.create_dir(&empty).unwrap();
+    assert!(fs.read_dir(&empty).unwrap().is_empty());
+    assert!(fs.metadata(&empty).unwrap().is_dir());
+}
+
+#[test]
+fn errors_keep_their_errno_and_a_closed_side_fails_cleanly() {
+    let fs = LocalFs::served_by_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = fs.open(&dir.path().join("nope"), Open::Read).unwrap_err();
+    assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
+    let exists = fs.create_dir(dir.path()).unwrap_err();
+    assert_eq!(exists.raw_os_error(), Some(libc::EEXIST));
+    if let Inner::AsUser(side) = &*fs.inner {
+        drop(side.socket.lock().unwrap().take());
+    }
+    let gone = fs.metadata(dir.path()).unwrap_err();
+    assert!(gone.to_string().contains("has ended"), "{gone}");
+}
