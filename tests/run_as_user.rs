@@ -22,7 +22,11 @@ const STRANGER: u32 = 4242;
 fn a_mount_of_a_job_run_as_a_user_is_readable_by_that_user_only() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The job's own (inline) datastore is the user's, read with their rights: their files.
     write_file(&dir.path().join("store/in/a.txt"), "private", 0o600);
+    for owned in ["store", "store/in", "store/in/a.txt"] {
+        std::os::unix::fs::chown(dir.path().join(owned), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     std::os::unix::fs::chown(&work, Some(NOBODY), Some(NOBODY)).unwrap();
@@ -49,7 +53,7 @@ fn a_mount_of_a_job_run_as_a_user_is_readable_by_that_user_only() {
         ])
         .arg(dir.path().join("jobs/1"))
         .arg(&manifest);
-    let mut child = job.spawn().unwrap();
+    let mut child = KillOnDrop(job.spawn().unwrap());
     poll("the script to start", Duration::from_secs(60), || {
         work.join("ready").exists()
     });
@@ -75,7 +79,7 @@ fn a_mount_of_a_job_run_as_a_user_is_readable_by_that_user_only() {
     assert_eq!(read(&mounted), "private");
 
     write_file(&work.join("go"), "", 0o644);
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
     // The job's user read it, and saw it as theirs, 0400 in a 0500 folder.
     assert_eq!(read(&work.join("seen")).trim(), "65534 65534 400");
@@ -98,6 +102,18 @@ fn a_mount_of_a_job_run_as_a_user_is_readable_by_that_user_only() {
         refused.stderr
     );
     assert!(!work.join(".dataref/job.log").exists());
+}
+
+/// A job that must not outlive a failed test (it would hold the mount and the test's output).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Every request line and query a loopback "storage" endpoint received (it answers 403).

@@ -142,9 +142,12 @@ pub async fn run_child(
     let parent = getpid();
 
     let mut command = std::process::Command::new(program);
+    // The working directory is entered after the switch to the script's user (below), so that
+    // the kernel checks their right to it and a link of theirs is followed with their rights.
+    let cwd = std::ffi::CString::new(spec.cwd.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
     command
         .args(args)
-        .current_dir(&spec.cwd)
         .env_clear()
         .envs(&spec.env)
         .stdin(Stdio::inherit())
@@ -152,13 +155,16 @@ pub async fn run_child(
         .stderr(Stdio::piped())
         .process_group(0);
     let identity = spec.identity.clone().map(|id| (id.uid, id.gid, id.groups));
-    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid, prctl, getppid, signal,
-    // tcsetpgrp, getpid) run between fork and exec.
+    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid, chdir, prctl, getppid,
+    // signal, tcsetpgrp, getpid) run between fork and exec.
     unsafe {
         command.pre_exec(move || {
             // Before PDEATHSIG: changing the effective uid clears it.
             if let Some((uid, gid, groups)) = &identity {
                 super::identity::Identity::switch_in_child(*uid, *gid, groups)?;
+            }
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
