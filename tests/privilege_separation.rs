@@ -293,45 +293,136 @@ fn an_upload_source_swapped_for_a_link_by_the_script_uploads_nothing_of_roots() 
         &[("res/secret.txt", secret), ("secret.txt", secret)],
     );
     let canary = Canary::new(&private);
-    let job = |name: &str, swap: &str| {
+    let job = |name: &str, script: &str| {
         s.manifest(
             &format!("{name}.json"),
             json!({
                 "data_references": {"out": {"datastore": "reg", "path_on_datastore": name,
                     "mode": "upload", "path_on_compute": format!("{name}/res")}},
-                "command": sh(&format!("mkdir -p {name}/res && echo mine > {name}/res/mine.txt \
-                                        && {swap}")),
+                "command": sh(script),
             }),
         )
     };
+    let folder = |name: &str| format!("mkdir -p {name}/res && echo mine > {name}/res/mine.txt");
 
-    let record = s.run(&job("control", "true"));
+    let record = s.run(&job("control", &folder("control")));
     assert_eq!(record["state"], "succeeded", "{record:#}");
     assert_eq!(read(&s.area.path("store/control/mine.txt")), "mine\n");
+    let record = s.run(&job(
+        "control_file",
+        "mkdir -p control_file && echo mine > control_file/res",
+    ));
+    assert_eq!(record["state"], "succeeded", "{record:#}");
+    assert_eq!(read(&s.area.path("store/control_file/res")), "mine\n");
 
-    let leaf = s.run(&job(
-        "leaf",
-        &format!(
-            "mv leaf/res leaf/res.old && ln -s {} leaf/res",
-            private.display()
+    // The output folder, the folder above it, and an output that is a single file.
+    let p = private.display();
+    let attacks = [
+        (
+            "leaf",
+            format!(
+                "{} && mv leaf/res leaf/res.old && ln -s {p} leaf/res",
+                folder("leaf")
+            ),
         ),
-    ));
-    let parent = s.run(&job(
-        "parent",
-        &format!("mv parent parent.old && ln -s {} parent", private.display()),
-    ));
+        (
+            "parent",
+            format!(
+                "{} && mv parent parent.old && ln -s {p} parent",
+                folder("parent")
+            ),
+        ),
+        (
+            "file",
+            format!(
+                "mkdir -p file && echo mine > file/res && rm file/res && ln -s {p}/secret.txt file/res"
+            ),
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    let mut seen = String::new();
+    for (name, script) in attacks {
+        let record = s.run(&job(name, &script));
+        let id = record["id"].as_str().unwrap();
+        seen.push_str(&s.visible_to_user(id));
+        outcomes.push(format!("{name}: {}\n{}", record["state"], s.job_log(id)));
+    }
     assert_eq!(
         files_containing(&s.area.path("store"), secret),
         Vec::<PathBuf>::new(),
-        "root's file was uploaded (leaf: {}, parent: {})",
-        leaf["state"],
-        parent["state"]
+        "root's file was uploaded\n{}",
+        outcomes.join("\n")
     );
     assert_eq!(canary.changes(), Vec::<String>::new());
-    for record in [&leaf, &parent] {
-        let id = record["id"].as_str().unwrap();
-        assert!(!s.visible_to_user(id).contains(secret));
+    assert!(!seen.contains(secret), "{}", outcomes.join("\n"));
+}
+
+/// The job's working directory (the user's, named in the manifest) is replaced, while the job
+/// is queued, by a link to a root folder: the folders dataref makes there before the script
+/// (a download's, an upload's parent) are not made in root's folder, nothing there changes.
+/// Control: without the swap they are made in the working directory, owned by the user.
+#[test]
+fn a_working_directory_swapped_for_a_link_while_queued_creates_nothing_in_roots_folders() {
+    let _serial = serial::lock();
+    let s = Scene::new();
+    write_file(&s.area.path("store/in/a.txt"), "downloaded-a", 0o644);
+    let rooted = root_dir(&s.area.path("root-wd"), 0o755, &[("keep", "root-keep")]);
+    let job = |name: &str| {
+        let wd = s.work().join(name);
+        s.user
+            .must(&s.work(), &format!("mkdir -p {}", wd.display()));
+        let manifest = s.manifest(
+            &format!("{name}.json"),
+            json!({
+                "working_dir": wd,
+                "data_references": {
+                    "d": {"datastore": "reg", "path_on_datastore": "in", "mode": "download"},
+                    "out": {"datastore": "reg", "path_on_datastore": format!("wd-{name}"),
+                            "mode": "upload", "path_on_compute": "made/by/dataref/outputs"}
+                },
+                "command": sh("mkdir made/by/dataref/outputs && echo out > made/by/dataref/outputs/o.txt"),
+            }),
+        );
+        (wd, manifest)
+    };
+
+    let (wd, manifest) = job("control");
+    let id = s.queued(&manifest, || {});
+    let record = s.wait_end(&id);
+    assert_eq!(record["state"], "succeeded", "{}", s.job_log(&id));
+    assert_eq!(read(&s.area.path("store/wd-control/o.txt")), "out\n");
+    assert_eq!(read(&wd.join("reg/in/a.txt")), "downloaded-a");
+    // What dataref made for the job in the user's working directory is the user's.
+    let mut problems = Vec::new();
+    for made in ["reg", "reg/in", "reg/in/a.txt", "made", "made/by/dataref"] {
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(wd.join(made)).unwrap());
+        if owner != s.user.uid {
+            problems.push(format!(
+                "control: {made}, made by dataref in the user's working directory, is owned by \
+                 uid {owner}, not the job's user"
+            ));
+        }
     }
+
+    let canary = Canary::new(&rooted);
+    let (wd, manifest) = job("attack");
+    let swap = format!(
+        "mv {w} {w}.old && ln -s {r} {w}",
+        w = wd.display(),
+        r = rooted.display()
+    );
+    let id = s.queued(&manifest, || s.user.must(&s.work(), &swap));
+    let record = s.wait_end(&id);
+    let changed = canary.changes();
+    if !changed.is_empty() {
+        problems.push(format!(
+            "root's folder behind the swapped working directory changed (job {}):\n  {}\n{}",
+            record["state"],
+            changed.join("\n  "),
+            s.job_log(&id)
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -988,4 +1079,120 @@ fn a_mount_point_swapped_by_the_script_never_unmounts_roots_mounts() {
         problems.join("\n"),
         s.job_log(&id)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Secrets in the processes the user can look into.
+
+/// `dataref run --run-as` with a datastore whose key is in root's environment (`{"env": VAR}`,
+/// as a Slurm prolog may pass it) and a registry datastore whose key file is root's: while the
+/// script runs, nothing the user can read in `/proc` — the environment and arguments of every
+/// process, their own and any helper running as them — holds either key. (The job's uploads
+/// use both keys after the script, at a listener that answers 403.)
+#[test]
+fn no_process_the_user_can_read_holds_roots_secrets() {
+    let _serial = serial::lock();
+    let user = user(ATTACKER);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let work = dir.path().join("work");
+    cli::mkdir(&work);
+    user.own(&work);
+    let config = dir.path().join("config");
+    // base64 of ROOT-ENV-KEY-CANARY-0123456789 and ROOT-REGISTRY-KEY-CANARY-98765.
+    let env_key = "Uk9PVC1FTlYtS0VZLUNBTkFSWS0wMTIzNDU2Nzg5";
+    let file_key = "Uk9PVC1SRUdJU1RSWS1LRVktQ0FOQVJZLTk4NzY1";
+    write_file(&config.join("keys/regkey"), file_key, 0o600);
+    let listener = Listener::start();
+    cli::run(
+        &config,
+        &[
+            "datastore",
+            "register",
+            "azure-blob",
+            "--name",
+            "regkey",
+            "--account",
+            "devstoreaccount1",
+            "--container",
+            "data",
+            "--key-file",
+            config.join("keys/regkey").to_str().unwrap(),
+            "--endpoint",
+            &listener.url,
+        ],
+    )
+    .expect_code(0);
+    let store = dir.path().join("store");
+    cli::mkdir(&store);
+    user.own(&store);
+    user.must(&store, "mkdir in && echo user-data > in/u.txt");
+    let manifest = cli::write_manifest(
+        &work.join("job.json"),
+        &json!({
+            "datastores": {
+                "envkey": {"kind": "azure_blob", "account_name": "devstoreaccount1",
+                           "container_name": "data", "endpoint": listener.url,
+                           "account_key": {"env": "ADV_ROOT_KEY"}},
+                "mine": {"kind": "local", "root": store}
+            },
+            "data_references": {
+                "data": {"datastore": "mine", "path_on_datastore": "in", "mode": "mount"},
+                "e": {"datastore": "envkey", "path_on_datastore": "e", "mode": "upload",
+                      "path_on_compute": "e-out"},
+                "r": {"datastore": "regkey", "path_on_datastore": "r", "mode": "upload",
+                      "path_on_compute": "r-out"}
+            },
+            "command": sh("cat $AZUREML_DATAREFERENCE_data/u.txt > seen; \
+                           for p in /proc/[0-9]*; do cat $p/environ; echo; cat $p/cmdline; echo; \
+                           done 2>/dev/null | tr '\\0' '\\n' > scan.txt; \
+                           mkdir -p e-out r-out && echo x > e-out/f && echo x > r-out/f"),
+        }),
+    );
+    let out = cli::output(
+        cli::command()
+            .current_dir(&work)
+            .env("ADV_ROOT_KEY", env_key)
+            .arg("--config-dir")
+            .arg(&config)
+            .args([
+                "run",
+                "--no-progress",
+                "--run-as",
+                &user.run_as(),
+                "--job-dir",
+            ])
+            .arg(dir.path().join("jobs/1"))
+            .arg(&manifest),
+    );
+    // Control: the script ran as the user and saw its data and its own process.
+    assert_eq!(
+        read(&work.join("seen")),
+        "user-data\n",
+        "{}",
+        out.all_output()
+    );
+    let scan = read(&work.join("scan.txt"));
+    assert!(scan.contains("AZUREML_DATAREFERENCE_data"), "{scan}");
+    // The keys were used (with the service), never shown to the user.
+    let received = listener.received();
+    assert!(
+        received
+            .to_ascii_lowercase()
+            .contains("authorization: sharedkey"),
+        "the uploads never reached the listener: {received}\n{}",
+        out.all_output()
+    );
+    for (what, key) in [("the env key", env_key), ("the registry key", file_key)] {
+        assert!(
+            !scan.contains(key),
+            "{what} is readable by the job's user in /proc"
+        );
+        assert!(!out.all_output().contains(key), "{what} in the output");
+    }
 }
