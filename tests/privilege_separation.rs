@@ -743,8 +743,9 @@ fn a_secret_file_swapped_by_the_script_never_sends_roots_sas() {
 /// `dataref run --run-as` with a job directory that is the user's (the default
 /// `<working_dir>/.dataref`, or `--job-dir` in the user's folder) in which the user planted
 /// links named like the files root writes there, pointing at root's files and a root-only
-/// folder: refused, or written as the user — root's files stay as they were, and whatever was
-/// written there is the user's. Control: a job directory only root controls works.
+/// folder; or with a `--cache-root` of the user's holding a link named like the cache: refused,
+/// or written as the user — root's files stay as they were, and whatever was written in the
+/// job directory is the user's. Control: a job directory only root controls works.
 #[test]
 fn planted_links_in_a_users_job_directory_never_write_roots_files() {
     let _serial = serial::lock();
@@ -805,19 +806,21 @@ fn planted_links_in_a_users_job_directory_never_write_roots_files() {
                            outputs/seen.txt && echo ran > ran"),
         }),
     );
-    let run = |job_dir: Option<&Path>| {
+    let run_with = |job_dir: Option<&Path>, extra: &[&str]| {
         let _ = std::fs::remove_file(work.join("ran"));
         let mut command = cli::command();
         command
             .current_dir(&work)
             .arg("--config-dir")
             .arg(dir.path().join("config"))
-            .args(["run", "--no-progress", "--run-as", &user.run_as()]);
+            .args(["run", "--no-progress", "--run-as", &user.run_as()])
+            .args(extra);
         if let Some(job_dir) = job_dir {
             command.arg("--job-dir").arg(job_dir);
         }
         cli::output(command.arg(&manifest))
     };
+    let run = |job_dir: Option<&Path>| run_with(job_dir, &[]);
 
     // Control: a job directory only root controls.
     let out = run(Some(&dir.path().join("root-jobs/1")));
@@ -856,6 +859,34 @@ fn planted_links_in_a_users_job_directory_never_write_roots_files() {
             );
         }
     }
+
+    // A root job directory, but the mounts' cache root is the user's, with the cache's name
+    // (`<job directory's name>.<reference>`) planted as a link to a root-only folder.
+    user.must(
+        &work,
+        &format!(
+            "mkdir cacheroot && ln -s {} cacheroot/2.data",
+            targets.join("cache").display()
+        ),
+    );
+    let cache_root = work.join("cacheroot");
+    let out = run_with(
+        Some(&dir.path().join("root-jobs/2")),
+        &["--cache-root", cache_root.to_str().unwrap()],
+    );
+    assert_eq!(
+        fingerprint(&targets),
+        before,
+        "root's folder behind a link in the user's cache root changed (exit {}):\n{}",
+        out.code,
+        out.all_output()
+    );
+    assert!(
+        out.code == 64 || work.join("ran").exists(),
+        "neither refused (64) nor run: exit {}\n{}",
+        out.code,
+        out.all_output()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1195,4 +1226,129 @@ fn no_process_the_user_can_read_holds_roots_secrets() {
         );
         assert!(!out.all_output().contains(key), "{what} in the output");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Another user of the allowed group.
+
+/// Two users of the daemon's group: the second can neither see, follow, nor cancel the first's
+/// job through the API. Control: the job's own user sees its record and its log, and the job
+/// runs to its end.
+#[test]
+fn another_user_of_the_group_cannot_see_follow_or_cancel_a_users_job() {
+    let _serial = serial::lock();
+    let owner = user(ATTACKER);
+    let stranger = user(STRANGER);
+    let shared = common::users::group("dr-adv");
+    let area = Area::new();
+    let work = area.path("work");
+    owner.own(&work);
+    std::os::unix::fs::chown(&work, Some(owner.uid), Some(shared)).unwrap();
+    cli::mkdir(&area.path("ctl"));
+    let _unmount = Unmounter(area.dir.path().to_path_buf());
+    // The daemon makes its state directory itself, as on a node (systemd's StateDirectory=
+    // makes it 0755).
+    std::fs::remove_dir(area.path("state")).unwrap();
+    let _daemon = area.daemon(&["--allow-group", &shared.to_string()], &[]);
+    let go = area.path("ctl/go");
+    let manifest = area.manifest(
+        "job.json",
+        json!({
+            "datastores": {},
+            "command": sh(&format!(
+                "echo OWNERS-PRIVATE-LINE; {}",
+                wait_for(&go, &area.path("ctl/stop"))
+            )),
+        }),
+    );
+    let out = area.client_as(owner.uid, shared, &["submit", manifest.to_str().unwrap()]);
+    out.expect_code(0);
+    let id = out.stdout.trim().to_owned();
+    poll("the job's line in its log", JOB_LIMIT, || {
+        area.client(&["logs", &id])
+            .stdout
+            .contains("OWNERS-PRIVATE-LINE")
+    });
+
+    // Control: its user sees it.
+    let own = area.client_as(owner.uid, shared, &["logs", &id]);
+    assert!(own.stdout.contains("OWNERS-PRIVATE-LINE"), "{own:?}");
+    let own = area.client_as(owner.uid, shared, &["status"]);
+    assert!(own.stdout.contains(&id), "{own:?}");
+
+    let mut problems = Vec::new();
+    for args in [
+        vec!["status", "--json", id.as_str()],
+        vec!["status"],
+        vec!["logs", id.as_str()],
+        vec!["cancel", id.as_str()],
+    ] {
+        let out = area.client_as(stranger.uid, shared, &args);
+        let shown = if args.len() == 1 {
+            out.stdout.contains(&id)
+        } else {
+            out.code == 0
+        };
+        if shown || out.all_output().contains("OWNERS-PRIVATE-LINE") {
+            problems.push(format!("{args:?} as another user: {out:?}"));
+        }
+    }
+    assert_eq!(area.status(&id)["state"], "running");
+    write_file(&go, "", 0o644);
+    let record = area.wait_state(&id, ENDED, JOB_LIMIT);
+    assert_eq!(record["state"], "succeeded");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// What a user's job leaves in the daemon's state directory (its log with the script's output,
+/// its manifest, its record) is not readable by another local user, with the state directory
+/// made by the daemon itself (0755 with systemd's `StateDirectory=`, as here). Control: root
+/// reads them, and the job's user gets its log through the API.
+#[test]
+fn a_users_job_files_in_the_daemons_state_directory_are_not_readable_by_other_users() {
+    let _serial = serial::lock();
+    let owner = user(ATTACKER);
+    let stranger = user(STRANGER);
+    let area = Area::new();
+    owner.own(&area.path("work"));
+    std::fs::remove_dir(area.path("state")).unwrap();
+    let _daemon = area.daemon(&["--allow-group", &owner.gid.to_string()], &[]);
+    let manifest = area.manifest(
+        "job.json",
+        json!({"datastores": {}, "command": sh("echo OWNERS-PRIVATE-LINE")}),
+    );
+    let out = area.client_as(
+        owner.uid,
+        owner.gid,
+        &["submit", "--wait", manifest.to_str().unwrap()],
+    );
+    out.expect_code(0);
+    let id = area.job_dirs().pop().expect("a job directory");
+    let logs = area.client_as(owner.uid, owner.gid, &["logs", &id]);
+    assert!(logs.stdout.contains("OWNERS-PRIVATE-LINE"), "{logs:?}");
+    let mut readable = Vec::new();
+    for file in [
+        "job.log",
+        "manifest.json",
+        "record.json",
+        "runner.log",
+        "result.json",
+    ] {
+        let path = area.path("state/jobs").join(&id).join(file);
+        assert!(path.exists(), "{}", path.display());
+        let peek = Command::new("cat")
+            .arg(&path)
+            .uid(stranger.uid)
+            .gid(stranger.gid)
+            .output()
+            .unwrap();
+        if peek.status.success() {
+            readable.push(file);
+        }
+    }
+    assert!(
+        readable.is_empty(),
+        "another local user read {readable:?} of a job's files in {}",
+        area.path("state/jobs").join(&id).display()
+    );
 }

@@ -91,3 +91,27 @@ impl User {
         format!("{}:{}", self.uid, self.gid)
     }
 }
+
+/// The group `name`, created with `groupadd` if it does not exist; its gid.
+pub fn group(name: &str) -> u32 {
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    let find = || {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    };
+    if let Some(gid) = find() {
+        return gid;
+    }
+    let out = Command::new("groupadd")
+        .arg(name)
+        .output()
+        .expect("groupadd runs");
+    find().unwrap_or_else(|| {
+        panic!(
+            "groupadd {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
