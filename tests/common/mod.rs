@@ -3,6 +3,7 @@
 
 pub mod azurite;
 pub mod backend;
+pub mod canary;
 pub mod checksums;
 pub mod cli;
 pub mod conformance;
@@ -24,4 +25,5 @@ pub mod serial;
 pub mod tls;
 pub mod tmpfs;
 pub mod token_server;
+pub mod users;
 pub mod wait;
