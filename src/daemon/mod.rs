@@ -543,10 +543,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         )?;
     crate::job::supervise::become_subreaper();
 
-    std::fs::create_dir_all(config.state_dir.join("jobs")).map_err(io_error(
-        "cannot create the state directory",
-        &config.state_dir,
-    ))?;
+    // The jobs' folders hold users' logs, manifests and results: root's only, whatever mode
+    // the state directory itself was made with (systemd's `StateDirectory=` makes it 0755).
+    let jobs = config.state_dir.join("jobs");
+    std::fs::create_dir_all(&jobs)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&jobs, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(io_error("cannot create the state directory", &config.state_dir))?;
     let daemon = Daemon::new(config, notifier.clone());
     daemon.health.beat();
     tokio::spawn(daemon.health.clone().beat_forever());
