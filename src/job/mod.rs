@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::fs::cache::{CacheOptions, DiskCache};
 use crate::fs::filesystem::FsOptions;
 use crate::fs::fuse::MountConfig;
-use crate::fs::mount::{MountError, MountedPath, mount_reference};
+use crate::fs::mount::{Direct, MountError, MountedPath, mount_reference};
 use crate::manifest::{JobPlan, Mode};
 use crate::model::UploadPolicy;
 use crate::store::metered::Metered;
@@ -544,7 +544,18 @@ async fn prepare(
         let store = stores.store(&r.name);
         let local = &r.local;
         let remote = &r.path_on_datastore;
-        match mount_reference(store, remote, local, r.allow_empty, fs_options, &config).await {
+        let places = Direct::for_owner(config.owner);
+        match mount_reference(
+            store,
+            remote,
+            local,
+            r.allow_empty,
+            fs_options,
+            &config,
+            places,
+        )
+        .await
+        {
             Ok(mounted) => {
                 if mounted.matched_nothing {
                     log.line(&format!("{}: nothing to mount (allow_empty)", r.name));
