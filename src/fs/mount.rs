@@ -81,8 +81,7 @@ impl Direct {
         Arc::new(Self { owner })
     }
 
-    /// Checks that the folder `dir` may receive something made for the owner, and gives `made`
-    /// to them.
+    /// Checks that the folder `dir` may receive something made for the owner (it is theirs).
     fn may_create_in(&self, dir: &OwnedFd, path: &Path) -> std::io::Result<()> {
         match self.owner {
             Some((uid, _)) if rustix::fs::fstat(dir)?.st_uid != uid => Err(std::io::Error::new(
@@ -96,6 +95,7 @@ impl Direct {
         }
     }
 
+    /// Gives what was just made to the owner, through its descriptor.
     fn give(&self, made: &OwnedFd) -> std::io::Result<()> {
         match self.owner {
             Some((uid, gid)) => rustix::fs::fchown(
