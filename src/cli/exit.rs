@@ -174,6 +174,7 @@ fn for_transfer(error: &TransferError) -> ExitCode {
 fn for_mount(error: &MountError) -> ExitCode {
     match error {
         MountError::NothingMatched { .. } => ExitCode::NoInput,
+        MountError::MountPointNotTheirs { .. } => ExitCode::NoPerm,
         MountError::Store(_)
         | MountError::Mountpoint { .. }
         | MountError::DirectoryInTheWay { .. }

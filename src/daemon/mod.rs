@@ -551,7 +551,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&jobs, std::fs::Permissions::from_mode(0o700))
         })
-        .map_err(io_error("cannot create the state directory", &config.state_dir))?;
+        .map_err(io_error(
+            "cannot create the state directory",
+            &config.state_dir,
+        ))?;
     let daemon = Daemon::new(config, notifier.clone());
     daemon.health.beat();
     tokio::spawn(daemon.health.clone().beat_forever());

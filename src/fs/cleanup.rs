@@ -30,8 +30,9 @@ use nix::sys::stat::Mode;
 /// First field of every dataref fsname.
 pub const FSNAME_PREFIX: &str = "dataref";
 
-/// Filesystem types a dataref mount can show: `fuse` when mounted with the `mount` syscall
-/// (the subtype is not applied), `fuse.dataref` through `fusermount3`.
+/// Filesystem types a dataref mount can show: `fuse.dataref` (the new mount API, or
+/// `fusermount3`), `fuse` when an older dataref mounted with the `mount` syscall (the subtype
+/// is not applied then).
 const FSTYPES: &[&str] = &["fuse", "fuse.dataref"];
 
 /// How long the connection probe of a mount whose owner is alive may take. A server that is
@@ -330,8 +331,9 @@ fn open_mount(entry: &MountEntry) -> Result<OwnedFd, OpenError> {
     }
 }
 
-fn fd_mount_id(fd: &OwnedFd) -> Option<u64> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+pub(super) fn fd_mount_id(fd: &impl std::os::fd::AsFd) -> Option<u64> {
+    let raw = fd.as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()?;
     info.lines()
         .find_map(|line| line.strip_prefix("mnt_id:"))
         .and_then(|id| id.trim().parse().ok())
@@ -459,6 +461,14 @@ fn unmount(mount: &DatarefMount) -> Result<(), CleanupError> {
             });
         }
     };
+    // Through the descriptor, never the path: `/proc/self/fd/N` is a "magic link" to the very
+    // mount root the id check saw. (`UMOUNT_NOFOLLOW` is therefore not used: it would stop at
+    // the link itself and fail with EINVAL; no user-controlled symlink is ever followed here.)
+    // What remains racy: the mount point's parent components are resolved when it is opened,
+    // so a user who swaps one for a link makes the open land elsewhere; the id check then
+    // refuses (`Covered`), so such a swap can make cleanup skip a dead mount but never unmount
+    // another one. And the kernel unmounts the topmost mount on that root: a mount stacked on
+    // it between the id check and the unmount (only root can mount here) would go instead.
     let via_fd = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
     nix::mount::umount2(&via_fd, MntFlags::MNT_DETACH).map_err(denied)
 }

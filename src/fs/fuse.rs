@@ -4,17 +4,19 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request, SessionACL,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    SessionACL,
 };
 
+use super::attach::{self, Attached};
 use super::cache::DiskCache;
 use super::filesystem::{Attr, DirEntry, FsCore, FsError, Kind, Listing};
 use crate::model::metrics::FuseOp;
@@ -46,8 +48,6 @@ struct Adapter {
     gid: u32,
     /// Entries only their owner may read (0400/0500), not everyone (0444/0555).
     private: bool,
-    /// Told when the kernel's INIT has been answered: the mount serves from then on.
-    serving: Option<std::sync::mpsc::Sender<()>>,
     /// Requests that came from this very process (counted in test builds only).
     #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
     self_requests: Arc<std::sync::atomic::AtomicU64>,
@@ -144,9 +144,6 @@ impl Filesystem for Adapter {
             .is_err()
         {
             tracing::debug!("the kernel does not offer READDIRPLUS; directory reads stay plain");
-        }
-        if let Some(serving) = self.serving.take() {
-            let _ = serving.send(());
         }
         Ok(())
     }
@@ -396,9 +393,19 @@ impl Adapter {
     }
 }
 
+/// Where a mount goes: the directory (or, for a single object, the file) to mount on, already
+/// opened (and checked) by the caller, so that no path is resolved again when mounting.
+#[derive(Debug)]
+pub struct MountTarget {
+    pub fd: OwnedFd,
+    /// How the mount point is named in messages and by [`Mounted::mountpoint`].
+    pub shown_as: PathBuf,
+}
+
 /// A live mount; unmounted when `unmount` is called or the value is dropped.
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
+    attached: Option<Attached>,
     mountpoint: PathBuf,
     cache: Option<Arc<DiskCache>>,
     core: Arc<FsCore>,
@@ -432,30 +439,38 @@ impl Mounted {
     /// namespace at once, so that no dead mount outlives this process; the holder's reads fail
     /// once this process has gone.
     pub fn unmount(mut self) -> io::Result<()> {
-        let unmounted = match self.session.take() {
-            Some(session) => match session.umount_and_join() {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    tracing::warn!(mountpoint = %self.mountpoint.display(),
-                        "busy (a file in it is still open): detached lazily");
-                    nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                        .map_err(io::Error::from)
-                }
-                other => other,
-            },
-            None => Ok(()),
-        };
+        let unmounted = self.take_down();
         if let Some(cache) = self.cache.take() {
             cache.close();
         }
         unmounted
     }
+
+    /// Unmounts exactly our mount (never by its path: see `attach`), then joins the session.
+    fn take_down(&mut self) -> io::Result<()> {
+        let session = self.session.take();
+        let Some(attached) = self.attached.take() else {
+            return Ok(());
+        };
+        match attached.unmount(false) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::warn!(mountpoint = %self.mountpoint.display(),
+                    "busy (a file in it is still open): detached lazily");
+                // The session keeps serving the open files until they are closed; it is left
+                // to end on its own.
+                attached.unmount(true).map(drop)
+            }
+            // Unmounted (by us or by someone else): the kernel ends the connection, and with
+            // it the session.
+            Ok(_) => session.map_or(Ok(()), fuser::BackgroundSession::join),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            let _ = session.umount_and_join();
-        }
+        let _ = self.take_down();
         if let Some(cache) = self.cache.take() {
             cache.close();
         }
@@ -481,15 +496,19 @@ fn explain(mountpoint: &Path, e: io::Error) -> io::Error {
     )
 }
 
-/// Mounts `core` at `mountpoint` (an existing directory) and returns once the kernel serves it.
+/// Mounts `core` on `target` and returns once the kernel serves it.
+///
+/// The superblock is made first (the kernel queues its INIT request then), INIT is answered,
+/// and only then is the mount attached on the target's descriptor: the mount never appears
+/// anywhere unserved, and no path is resolved.
 pub fn mount(
     core: Arc<FsCore>,
-    mountpoint: &Path,
+    target: MountTarget,
     config: &MountConfig,
     runtime: tokio::runtime::Handle,
 ) -> io::Result<Mounted> {
+    let shown_as = target.shown_as.clone();
     let cache = core.cache().cloned();
-    let (serving_tx, serving) = std::sync::mpsc::channel();
     let self_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let adapter = Adapter {
         core: core.clone(),
@@ -501,48 +520,57 @@ pub fn mount(
             .owner
             .map_or(nix::unistd::getgid().as_raw(), |(_, gid)| gid),
         private: config.owner.is_some(),
-        serving: Some(serving_tx),
         self_requests: self_requests.clone(),
     };
-    let mut options = vec![
-        MountOption::FSName(config.fsname.clone()),
-        MountOption::Subtype("dataref".into()),
-        MountOption::RO,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::NoAtime,
-        // Caps each read request at what `init` negotiates (see MAX_REQUEST).
-        MountOption::CUSTOM(format!("max_read={MAX_REQUEST}")),
-    ];
-    if config.allow_other {
-        options.push(MountOption::DefaultPermissions);
-    }
-    let mut fuse_config = Config::default();
-    fuse_config.mount_options = options;
-    fuse_config.acl = if config.allow_other {
+    let acl = if config.allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
+    let mut fuse_config = Config::default();
+    fuse_config.acl = acl;
     fuse_config.n_threads = Some(4);
     fuse_config.clone_fd = true;
-    // The mount point as it is before the mount: a clear error for a missing one.
-    std::fs::metadata(mountpoint).map_err(|e| explain(mountpoint, e))?;
-    let session = fuser::spawn_mount(adapter, mountpoint, &fuse_config)
-        .map_err(|e| explain(mountpoint, e))?;
-    // Serving once the kernel's INIT is answered. Never by a stat of the mount point: a request
-    // from the serving process to its own mount cannot end if the process is killed while it
-    // waits (the kernel waits for the dead server's answer and the process never exits).
-    if serving.recv_timeout(Duration::from_secs(10)).is_err() {
-        drop(session);
-        return Err(io::Error::other(format!(
-            "{}: the mount did not start serving within 10 s",
-            mountpoint.display()
-        )));
-    }
+    let options = attach::Options {
+        fsname: &config.fsname,
+        allow_other: config.allow_other,
+        // Caps each read request at what `init` negotiates (see MAX_REQUEST).
+        max_read: MAX_REQUEST,
+    };
+    let (dev, created) = attach::create(&target.fd, &options).map_err(|e| explain(&shown_as, e))?;
+    // The INIT handshake (`from_fd`) on a thread of its own, so that a kernel that never sends
+    // INIT costs a timeout, not a hang; the session then serves from its own threads.
+    let (session_tx, session_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("dataref-fuse-init".into())
+        .spawn(move || {
+            let session = fuser::Session::from_fd(adapter, dev, acl, fuse_config)
+                .and_then(fuser::Session::spawn);
+            let _ = session_tx.send(session);
+        })?;
+    // Serving once the kernel's INIT is answered (`from_fd` returns then). Never by a stat of
+    // the mount point: a request from the serving process to its own mount cannot end if the
+    // process is killed while it waits (the kernel waits for the dead server's answer and the
+    // process never exits).
+    let session = match session_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => return Err(explain(&shown_as, e)),
+        Err(_) => {
+            // Dropping the unattached superblock ends the connection, and the handshake with it.
+            drop(created);
+            return Err(io::Error::other(format!(
+                "{}: the mount did not start serving within 10 s",
+                shown_as.display()
+            )));
+        }
+    };
+    // If attaching fails, the superblock goes with `created` and the session ends by itself.
+    let attached =
+        attach::attach(created, target.fd, &config.fsname).map_err(|e| explain(&shown_as, e))?;
     Ok(Mounted {
         session: Some(session),
-        mountpoint: mountpoint.to_path_buf(),
+        attached: Some(attached),
+        mountpoint: shown_as,
         cache,
         core,
         self_requests,

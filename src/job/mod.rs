@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::fs::cache::{CacheOptions, DiskCache};
 use crate::fs::filesystem::FsOptions;
 use crate::fs::fuse::MountConfig;
-use crate::fs::mount::{MountError, MountedPath, mount_reference};
+use crate::fs::mount::{Direct, MountError, MountPlaces, MountedPath, mount_reference};
 use crate::localfs::LocalFs;
 use crate::manifest::{JobPlan, Mode};
 use crate::model::UploadPolicy;
@@ -558,18 +558,23 @@ async fn prepare(
         let store = stores.store(&r.name);
         let local = &r.local;
         let remote = &r.path_on_datastore;
-        // The folders leading to the mount point are the user's to have.
-        if let Some(parent) = local.parent()
-            && let Err(e) = engine.local.create_dir_all(parent)
+        // A job run as someone else has its mount points made and opened by its user's
+        // process: root mounts on what that process opened, checked to be the user's.
+        let places: Arc<dyn MountPlaces> = match engine.local.user() {
+            Some(_) => Arc::new(engine.local.clone()),
+            None => Direct::for_owner(config.owner),
+        };
+        match mount_reference(
+            store,
+            remote,
+            local,
+            r.allow_empty,
+            fs_options,
+            &config,
+            places,
+        )
+        .await
         {
-            log.line(&format!(
-                "{}: cannot create {}: {e}",
-                r.name,
-                parent.display()
-            ));
-            return Err(Prepare::Failed(InputFailure::Local));
-        }
-        match mount_reference(store, remote, local, r.allow_empty, fs_options, &config).await {
             Ok(mounted) => {
                 if mounted.matched_nothing {
                     log.line(&format!("{}: nothing to mount (allow_empty)", r.name));
