@@ -20,6 +20,7 @@ pub mod mounts;
 pub mod net;
 pub mod procs;
 pub mod registry;
+pub mod scene;
 pub mod secrets;
 pub mod serial;
 pub mod tls;
