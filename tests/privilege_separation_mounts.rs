@@ -290,6 +290,27 @@ fn no_process_the_user_can_read_holds_roots_secrets() {
         ],
     )
     .expect_code(0);
+    // The administrator's datastore whose key is in the agent's environment (as a Slurm
+    // prolog may pass it): a user's manifest may not name that variable itself.
+    cli::run(
+        &config,
+        &[
+            "datastore",
+            "register",
+            "azure-blob",
+            "--name",
+            "envkey",
+            "--account",
+            "devstoreaccount1",
+            "--container",
+            "data",
+            "--key-env",
+            "ADV_ROOT_KEY",
+            "--endpoint",
+            &listener.url,
+        ],
+    )
+    .expect_code(0);
     let store = dir.path().join("store");
     cli::mkdir(&store);
     user.own(&store);
@@ -297,12 +318,7 @@ fn no_process_the_user_can_read_holds_roots_secrets() {
     let manifest = cli::write_manifest(
         &work.join("job.json"),
         &json!({
-            "datastores": {
-                "envkey": {"kind": "azure_blob", "account_name": "devstoreaccount1",
-                           "container_name": "data", "endpoint": listener.url,
-                           "account_key": {"env": "ADV_ROOT_KEY"}},
-                "mine": {"kind": "local", "root": store}
-            },
+            "datastores": {"mine": {"kind": "local", "root": store}},
             "data_references": {
                 "data": {"datastore": "mine", "path_on_datastore": "in", "mode": "mount"},
                 "e": {"datastore": "envkey", "path_on_datastore": "e", "mode": "upload",

@@ -104,6 +104,68 @@ fn a_mount_of_a_job_run_as_a_user_is_readable_by_that_user_only() {
     assert!(!work.join(".dataref/job.log").exists());
 }
 
+/// A job run with `--run-as` runs its user's manifest: what is the service's — the cache's
+/// place, a lower free-space floor, a secret from the agent's own environment for a datastore
+/// of the manifest's — is refused (65, each field named) before anything is done. Without
+/// `--run-as` the same manifest is root's own and is accepted (control).
+#[test]
+fn a_run_as_manifest_may_not_set_what_is_the_services() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(NOBODY), Some(NOBODY)).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let manifest = write_manifest(
+        &work.join("job.json"),
+        &json!({
+            "datastores": {"blob": {"kind": "azure_blob", "account_name": "acct",
+                                    "container_name": "data", "endpoint": "http://127.0.0.1:9",
+                                    "account_key": {"env": "ROOTS_KEY"}}},
+            "data_references": {"out": {"datastore": "blob", "path_on_datastore": "o",
+                                        "mode": "upload", "path_on_compute": "out"}},
+            "mount": {"cache_dir": victim, "reserved_free_disk_bytes": 0},
+            "command": ["true"],
+        }),
+    );
+    let run = |args: &[&str]| {
+        let mut job = command();
+        job.current_dir(&work)
+            .env("ROOTS_KEY", "cm9vdHMta2V5")
+            .arg("--config-dir")
+            .arg(dir.path().join("config"))
+            .args(args)
+            .arg(&manifest);
+        common::cli::output(&mut job)
+    };
+    let jobs = dir.path().join("jobs/1");
+    let run_as = [
+        "run",
+        "--no-progress",
+        "--run-as",
+        "65534:65534",
+        "--job-dir",
+    ];
+    let refused = run(&[&run_as[..], &[jobs.to_str().unwrap()]].concat());
+    assert_eq!(refused.code, 65, "{}", refused.all_output());
+    for field in [
+        "mount.cache_dir",
+        "mount.reserved_free_disk_bytes",
+        "ROOTS_KEY",
+    ] {
+        assert!(
+            refused.stderr.contains(field),
+            "{field}: {}",
+            refused.stderr
+        );
+    }
+    assert!(!jobs.exists(), "nothing is done");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    // Control: the same manifest, root's own, validates.
+    run(&["validate"]).expect_code(0);
+}
+
 /// A job that must not outlive a failed test (it would hold the mount and the test's output).
 struct KillOnDrop(std::process::Child);
 

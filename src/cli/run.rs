@@ -58,6 +58,21 @@ pub fn run(config_dir: &Path, args: Args) -> Result<i32, CliError> {
             "needs root (dataref switches to that user for the script)",
         ));
     }
+    // A job run as someone else runs their manifest: what is the service's is not theirs to
+    // set (as for the daemon's non-root peers).
+    if args
+        .run_as
+        .as_ref()
+        .is_some_and(crate::job::identity::Identity::is_other_than_self)
+    {
+        let issues = crate::daemon::access::services_own(&plan);
+        if !issues.is_empty() {
+            return Err(CliError::Manifest(crate::manifest::LoadError::Invalid {
+                path: args.manifest.clone(),
+                issues,
+            }));
+        }
+    }
     let job_dir = match args.job_dir {
         Some(dir) => {
             std::path::absolute(&dir).map_err(|e| CliError::bad_argument("--job-dir", e))?

@@ -108,17 +108,8 @@ impl Identity {
         gid: u32,
         groups: &[libc::gid_t],
     ) -> std::io::Result<()> {
-        // Groups and gid first: after setuid we no longer may change them.
-        // SAFETY: plain syscalls on a valid slice.
-        unsafe {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
+        // SAFETY: the caller's contract is this one's.
+        unsafe { crate::model::secret::switch_in_child(uid, gid, groups) }
     }
 }
 

@@ -329,7 +329,7 @@ pub async fn run(
         env,
         grace: plan.grace_period,
         identity: options.identity.clone(),
-        spare: engine.local.process_id().into_iter().collect(),
+        spare: engine.local.process().into_iter().collect(),
     };
     result.phase = Phase::Running;
     let on_start = |pid| {

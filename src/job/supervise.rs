@@ -95,8 +95,8 @@ pub struct ChildSpec {
     /// Run the script as this user instead of dataref's own (the daemon's jobs).
     pub identity: Option<super::identity::Identity>,
     /// dataref's own children that outlive the script (the user-side process, which the
-    /// stage-out still needs): never killed as the script's leftovers.
-    pub spare: Vec<u32>,
+    /// stage-out still needs), by pid and start time: never killed as the script's leftovers.
+    pub spare: Vec<(u32, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -328,12 +328,17 @@ fn reap_orphans(child: u32) {
 
 /// Kills every descendant of this process but `spare` (found through /proc, so `setsid` does
 /// not hide one) and reaps them. Returns how many were killed.
-pub fn kill_all_descendants(spare: &[u32]) -> usize {
+pub fn kill_all_descendants(spare: &[(u32, u64)]) -> usize {
     let me = std::process::id() as i32;
     let mut killed = HashSet::new();
+    // A spared pid counts only while it is still that process (same start time).
+    let spared = |pid: &i32| {
+        crate::model::process::ProcStat::read(*pid)
+            .is_some_and(|p| spare.contains(&(*pid as u32, p.start_time)))
+    };
     for _ in 0..50 {
         let mut descendants = crate::model::process::descendants_of(me);
-        descendants.retain(|pid| !spare.contains(&(*pid as u32)));
+        descendants.retain(|pid| !spared(pid));
         if descendants.is_empty() {
             break;
         }

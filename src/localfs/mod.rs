@@ -14,19 +14,21 @@
 //! operations in-process.
 
 mod broker;
+mod user_side;
 mod wire;
 
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 pub use wire::{Kind, Open};
 
 use crate::model::UserIds;
 use broker::Done;
-use wire::{Reply, Request};
+use user_side::UserSide;
+use wire::Request;
 
 /// The hidden first argument that makes `dataref` the user-side process.
 pub const USER_SIDE_ARG: &str = "__user-side-files";
@@ -108,11 +110,12 @@ impl LocalFs {
         }
     }
 
-    /// The user-side process's pid, when there is one.
-    pub fn process_id(&self) -> Option<u32> {
+    /// The user-side process, when there is one: its pid and start time (which, with the pid,
+    /// name it even after the pid is reused).
+    pub fn process(&self) -> Option<(u32, u64)> {
         match &*self.inner {
             Inner::Direct => None,
-            Inner::AsUser(side) => side.pid,
+            Inner::AsUser(side) => side.process(),
         }
     }
 
@@ -213,145 +216,43 @@ impl LocalFs {
     }
 }
 
-/// A descriptor from an open, refused unless it is the kind of file asked for. The user-side
-/// process is the user's to take over, so what it sends is checked here, by `fstat`.
+/// A descriptor from an open, refused unless it is what was asked for: the kind of file
+/// (`fstat`) and how it is open (`F_GETFL`: a handle only, `O_PATH`, never passes for an open
+/// file, since opening one needs only search rights on the way to it). The user-side process is
+/// the user's to take over, so what it sends is checked here.
 fn checked(file: File, how: Open) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
     let kind = file.metadata()?.file_type();
+    // SAFETY: fcntl on a descriptor `file` owns, with no pointer argument.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let handle_only = flags & libc::O_PATH != 0;
+    let readable = !handle_only && matches!(flags & libc::O_ACCMODE, libc::O_RDONLY | libc::O_RDWR);
+    let read_write = !handle_only && flags & libc::O_ACCMODE == libc::O_RDWR;
     let fine = match how {
-        Open::Read | Open::ReadNoFollow | Open::CreateNew => kind.is_file(),
-        Open::Directory => kind.is_dir(),
+        Open::Read | Open::ReadNoFollow => kind.is_file() && readable,
+        Open::CreateNew => kind.is_file() && read_write,
+        Open::Directory => kind.is_dir() && readable,
         Open::Path { .. } => true,
     };
     match fine {
         true => Ok(file),
-        false if how == Open::Directory => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
-        false => Err(io::Error::other("not a regular file")),
+        false if how == Open::Directory && !kind.is_dir() => {
+            Err(io::Error::from_raw_os_error(libc::ENOTDIR))
+        }
+        false if !kind.is_file() && how != Open::Directory => {
+            Err(io::Error::other("not a regular file"))
+        }
+        false => Err(io::Error::other(
+            "the user-side process answered with a file not open as asked",
+        )),
     }
 }
 
 fn unexpected(what: &str) -> io::Error {
     io::Error::other(format!("the user-side process answered without {what}"))
-}
-
-/// The running user-side process and root's end of its socket.
-struct UserSide {
-    uid: u32,
-    pid: Option<u32>,
-    /// One request at a time; `None` once closed.
-    socket: Mutex<Option<OwnedFd>>,
-    child: Mutex<Option<std::process::Child>>,
-}
-
-impl UserSide {
-    fn start(user: &UserIds) -> io::Result<Self> {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-        use std::os::unix::process::CommandExt;
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
-        let groups: Vec<nix::unistd::Gid> = user
-            .groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        let (uid, gid) = (
-            nix::unistd::Uid::from_raw(user.uid),
-            nix::unistd::Gid::from_raw(user.gid),
-        );
-        let mut command = std::process::Command::new("/proc/self/exe");
-        command
-            .arg(USER_SIDE_ARG)
-            .env_clear()
-            .current_dir("/")
-            .stdin(std::process::Stdio::from(theirs))
-            .stdout(std::process::Stdio::null());
-        // SAFETY: only async-signal-safe system calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                // The job's stop signals are for the agent (which still has outputs to
-                // upload); this process ends when the agent closes its socket.
-                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                    libc::signal(signal, libc::SIG_IGN);
-                }
-                // Groups and gid first: after setuid nothing can be changed back.
-                nix::unistd::setgroups(&groups)?;
-                nix::unistd::setgid(gid)?;
-                nix::unistd::setuid(uid)?;
-                Ok(())
-            });
-        }
-        let child = command.spawn().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot start a process as uid {}: {e}", user.uid),
-            )
-        })?;
-        Ok(Self {
-            uid: user.uid,
-            pid: Some(child.id()),
-            socket: Mutex::new(Some(ours)),
-            child: Mutex::new(Some(child)),
-        })
-    }
-
-    fn exchange(&self, request: &Request) -> io::Result<Done> {
-        let body = serde_json::to_vec(request).map_err(io::Error::other)?;
-        if body.len() > wire::MAX_MESSAGE {
-            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-        }
-        let gone = || io::Error::other("the user-side process has ended");
-        let guard = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        let socket = guard.as_ref().ok_or_else(gone)?.as_fd();
-        wire::send(socket, &body, None)?;
-        let mut buf = Vec::new();
-        let mut entries = Vec::new();
-        loop {
-            let fd = wire::recv(socket, &mut buf)?.ok_or_else(gone)?;
-            let reply: Reply = serde_json::from_slice(&buf).map_err(io::Error::other)?;
-            if reply.errno != 0 {
-                return Err(match reply.message {
-                    Some(message) => io::Error::other(message),
-                    None => io::Error::from_raw_os_error(reply.errno),
-                });
-            }
-            if let Some(fd) = fd {
-                return Ok(Done::Fd(fd));
-            }
-            if let Some(link) = reply.link {
-                return Ok(Done::Link(link));
-            }
-            if !matches!(request, Request::ReadDir(_)) {
-                return Ok(Done::Nothing);
-            }
-            entries.extend(reply.entries);
-            if !reply.more {
-                return Ok(Done::Entries(entries));
-            }
-        }
-    }
-}
-
-impl Drop for UserSide {
-    fn drop(&mut self) {
-        // Closing the socket ends the process; then it is reaped.
-        drop(
-            self.socket
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        if let Some(mut child) = self
-            .child
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            let _ = child.wait();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
+use std::os::fd::BorrowedFd;
+
 use super::*;
+use wire::Request;
 
 impl LocalFs {
     /// A user-side "process" that is a thread of this one, over the real socket protocol
@@ -17,14 +20,104 @@ impl LocalFs {
         .unwrap();
         std::thread::spawn(move || broker::serve(theirs.as_fd()));
         Self {
-            inner: Arc::new(Inner::AsUser(UserSide {
-                uid: 0,
-                pid: None,
-                socket: Mutex::new(Some(ours)),
-                child: Mutex::new(None),
-            })),
+            inner: Arc::new(Inner::AsUser(UserSide::over(ours))),
         }
     }
+
+    /// A hostile user-side "process": `answer` is what it does with each request it receives
+    /// (on its end of the socket), in place of the real one's.
+    fn answered_by(answer: impl Fn(BorrowedFd, Request) + Send + 'static) -> Self {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            while let Ok(Some(_)) = wire::recv(theirs.as_fd(), &mut buf) {
+                answer(theirs.as_fd(), serde_json::from_slice(&buf).unwrap());
+            }
+        });
+        Self {
+            inner: Arc::new(Inner::AsUser(UserSide::over(ours))),
+        }
+    }
+}
+
+fn reply(socket: BorrowedFd, reply: &wire::Reply, fd: Option<BorrowedFd>) {
+    wire::send(socket, &serde_json::to_vec(reply).unwrap(), fd).unwrap();
+}
+
+#[test]
+fn a_handle_only_or_a_write_only_descriptor_is_refused() {
+    // A taken-over process answers every open with a descriptor of a folder the user could
+    // only search, not read (`O_PATH`): root must not list or watch it.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().to_path_buf();
+    let fs = LocalFs::answered_by(move |socket, _| {
+        let handle = broker::open(&target, Open::Path { follow: true }).unwrap();
+        reply(socket, &wire::Reply::default(), Some(handle.as_fd()));
+    });
+    let refused = fs.open(dir.path(), Open::Directory).unwrap_err();
+    assert!(
+        refused.to_string().contains("not open as asked"),
+        "{refused}"
+    );
+    // A file opened only for writing is no file to read.
+    let file = dir.path().join("f");
+    std::fs::write(&file, "x").unwrap();
+    let written = file.clone();
+    let fs = LocalFs::answered_by(move |socket, _| {
+        let handle = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&written)
+            .unwrap();
+        reply(socket, &wire::Reply::default(), Some(handle.as_fd()));
+    });
+    assert!(fs.open(&file, Open::Read).is_err());
+    assert!(fs.open(&file, Open::CreateNew).is_err());
+}
+
+#[test]
+fn a_silent_or_babbling_process_is_cut_off_not_waited_for() {
+    // Silent (stopped, say): the call fails within the bound, and every later one at once.
+    let fs = LocalFs::answered_by(|_, _| {});
+    let started = std::time::Instant::now();
+    let silent = fs.metadata(Path::new("/")).unwrap_err();
+    assert_eq!(silent.kind(), io::ErrorKind::Other, "{silent}");
+    assert!(silent.to_string().contains("no answer within"), "{silent}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let after = fs.metadata(Path::new("/")).unwrap_err();
+    assert!(after.to_string().contains("has ended"), "{after}");
+    // Endless pages of a listing: cut off at the bound, not held in memory without end.
+    let fs = LocalFs::answered_by(|socket, _| {
+        loop {
+            let page = wire::Reply {
+                entries: vec![(vec![b'x'; 8], Kind::File); 1000],
+                more: true,
+                ..wire::Reply::default()
+            };
+            if wire::send(socket, &serde_json::to_vec(&page).unwrap(), None).is_err() {
+                return;
+            }
+        }
+    });
+    let endless = fs.read_dir(Path::new("/")).unwrap_err();
+    assert!(endless.to_string().contains("more than"), "{endless}");
+    // Garbage: out of step, cut off.
+    let fs = LocalFs::answered_by(|socket, _| {
+        wire::send(socket, b"not json", None).unwrap();
+    });
+    assert!(fs.create_dir(Path::new("/x")).is_err());
+    assert!(
+        fs.create_dir(Path::new("/x"))
+            .unwrap_err()
+            .to_string()
+            .contains("has ended")
+    );
 }
 
 fn both() -> [LocalFs; 2] {

@@ -30,6 +30,39 @@ pub struct UserIds {
     pub groups: Vec<u32>,
 }
 
+impl UserIds {
+    /// Makes `command` run with these ids, set between fork and exec (groups and gid first:
+    /// after setuid nothing can be changed, and there is no way back).
+    pub fn run_command_as(&self, command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = (self.uid, self.gid);
+        let groups: Vec<libc::gid_t> = self.groups.clone();
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || switch_in_child(uid, gid, &groups));
+        }
+    }
+}
+
+/// Switches the calling process to `uid`, `gid` and `groups`, for the child between fork and
+/// exec: only async-signal-safe calls (setgroups, setgid, setuid).
+///
+/// # Safety
+/// Call only in a `pre_exec` hook.
+pub unsafe fn switch_in_child(uid: u32, gid: u32, groups: &[libc::gid_t]) -> std::io::Result<()> {
+    // Groups and gid first: after setuid we no longer may change them.
+    // SAFETY: plain syscalls on a valid slice.
+    unsafe {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A secret value. Redacted in `Debug`; read it with `expose`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -65,6 +98,10 @@ pub enum SecretError {
     UnsafePermissions { path: PathBuf, mode: u32 },
     #[error("secret file {path} is empty")]
     EmptyFile { path: PathBuf },
+    #[error(
+        "secret file {path} is larger than {MAX_SECRET_BYTES} bytes; a key or SAS token is far smaller"
+    )]
+    TooLarge { path: PathBuf },
     #[error("environment variable {var} is not set")]
     EnvUnset { var: String },
     #[error("environment variable {var} is empty")]
@@ -119,11 +156,22 @@ impl SecretRef {
                 Ok(Secret::new(value))
             }
             SecretRef::File(path) => {
+                use std::io::Read;
                 self.check_permissions()?;
-                let text = std::fs::read_to_string(path).map_err(|e| SecretError::Unreadable {
+                let unreadable = |e: std::io::Error| SecretError::Unreadable {
                     path: path.clone(),
                     reason: e.to_string(),
-                })?;
+                };
+                // Never more than a secret's worth: the name comes from a manifest.
+                let mut text = String::new();
+                std::fs::File::open(path)
+                    .map_err(unreadable)?
+                    .take(MAX_SECRET_BYTES + 1)
+                    .read_to_string(&mut text)
+                    .map_err(unreadable)?;
+                if text.len() as u64 > MAX_SECRET_BYTES {
+                    return Err(SecretError::TooLarge { path: path.clone() });
+                }
                 let value = text.trim();
                 if value.is_empty() {
                     return Err(SecretError::EmptyFile { path: path.clone() });
@@ -162,37 +210,23 @@ impl SecretRef {
 /// Reads `path` in a child process that dropped to `user`'s uid, gid and groups (no way back)
 /// before it opened anything: `cat`, whose output is the file.
 fn read_as(path: &Path, user: &UserIds) -> Result<String, SecretError> {
-    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let unreadable = |reason: String| SecretError::Unreadable {
         path: path.to_path_buf(),
         reason,
     };
-    let groups: Vec<nix::unistd::Gid> = user
-        .groups
-        .iter()
-        .map(|g| nix::unistd::Gid::from_raw(*g))
-        .collect();
-    let (uid, gid) = (
-        nix::unistd::Uid::from_raw(user.uid),
-        nix::unistd::Gid::from_raw(user.gid),
-    );
-    let mut cat = Command::new("/bin/cat");
-    cat.arg("--")
+    // At most one byte more than a secret may hold: the user names the file, and root holds
+    // what is read.
+    let mut cat = Command::new("/usr/bin/head");
+    cat.arg("-c")
+        .arg((MAX_SECRET_BYTES + 1).to_string())
+        .arg("--")
         .arg(path)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe system calls between fork and exec.
-    unsafe {
-        cat.pre_exec(move || {
-            nix::unistd::setgroups(&groups)?;
-            nix::unistd::setgid(gid)?;
-            nix::unistd::setuid(uid)?;
-            Ok(())
-        });
-    }
+    user.run_command_as(&mut cat);
     let out = cat
         .output()
         .map_err(|e| unreadable(format!("cannot start a reader as uid {}: {e}", user.uid)))?;
@@ -201,8 +235,16 @@ fn read_as(path: &Path, user: &UserIds) -> Result<String, SecretError> {
         let reason = said.rsplit(": ").next().unwrap_or("").trim();
         return Err(unreadable(format!("as uid {}: {reason}", user.uid)));
     }
+    if out.stdout.len() as u64 > MAX_SECRET_BYTES {
+        return Err(SecretError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
     String::from_utf8(out.stdout).map_err(|_| unreadable("not UTF-8 text".into()))
 }
+
+/// The largest secret file read (an account key is 88 bytes, a SAS token a few hundred).
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -282,5 +324,38 @@ mod tests {
         ));
         let unset = SecretRef::Env("DATAREF_TEST_SURELY_UNSET_VAR".into());
         assert!(matches!(unset.read(), Err(SecretError::EnvUnset { .. })));
+    }
+
+    /// A huge file named as a secret (a sparse file of the user's, say) is not read whole into
+    /// root's memory, by root or by the reader with the user's rights.
+    #[test]
+    fn a_secret_file_is_read_up_to_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        let file = fs::File::create(&big).unwrap();
+        file.set_len(64 * 1024 * 1024 * 1024).unwrap(); // 64 GiB, sparse
+        fs::set_permissions(&big, fs::Permissions::from_mode(0o600)).unwrap();
+        let read = SecretRef::File(big.clone()).read();
+        assert!(
+            matches!(read, Err(SecretError::TooLarge { .. })),
+            "{read:?}"
+        );
+        if !nix::unistd::geteuid().is_root() {
+            return; // the reader's setgroups needs root; the suite runs as root
+        }
+        let me = UserIds {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            groups: Vec::new(),
+        };
+        let as_user = SecretRef::UserFile {
+            path: big,
+            user: me,
+        }
+        .read();
+        assert!(
+            matches!(as_user, Err(SecretError::TooLarge { .. })),
+            "{as_user:?}"
+        );
     }
 }

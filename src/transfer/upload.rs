@@ -343,18 +343,41 @@ pub async fn upload_one(
 /// (`fcntl(F_SETLEASE, F_RDLCK)`: EAGAIN). The lease is given back at once. A filesystem
 /// without leases answers otherwise, and the file counts as closed.
 fn open_for_writing(fs: &LocalFs, path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
     let Ok(file) = fs.open(path, Open::ReadNoFollow) else {
         return false;
     };
-    // SAFETY: fcntl on a descriptor this function owns, with integer arguments.
-    let leased = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
-    if leased == 0 {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
-        return false;
+    match take_read_lease(&file) {
+        Ok(true) => {
+            give_back_lease(&file);
+            false
+        }
+        Ok(false) => true,
+        Err(_) => false,
     }
-    std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+}
+
+/// Takes a read lease on `file`: `Ok(false)` when a writer has it open. A writer opening it
+/// while the lease is held makes the kernel signal the holder, by default with SIGIO, which
+/// would end this process; SIGURG, asked for instead, is ignored by default.
+fn take_read_lease(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments.
+    const F_SETSIG: libc::c_int = 10; // fcntl.h (GNU); the libc crate lacks it
+    if unsafe { libc::fcntl(file.as_raw_fd(), F_SETSIG, libc::SIGURG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } {
+        0 => Ok(true),
+        _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) => Ok(false),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn give_back_lease(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
 }
 
 /// What says a file was not written to: its size, modification and change times.
@@ -647,4 +670,33 @@ async fn read_at(
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer opening the file while the lease is held (the script, between the check and
+    /// the give-back) must not end the agent: the kernel's lease-break signal is one ignored
+    /// by default. (With SIGIO, the default, this test's process dies.)
+    #[test]
+    fn a_lease_broken_by_a_writer_does_not_kill_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "x").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(take_read_lease(&file).unwrap(), "no writer yet: leased");
+        let writer = {
+            let path = path.clone();
+            // Blocks until the lease is given back (the kernel signals the holder first).
+            std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(path))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        give_back_lease(&file);
+        let opened = writer.join().unwrap().unwrap();
+        // Now a writer has it open: no lease.
+        let again = std::fs::File::open(&path).unwrap();
+        assert!(!take_read_lease(&again).unwrap());
+        drop(opened);
+    }
 }
