@@ -236,3 +236,25 @@ async fn a_mount_someone_else_removed_is_not_unmounted_again() {
         "under"
     );
 }
+
+/// A folder the job's user owns in a kernel filesystem (a delegated cgroup, here one made and
+/// given to them) is no mount point: nothing is mounted there. (Control: a folder of theirs on
+/// an ordinary filesystem mounts, in the tests above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_of_theirs_in_a_kernel_filesystem_gets_nothing_mounted_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_data(dir.path()).await;
+    let cgroup = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|root| Path::new(root).join(format!("dataref-mount-test-{}", std::process::id())))
+        .find(|group| std::fs::create_dir(group).is_ok())
+        .expect("a cgroup folder can be made (the suite runs as root)");
+    std::os::unix::fs::chown(&cgroup, Some(NOBODY), Some(NOBODY)).unwrap();
+    let config = for_nobody("kernelfs");
+    let refused = mount_at(&store, "data", &cgroup, &config).await;
+    let mounted = ours_mounted(&config);
+    let _ = std::fs::remove_dir(&cgroup);
+    let error = refused.err().expect("refused");
+    assert!(error.to_string().contains("kernel filesystem"), "{error}");
+    assert!(!mounted, "mounted in a kernel filesystem");
+}

@@ -332,8 +332,30 @@ fn check_target(
             owner: uid,
             found: stat.st_uid,
         }),
+        // A user may own a folder in a kernel filesystem (a delegated cgroup); fusermount3
+        // mounts only on ordinary filesystems, and so does this.
+        Some(_) if on_kernel_filesystem(fd) => Err(failed(std::io::Error::other(
+            "the mount point is in a kernel filesystem (proc, sys, cgroup, ...)",
+        ))),
         _ => Ok(()),
     }
+}
+
+/// Whether `fd` lies in a pseudo-filesystem of the kernel's, where no job's data belongs.
+fn on_kernel_filesystem(fd: &OwnedFd) -> bool {
+    const KERNEL: [i64; 10] = [
+        0x9fa0,      // proc
+        0x6265_6572, // sysfs
+        0x6367_7270, // cgroup2
+        0x0027_e0eb, // cgroup
+        0x1cd1,      // devpts
+        0x7363_6673, // securityfs
+        0x6462_6720, // debugfs
+        0x7472_6163, // tracefs
+        0xcafe_4a11, // bpf
+        0x4250_494e, // binfmt_misc
+    ];
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| KERNEL.contains(&(fs.filesystem_type().0 as i64)))
 }
 
 /// Mounts `remote` of `store` so that it appears at `local` (a job's reference): a directory
