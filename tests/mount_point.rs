@@ -244,11 +244,15 @@ async fn a_mount_someone_else_removed_is_not_unmounted_again() {
 async fn a_folder_of_theirs_in_a_kernel_filesystem_gets_nothing_mounted_on_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_data(dir.path()).await;
-    let cgroup = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(|root| Path::new(root).join(format!("dataref-mount-test-{}", std::process::id())))
-        .find(|group| std::fs::create_dir(group).is_ok())
-        .expect("a cgroup folder can be made (the suite runs as root)");
+    let cgroup = [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(|root| Path::new(root).join(format!("dataref-mount-test-{}", std::process::id())))
+    .find(|group| std::fs::create_dir(group).is_ok())
+    .expect("a cgroup folder can be made (the suite runs as root)");
     std::os::unix::fs::chown(&cgroup, Some(NOBODY), Some(NOBODY)).unwrap();
     let config = for_nobody("kernelfs");
     let refused = mount_at(&store, "data", &cgroup, &config).await;
