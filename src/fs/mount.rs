@@ -342,6 +342,7 @@ fn check_target(
 }
 
 /// Whether `fd` lies in a pseudo-filesystem of the kernel's, where no job's data belongs.
+#[allow(clippy::unnecessary_cast)] // the field's type differs between architectures
 fn on_kernel_filesystem(fd: &OwnedFd) -> bool {
     const KERNEL: [i64; 10] = [
         0x9fa0,      // proc
