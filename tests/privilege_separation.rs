@@ -96,17 +96,8 @@ fn a_download_target_swapped_for_a_link_while_queued_writes_nothing_of_roots() {
         let swap = swap
             .replace("{t}", target.to_str().unwrap())
             .replace("{r}", root.to_str().unwrap());
-        let id = s.queued(&manifest, || s.user.must(&s.work(), &swap));
-        let record = s.wait_end(&id);
-        let changed = canary.changes();
-        if !changed.is_empty() {
-            problems.push(format!(
-                "{name}: root's folder behind the swapped path changed (job {}):\n  {}\n{}",
-                record["state"],
-                changed.join("\n  "),
-                s.job_log(&id)
-            ));
-        }
+        let what = format!("{name}: root's folder behind the swapped path");
+        problems.extend(s.swapped_while_queued(&manifest, &swap, &canary, &what));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
@@ -243,17 +234,8 @@ fn a_working_directory_swapped_for_a_link_while_queued_creates_nothing_in_roots_
         w = wd.display(),
         r = rooted.display()
     );
-    let id = s.queued(&manifest, || s.user.must(&s.work(), &swap));
-    let record = s.wait_end(&id);
-    let changed = canary.changes();
-    if !changed.is_empty() {
-        problems.push(format!(
-            "root's folder behind the swapped working directory changed (job {}):\n  {}\n{}",
-            record["state"],
-            changed.join("\n  "),
-            s.job_log(&id)
-        ));
-    }
+    let what = "root's folder behind the swapped working directory";
+    problems.extend(s.swapped_while_queued(&manifest, &swap, &canary, what));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -10,14 +10,7 @@ impl LocalFs {
     /// A user-side "process" that is a thread of this one, over the real socket protocol
     /// (dropping rights needs root and the `dataref` binary: the integration tests do that).
     fn served_by_thread() -> Self {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (ours, theirs) = socket_pair();
         std::thread::spawn(move || broker::serve(theirs.as_fd()));
         Self {
             inner: Arc::new(Inner::AsUser(UserSide::over(ours))),
@@ -27,14 +20,7 @@ impl LocalFs {
     /// A hostile user-side "process": `answer` is what it does with each request it receives
     /// (on its end of the socket), in place of the real one's.
     fn answered_by(answer: impl Fn(BorrowedFd, Request) + Send + 'static) -> Self {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (ours, theirs) = socket_pair();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             while let Ok(Some(_)) = wire::recv(theirs.as_fd(), &mut buf) {
@@ -45,6 +31,17 @@ impl LocalFs {
             inner: Arc::new(Inner::AsUser(UserSide::over(ours))),
         }
     }
+}
+
+fn socket_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap()
 }
 
 fn reply(socket: BorrowedFd, reply: &wire::Reply, fd: Option<BorrowedFd>) {

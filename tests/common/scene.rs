@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::canary::Unmounter;
+use super::canary::{Canary, Unmounter};
 use super::cli::{self, sh, write_file};
 use super::daemon::{Area, Daemon};
 use super::users::{User, user};
@@ -137,6 +137,28 @@ impl Scene {
         write_file(&release, "", 0o644);
         self.wait_end(&holder);
         id
+    }
+
+    /// Queues `manifest`, makes the attacker run `swap` (a shell line, in `work/`) while it
+    /// waits, lets it run to its end, and says what changed in `canary`'s tree, if anything.
+    pub fn swapped_while_queued(
+        &self,
+        manifest: &Path,
+        swap: &str,
+        canary: &Canary,
+        what: &str,
+    ) -> Option<String> {
+        let id = self.queued(manifest, || self.user.must(&self.work(), swap));
+        let record = self.wait_end(&id);
+        let changed = canary.changes();
+        (!changed.is_empty()).then(|| {
+            format!(
+                "{what} changed (job {}):\n  {}\n{}",
+                record["state"],
+                changed.join("\n  "),
+                self.job_log(&id)
+            )
+        })
     }
 
     /// What the attacker can learn of a job through the API: its log and its record.
