@@ -16,12 +16,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use common::canary::{Canary, Unmounter, files_containing, fingerprint, root_dir};
+use common::canary::{Canary, files_containing, fingerprint, root_dir};
 use common::cli::{self, sh, write_file};
 use common::fs::read;
-use common::scene::{ATTACKER, Listener, Scene};
+use common::scene::{ATTACKER, Listener, RunAsArea, Scene};
 use common::serial;
 use common::users::user;
 
@@ -425,13 +425,19 @@ fn a_secret_file_swapped_for_a_link_while_queued_never_sends_roots_sas() {
         )
     });
     let record = s.wait_end(&id);
+    never_sent_roots_sas(&s, &attack, &id, &record);
+}
+
+/// Root's SAS reached neither the endpoint the user named nor anything the user can see of the
+/// job.
+fn never_sent_roots_sas(s: &Scene, endpoint: &Listener, id: &str, record: &Value) {
     assert!(
-        !attack.received().contains("ROOTSIGNATURE"),
+        !endpoint.received().contains("ROOTSIGNATURE"),
         "root's SAS was sent to the user's endpoint (job {}): {}",
         record["state"],
-        attack.received()
+        endpoint.received()
     );
-    assert!(!s.visible_to_user(&id).contains("ROOTSIGNATURE"));
+    assert!(!s.visible_to_user(id).contains("ROOTSIGNATURE"));
 }
 
 /// The same with the swap done by the job's own script, before its outputs are uploaded (the
@@ -493,13 +499,7 @@ fn a_secret_file_swapped_by_the_script_never_sends_roots_sas() {
     let attack = Listener::start();
     let record = s.run(&job("attack", &attack, true));
     let id = record["id"].as_str().unwrap().to_owned();
-    assert!(
-        !attack.received().contains("ROOTSIGNATURE"),
-        "root's SAS was sent to the user's endpoint (job {}): {}",
-        record["state"],
-        attack.received()
-    );
-    assert!(!s.visible_to_user(&id).contains("ROOTSIGNATURE"));
+    never_sent_roots_sas(&s, &attack, &id, &record);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -515,22 +515,11 @@ fn a_secret_file_swapped_by_the_script_never_sends_roots_sas() {
 fn planted_links_in_a_users_job_directory_never_write_roots_files() {
     let _serial = serial::lock();
     let user = user(ATTACKER);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let _unmount = Unmounter(dir.path().to_path_buf());
-    let work = dir.path().join("work");
-    cli::mkdir(&work);
-    user.own(&work);
-    let store = dir.path().join("store");
-    cli::mkdir(&store);
-    user.own(&store);
+    let dir = RunAsArea::new(&user);
+    let (work, store) = (dir.path("work"), dir.path("store"));
     user.must(&store, "mkdir in && echo user-data > in/u.txt");
     let targets = root_dir(
-        &dir.path().join("root-files"),
+        &dir.path("root-files"),
         0o755,
         &[
             ("result", "root-result"),
@@ -577,7 +566,7 @@ fn planted_links_in_a_users_job_directory_never_write_roots_files() {
         command
             .current_dir(&work)
             .arg("--config-dir")
-            .arg(dir.path().join("config"))
+            .arg(dir.path("config"))
             .args(["run", "--no-progress", "--run-as", &user.run_as()])
             .args(extra);
         if let Some(job_dir) = job_dir {
@@ -588,7 +577,7 @@ fn planted_links_in_a_users_job_directory_never_write_roots_files() {
     let run = |job_dir: Option<&Path>| run_with(job_dir, &[]);
 
     // Control: a job directory only root controls.
-    let out = run(Some(&dir.path().join("root-jobs/1")));
+    let out = run(Some(&dir.path("root-jobs/1")));
     out.expect_code(0);
     assert_eq!(read(&store.join("back/seen.txt")), "user-data\n");
 
@@ -636,7 +625,7 @@ fn planted_links_in_a_users_job_directory_never_write_roots_files() {
     );
     let cache_root = work.join("cacheroot");
     let out = run_with(
-        Some(&dir.path().join("root-jobs/2")),
+        Some(&dir.path("root-jobs/2")),
         &["--cache-root", cache_root.to_str().unwrap()],
     );
     assert_eq!(

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use common::azurite::register_keyed;
 use common::canary::{Canary, Unmounter, mounts_under, root_dir};
 use common::cli::{self, sh, write_file};
 use common::daemon::Area;
 use common::fs::read;
-use common::scene::{ATTACKER, ENDED, JOB_LIMIT, Listener, STRANGER, Scene, wait_for};
+use common::scene::{ATTACKER, ENDED, JOB_LIMIT, Listener, RunAsArea, STRANGER, Scene, wait_for};
 use common::serial;
 use common::users::user;
 use common::wait::poll;
@@ -255,65 +256,22 @@ fn a_mount_point_swapped_by_the_script_never_unmounts_roots_mounts() {
 fn no_process_the_user_can_read_holds_roots_secrets() {
     let _serial = serial::lock();
     let user = user(ATTACKER);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let _unmount = Unmounter(dir.path().to_path_buf());
-    let work = dir.path().join("work");
-    cli::mkdir(&work);
-    user.own(&work);
-    let config = dir.path().join("config");
+    let dir = RunAsArea::new(&user);
+    let work = dir.path("work");
+    let config = dir.path("config");
     // base64 of ROOT-ENV-KEY-CANARY-0123456789 and ROOT-REGISTRY-KEY-CANARY-98765.
     let env_key = "Uk9PVC1FTlYtS0VZLUNBTkFSWS0wMTIzNDU2Nzg5";
     let file_key = "Uk9PVC1SRUdJU1RSWS1LRVktQ0FOQVJZLTk4NzY1";
     write_file(&config.join("keys/regkey"), file_key, 0o600);
     let listener = Listener::start();
-    cli::run(
-        &config,
-        &[
-            "datastore",
-            "register",
-            "azure-blob",
-            "--name",
-            "regkey",
-            "--account",
-            "devstoreaccount1",
-            "--container",
-            "data",
-            "--key-file",
-            config.join("keys/regkey").to_str().unwrap(),
-            "--endpoint",
-            &listener.url,
-        ],
-    )
-    .expect_code(0);
+    let key_file = config.join("keys/regkey");
+    let by_file = ("--key-file", key_file.to_str().unwrap());
+    register_keyed(&config, "regkey", "data", by_file, &listener.url);
     // The administrator's datastore whose key is in the agent's environment (as a Slurm
     // prolog may pass it): a user's manifest may not name that variable itself.
-    cli::run(
-        &config,
-        &[
-            "datastore",
-            "register",
-            "azure-blob",
-            "--name",
-            "envkey",
-            "--account",
-            "devstoreaccount1",
-            "--container",
-            "data",
-            "--key-env",
-            "ADV_ROOT_KEY",
-            "--endpoint",
-            &listener.url,
-        ],
-    )
-    .expect_code(0);
-    let store = dir.path().join("store");
-    cli::mkdir(&store);
-    user.own(&store);
+    let by_env = ("--key-env", "ADV_ROOT_KEY");
+    register_keyed(&config, "envkey", "data", by_env, &listener.url);
+    let store = dir.path("store");
     user.must(&store, "mkdir in && echo user-data > in/u.txt");
     let manifest = cli::write_manifest(
         &work.join("job.json"),
@@ -345,7 +303,7 @@ fn no_process_the_user_can_read_holds_roots_secrets() {
                 &user.run_as(),
                 "--job-dir",
             ])
-            .arg(dir.path().join("jobs/1"))
+            .arg(dir.path("jobs/1"))
             .arg(&manifest),
     );
     // Control: the script ran as the user and saw its data and its own process.

@@ -307,6 +307,23 @@ pub fn register(
     key: &std::path::Path,
     endpoint: &str,
 ) {
+    register_keyed(
+        config_dir,
+        name,
+        container,
+        ("--key-file", key.to_str().unwrap()),
+        endpoint,
+    );
+}
+
+/// [`register`] with the key given as `(flag, value)`: `--key-file PATH` or `--key-env VAR`.
+pub fn register_keyed(
+    config_dir: &std::path::Path,
+    name: &str,
+    container: &str,
+    (key_flag, key): (&str, &str),
+    endpoint: &str,
+) {
     super::cli::run(
         config_dir,
         &[
@@ -319,8 +336,8 @@ pub fn register(
             ACCOUNT,
             "--container",
             container,
-            "--key-file",
-            key.to_str().unwrap(),
+            key_flag,
+            key,
             "--endpoint",
             endpoint,
         ],

@@ -247,3 +247,34 @@ impl Listener {
         self.heads.lock().unwrap().join("\n")
     }
 }
+
+/// A place for a `dataref run --run-as` test: a folder the user can traverse (0755), whose
+/// `work/` and `store/` are the user's; anything left mounted below it is unmounted (before the
+/// folder is removed) when it is dropped.
+pub struct RunAsArea {
+    _unmount: Unmounter,
+    pub dir: tempfile::TempDir,
+}
+
+impl RunAsArea {
+    pub fn new(user: &User) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        for theirs in ["work", "store"] {
+            cli::mkdir(&dir.path().join(theirs));
+            user.own(&dir.path().join(theirs));
+        }
+        Self {
+            _unmount: Unmounter(dir.path().to_path_buf()),
+            dir,
+        }
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+}
