@@ -691,7 +691,24 @@ mod tests {
             // Blocks until the lease is given back (the kernel signals the holder first).
             std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(path))
         };
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The kernel has signalled this process once it shows the lease as breaking.
+        let me = std::process::id().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                l.contains("LEASE")
+                    && l.contains("BREAKING")
+                    && l.split_whitespace().any(|f| f == me)
+            })
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease never broke"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         give_back_lease(&file);
         let opened = writer.join().unwrap().unwrap();
         // Now a writer has it open: no lease.
