@@ -174,8 +174,8 @@ fn for_transfer(error: &TransferError) -> ExitCode {
 fn for_mount(error: &MountError) -> ExitCode {
     match error {
         MountError::NothingMatched { .. } => ExitCode::NoInput,
-        MountError::MountPointNotTheirs { .. } => ExitCode::NoPerm,
         MountError::Store(_)
+        | MountError::MountPointNotTheirs { .. }
         | MountError::Mountpoint { .. }
         | MountError::DirectoryInTheWay { .. }
         | MountError::Mount(_) => ExitCode::Unavailable,
@@ -232,6 +232,14 @@ mod tests {
                 JobEnd::InputFailed(InputFailure::Mount(MountError::Mount(
                     std::io::Error::other("no /dev/fuse"),
                 ))),
+                69,
+            ),
+            (
+                JobEnd::InputFailed(InputFailure::Mount(MountError::MountPointNotTheirs {
+                    path: "m".into(),
+                    owner: 1000,
+                    found: 0,
+                })),
                 69,
             ),
             (
